@@ -1,0 +1,1 @@
+"""sensreg's Hydra configs, shipped inside the package as ``sensreg.configs``."""

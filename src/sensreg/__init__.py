@@ -1,0 +1,3 @@
+"""sensreg: sparse neural networks by sensitivity-driven regularization."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,66 @@
+"""Model checkpoints: plain dicts of tensors and plain values, loadable with weights_only=True.
+
+A model checkpoint holds what is needed to rebuild and re-evaluate the network without the run
+that made it: model name, number of classes, input shape, data config, state dict and masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .report import write_atomic
+
+FORMAT = "sensreg-model"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the path."""
+
+
+def save_model(path: Path, model: nn.Module, masks: dict[str, torch.Tensor], *, model_name: str,
+               num_classes: int, input_shape: tuple[int, ...], config: dict[str, Any]) -> None:
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model_name": model_name, "num_classes": int(num_classes), "input_shape": list(input_shape),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "masks": {k: v.detach().cpu() for k, v in masks.items()},
+        "config": config,
+    }
+    write_atomic(path, lambda f: torch.save(payload, f), binary=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a sensreg model checkpoint safely (weights_only=True); refuse anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read as a PyTorch file "
+                              f"(truncated, corrupt or not a checkpoint): {type(err).__name__}.") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a sensreg model checkpoint (no format "
+                              f"{FORMAT!r}); `sensreg eval` reads the model.pt of a sensreg run folder.")
+    return payload
+
+
+def load_init_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights to start training from: a sensreg model.pt or a plain state dict file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"trainer.init={path} does not exist.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"trainer.init={path} cannot be read as a PyTorch file: {type(err).__name__}.") from None
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return payload["state_dict"]
+    if isinstance(payload, dict) and payload and all(torch.is_tensor(v) for v in payload.values()):
+        return payload
+    raise CheckpointError(f"trainer.init={path} is neither a sensreg model.pt nor a state dict.")

@@ -1,0 +1,233 @@
+"""The typed view of a composed `sensreg train` config, validated before any work starts.
+
+The core never sees Hydra: the CLI turns the composed config into a plain dict, and
+``TrainConfig.from_dict`` turns that into these dataclasses, checking every value a user can
+get wrong. All problems are collected and reported together in one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from .data import LOADERS
+from .models import MODELS
+from .regularizer import SCHEDULES
+from .sensitivity import OUTPUTS, VARIANTS
+
+OPTIMIZERS = ("sgd", "adam")
+PRUNE_SCHEDULES = ("search", "fixed", "none")
+PARAM_SETS = ("all", "weights")
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    root: str = "data"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    on_device: bool = True
+    eval_batch_size: int = 1000
+    # synthetic only
+    num_train: int = 1024
+    num_test: int = 512
+    num_classes: int = 10
+    noise: float = 1.0
+
+    def loader_options(self) -> dict[str, Any]:
+        """Keyword arguments of the dataset loader beyond name and root."""
+        if self.name == "synthetic":
+            return {"num_train": self.num_train, "num_test": self.num_test,
+                    "num_classes": self.num_classes, "noise": self.noise}
+        return {}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet300"
+
+
+@dataclass
+class SensConfig:
+    name: str = "spec"
+    lam: float = 1e-5
+    output: str = "logits"
+    params: str = "all"
+    classes: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "constant"
+    milestones: list[int] = field(default_factory=lambda: [30, 60])
+    gamma: float = 0.1
+    min_factor: float = 0.0
+
+
+@dataclass
+class PruneConfig:
+    name: str = "search"
+    params: str = "all"
+    patience: int | None = 2
+    tolerance: float | None = 0.05
+    threshold: float | None = None
+    start_epoch: int = 1
+    every: int = 1
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 20
+    batch_size: int = 100
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    warmup_epochs: int = 0
+    init: str | None = None
+    progress: Any = "auto"
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sens: SensConfig = field(default_factory=SensConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eta_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    lam_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
+        """Build and validate; raises ConfigError listing every problem found."""
+        problems: list[str] = []
+        extra = sorted(set(raw) - {f.name for f in fields(cls)})
+        if extra:
+            problems.append(f"unknown top-level key(s) {', '.join(extra)}.")
+        sections = {}
+        for f in fields(cls):
+            section_type = f.default_factory().__class__  # type: ignore[misc]
+            values = dict(raw.get(f.name) or {})
+            known = {g.name for g in fields(section_type)}
+            unknown = sorted(set(values) - known)
+            if unknown:
+                problems.append(f"{f.name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+            sections[f.name] = section_type(**{k: v for k, v in values.items() if k in known})
+        cfg = cls(**sections)
+        problems += cfg.problems()
+        if problems:
+            raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems))
+        return cfg
+
+    def problems(self) -> list[str]:
+        """Every invalid value, each as one sentence that names the key and the fix."""
+        p: list[str] = []
+
+        def choice(key: str, value: Any, known) -> None:
+            if value not in known:
+                p.append(f"{key}={value!r} is not one of: {', '.join(map(str, known))}.")
+
+        def at_least(key: str, value: Any, low: float, strict: bool = False) -> None:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                    (value <= low if strict else value < low):
+                p.append(f"{key}={value!r} must be a number {'>' if strict else '>='} {low}.")
+
+        choice("data.name", self.data.name, list(LOADERS))
+        choice("model.name", self.model.name, list(MODELS))
+        choice("sens.name", self.sens.name, list(VARIANTS))
+        choice("sens.output", self.sens.output, OUTPUTS)
+        choice("sens.params", self.sens.params, PARAM_SETS)
+        choice("optim.name", self.optim.name, OPTIMIZERS)
+        choice("eta_schedule.name", self.eta_schedule.name, list(SCHEDULES))
+        choice("lam_schedule.name", self.lam_schedule.name, list(SCHEDULES))
+        choice("prune.name", self.prune.name, PRUNE_SCHEDULES)
+        choice("prune.params", self.prune.params, PARAM_SETS)
+
+        if not (isinstance(self.data.val_fraction, (int, float)) and 0 < self.data.val_fraction < 1):
+            p.append(f"data.val_fraction={self.data.val_fraction!r} must lie strictly between 0 and 1.")
+        at_least("data.eval_batch_size", self.data.eval_batch_size, 1)
+        at_least("sens.lam", self.sens.lam, 0)
+        if self.sens.classes is not None:
+            at_least("sens.classes", self.sens.classes, 1)
+        at_least("optim.lr", self.optim.lr, 0, strict=True)
+        at_least("optim.momentum", self.optim.momentum, 0)
+        if self.optim.name == "sgd" and self.optim.nesterov and self.optim.momentum <= 0:
+            p.append("optim.nesterov=true needs optim.momentum > 0.")
+        for name in ("eta_schedule", "lam_schedule"):
+            s: ScheduleConfig = getattr(self, name)
+            at_least(f"{name}.gamma", s.gamma, 0)
+            at_least(f"{name}.min_factor", s.min_factor, 0)
+        if self.prune.name == "search":
+            at_least("prune.tolerance", self.prune.tolerance, 0)
+            at_least("prune.patience", self.prune.patience, 0)
+        if self.prune.name == "fixed":
+            at_least("prune.threshold", self.prune.threshold, 0)
+            at_least("prune.every", self.prune.every, 1)
+        at_least("prune.start_epoch", self.prune.start_epoch, 1)
+        at_least("trainer.epochs", self.trainer.epochs, 1)
+        at_least("trainer.batch_size", self.trainer.batch_size, 1)
+        at_least("trainer.warmup_epochs", self.trainer.warmup_epochs, 0)
+        if self.trainer.progress not in ("auto", True, False):
+            p.append(f"trainer.progress={self.trainer.progress!r} is not one of: auto, true, false.")
+        device_problem = check_device(self.trainer.device)
+        if device_problem:
+            p.append(device_problem)
+        return p
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def hash(self) -> str:
+        """A short hash of everything that defines the experiment except the seed.
+
+        Runs that differ only in trainer.seed share it (so they group across seeds); so do runs
+        that differ only in where they run or read data from (trainer.device, trainer.progress,
+        data.root), which do not change what is computed.
+        """
+        d = self.to_dict()
+        for section, key in (("trainer", "seed"), ("trainer", "device"), ("trainer", "progress"),
+                             ("data", "root")):
+            d[section].pop(key, None)
+        blob = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def check_device(device: str) -> str | None:
+    """None if ``device`` can be used here, else a sentence saying why not and what to use."""
+    if device in ("auto", "cpu"):
+        return None
+    if isinstance(device, str) and device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"trainer.device={device} but no CUDA GPU is available here; use trainer.device=cpu or auto."
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            return (f"trainer.device={device} names a GPU that is not present "
+                    f"({torch.cuda.device_count()} visible); use cuda:0..{torch.cuda.device_count() - 1}.")
+        return None
+    return f"trainer.device={device!r} is not one of: auto, cpu, cuda, cuda:N."
+
+
+def resolve_device(device: str) -> torch.device:
+    """auto -> cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -1,0 +1,202 @@
+"""Masks, pruning by thresholding, the validation-bounded threshold search, sparsity statistics.
+
+A pruned parameter is held at exactly zero for the rest of training: its gradient is masked
+before the optimizer step, its optimizer state (momentum, Adam moments) is zeroed when it is
+pruned, and the parameter itself is multiplied by its mask after every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+def prunable_names(model: nn.Module, which: str) -> list[str]:
+    """Names of the parameters that may be pruned (and regularized): ``all`` or ``weights``.
+
+    ``weights`` means every parameter of two or more dimensions (linear and conv kernels);
+    biases and other vectors are then left alone.
+    """
+    if which not in ("all", "weights"):
+        raise ValueError(f"unknown parameter set {which!r}; known: all, weights")
+    return [n for n, p in model.named_parameters() if which == "all" or p.dim() > 1]
+
+
+class Masks:
+    """One boolean mask per prunable parameter; True = kept."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        params = dict(model.named_parameters())
+        self.names = list(names)
+        self.params = [params[n] for n in self.names]
+        self.masks = [torch.ones_like(p, dtype=torch.bool) for p in self.params]
+        self.active = False  # nothing pruned yet: skip the per-step masking work
+
+    # -- holding pruned entries at zero -------------------------------------------------------
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Zero every pruned parameter entry."""
+        if self.active:
+            torch._foreach_mul_(self.params, self.masks)
+
+    @torch.no_grad()
+    def mask_(self, tensors: list[Tensor]) -> None:
+        """Zero the pruned entries of tensors shaped like the prunable parameters (gradients)."""
+        if self.active:
+            torch._foreach_mul_(tensors, self.masks)
+
+    @torch.no_grad()
+    def zero_optimizer_state_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the optimizer state (momentum, moments) of pruned entries."""
+        for p, m in zip(self.params, self.masks):
+            for value in optimizer.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    value.mul_(m)
+
+    # -- pruning ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prune_below_(self, threshold: float, optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Prune every entry with |w| < threshold; returns how many entries were newly pruned."""
+        newly = 0
+        for p, m in zip(self.params, self.masks):
+            drop = (p.abs() < threshold) & m
+            newly += int(drop.sum())
+            m &= ~drop
+        if newly:
+            self.active = True
+            self.apply_()
+            if optimizer is not None:
+                self.zero_optimizer_state_(optimizer)
+        return newly
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {n: m.clone() for n, m in zip(self.names, self.masks)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for n, m in zip(self.names, self.masks):
+            m.copy_(state[n].to(m.device, torch.bool))
+        self.active = any(not bool(m.all()) for m in self.masks)
+
+    # -- statistics ---------------------------------------------------------------------------
+    def kept(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks))
+
+    def total(self) -> int:
+        return int(sum(m.numel() for m in self.masks))
+
+    def remaining_pct(self) -> float:
+        return 100.0 * self.kept() / max(1, self.total())
+
+    def kept_magnitudes(self) -> Tensor:
+        """|w| of every kept prunable entry, flattened, on the CPU, sorted ascending."""
+        values = torch.cat([p.detach()[m].abs().flatten().float().cpu() for p, m in zip(self.params, self.masks)])
+        return values.sort().values
+
+
+@dataclass
+class SearchResult:
+    threshold: float  # 0.0 when no threshold within tolerance prunes anything
+    loss_before: float
+    loss_after: float
+    evaluations: int
+
+
+def search_threshold(magnitudes: Tensor, loss_with_threshold: Callable[[float], float],
+                     loss_before: float, tolerance: float, max_evaluations: int = 40) -> SearchResult:
+    """Bisection for the largest global threshold T with loss(T) <= (1 + tolerance) * loss_before.
+
+    ``magnitudes`` are the sorted |w| of the kept prunable entries; the candidate thresholds are
+    those values themselves (T = magnitudes[i] prunes exactly the i smallest entries, ties
+    aside) plus one just above the largest. ``loss_with_threshold(T)`` returns the validation
+    loss with every entry |w| < T pruned, leaving the model unchanged. Bisection assumes that
+    the loss grows with T, which holds for the magnitude ordering in all but pathological cases.
+    """
+    bound = (1.0 + tolerance) * loss_before
+    n = magnitudes.numel()
+    if n == 0:
+        return SearchResult(0.0, loss_before, loss_before, 0)
+    candidates = torch.cat([magnitudes, magnitudes[-1:].nextafter(torch.tensor(float("inf")))])
+
+    def threshold_at(i: int) -> float:
+        return float(candidates[i])
+
+    # Invariant: index lo is known acceptable (lo = 0 prunes nothing), hi is known unacceptable
+    # or past the end.
+    lo, hi, evaluations = 0, n + 1, 0
+    best_loss = loss_before
+    while hi - lo > 1 and evaluations < max_evaluations:
+        mid = (lo + hi) // 2
+        loss = loss_with_threshold(threshold_at(mid))
+        evaluations += 1
+        if loss <= bound:
+            lo, best_loss = mid, loss
+        else:
+            hi = mid
+    return SearchResult(threshold_at(lo) if lo > 0 else 0.0, loss_before, best_loss, evaluations)
+
+
+# --- sparsity and FLOPs ------------------------------------------------------------------------
+
+@torch.no_grad()
+def layer_macs_per_weight(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """For each conv/linear weight, how many multiply-accumulates one of its entries costs per
+    input sample: 1 for a linear layer, the number of output positions for a convolution."""
+    positions: dict[str, int] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            def hook(mod, inp, out, name=name):
+                positions[f"{name}.weight" if name else "weight"] = (
+                    int(out[0, 0].numel()) if isinstance(mod, nn.modules.conv._ConvNd) else 1)
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        p = next(model.parameters())
+        model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return positions
+
+
+@torch.no_grad()
+def sparsity_stats(model: nn.Module, input_shape: tuple[int, ...], prunable: list[str]) -> dict:
+    """Remaining parameters per layer and overall, and dense vs remaining FLOPs.
+
+    Counts non-zero entries of the weights themselves, so it needs no masks: a saved model
+    alone gives the same figures. FLOPs are multiply-accumulates of conv and linear layers per
+    input sample; a zero weight entry costs nothing.
+    """
+    macs = layer_macs_per_weight(model, input_shape)
+    layers, flops_dense, flops_left = [], 0, 0
+    for name, p in model.named_parameters():
+        nonzero = int((p != 0).sum())
+        layers.append({
+            "name": name, "shape": list(p.shape), "params": p.numel(), "nonzero": nonzero,
+            "remaining_pct": 100.0 * nonzero / p.numel(),
+            "compression": p.numel() / max(1, nonzero),
+            "prunable": name in prunable,
+            "flops_dense": macs.get(name, 0) * p.numel(), "flops_remaining": macs.get(name, 0) * nonzero,
+        })
+        flops_dense += layers[-1]["flops_dense"]
+        flops_left += layers[-1]["flops_remaining"]
+
+    def totals(rows: list[dict]) -> dict:
+        params = sum(r["params"] for r in rows)
+        nonzero = sum(r["nonzero"] for r in rows)
+        return {"params": params, "nonzero": nonzero, "remaining_pct": 100.0 * nonzero / max(1, params),
+                "compression": params / max(1, nonzero)}
+
+    return {
+        "layers": layers,
+        "prunable": totals([r for r in layers if r["prunable"]]),
+        "all": totals(layers),
+        "flops": {"dense": flops_dense, "remaining": flops_left,
+                  "remaining_pct": 100.0 * flops_left / max(1, flops_dense)},
+    }

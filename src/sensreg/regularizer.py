@@ -1,0 +1,80 @@
+"""The insensitivity-weighted shrink step and the per-epoch schedules of eta and lambda.
+
+Learning rule (decoupled from the optimizer, like AdamW's weight decay):
+
+    w <- w - eta * dL/dw - lam * w * max(0, 1 - S(w))
+
+with S evaluated at the weights before the step. The shrink is applied in place *before* the
+optimizer step, which is the same thing: the optimizers used here do not read the weights
+when they update (no optimizer weight decay), so the order only matters for which w the shrink
+multiplies, and that is the pre-step w in both cases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+
+def insensitivity(sens: Tensor) -> Tensor:
+    """S-bar = max(0, 1 - S), elementwise."""
+    return (1.0 - sens).clamp_(min=0.0)
+
+
+@torch.no_grad()
+def shrink_(params: Sequence[Tensor], sens: Sequence[Tensor] | None, lam: float) -> None:
+    """w <- w * (1 - lam * max(0, 1 - S)) in place, for each parameter with its sensitivity.
+
+    ``sens=None`` means no sensitivity: every parameter is fully insensitive, which makes the
+    step plain decoupled weight decay w <- w * (1 - lam).
+    """
+    if lam == 0.0 or not params:
+        return
+    if sens is None:
+        torch._foreach_mul_(list(params), 1.0 - lam)
+        return
+    # factor = 1 - lam * clamp(1 - S, min=0), built with fused multi-tensor ops (hot path).
+    factors = torch._foreach_add(torch._foreach_neg(list(sens)), 1.0)
+    torch._foreach_clamp_min_(factors, 0.0)
+    torch._foreach_mul_(factors, -lam)
+    torch._foreach_add_(factors, 1.0)
+    torch._foreach_mul_(list(params), factors)
+
+
+# --- schedules: a factor per epoch that multiplies the base eta or lambda ---------------------
+
+Schedule = Callable[[int, int], float]  # (epoch index from 0, number of epochs) -> factor
+
+
+def constant() -> Schedule:
+    """Factor 1 every epoch."""
+    return lambda epoch, epochs: 1.0
+
+
+def step(milestones: Sequence[int] = (30, 60), gamma: float = 0.1) -> Schedule:
+    """Factor gamma^m, m = how many milestones (epoch numbers, from 1) are <= the current epoch."""
+    marks = sorted(int(m) for m in milestones)
+    return lambda epoch, epochs: gamma ** sum(1 for m in marks if epoch + 1 > m)
+
+
+def cosine(min_factor: float = 0.0) -> Schedule:
+    """Half a cosine period from 1 (first epoch) down to ``min_factor`` (after the last)."""
+    def factor(epoch: int, epochs: int) -> float:
+        progress = epoch / max(1, epochs)
+        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+SCHEDULES: dict[str, Callable[..., Schedule]] = {"constant": constant, "step": step, "cosine": cosine}
+SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {"constant": (), "step": ("milestones", "gamma"),
+                                             "cosine": ("min_factor",)}
+
+
+def build_schedule(name: str, **kwargs) -> Schedule:
+    """The registered schedule ``name`` with its keyword arguments."""
+    if name not in SCHEDULES:
+        raise KeyError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
+    return SCHEDULES[name](**{k: v for k, v in kwargs.items() if k in SCHEDULE_KEYS[name]})

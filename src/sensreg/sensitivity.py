@@ -1,0 +1,129 @@
+"""Sensitivity of the network output to each parameter: tensors in, tensors out.
+
+The sensitivity of parameter w is S(w) = sum_k alpha_k |d o_k / d w|, where o is the network
+output chosen by ``output``: the logits z, or the probabilities y = softmax(z). On a minibatch
+the derivative is taken of the batch mean of the output (one backward pass per output
+component, not one per sample), and the absolute value is applied to that mean derivative.
+
+Variants (``VARIANTS``):
+
+- ``spec``: alpha = the one-hot target, so S = |d mean_n o_{n, t_n} / d w|. One extra backward.
+- ``unspec``: alpha_k = 1/C, so S = (1/C) sum_k |d mean_n o_{n, k} / d w|. C vector-Jacobian
+  products in one batched autograd call; or an unbiased estimate over K sampled classes.
+- ``loss``: S = |dL/dw| (LOBSTER), read off the loss gradient: no extra backward.
+- ``l2``: no sensitivity; the regularizer treats every parameter as fully insensitive (plain
+  decoupled weight decay).
+- ``none``: no sensitivity and no regularization (the control).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+OUTPUTS = ("logits", "probs")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a sensitivity variant needs from the training step."""
+
+    name: str
+    regularizes: bool  # whether the insensitivity-weighted shrink runs at all
+    uses_sensitivity: bool  # False: the shrink treats every parameter as insensitive (S = 0)
+    extra_backward: str  # what it costs beyond the loss gradient, for the docs and --help
+    description: str
+
+
+VARIANTS: dict[str, Variant] = {
+    "spec": Variant("spec", True, True, "1 backward", "specific: |d o_target / d w|"),
+    "unspec": Variant("unspec", True, True, "C (or K) batched VJPs", "unspecific: mean_k |d o_k / d w|"),
+    "loss": Variant("loss", True, True, "none", "loss-based (LOBSTER): |dL/dw|"),
+    "l2": Variant("l2", True, False, "none", "plain decoupled weight decay (insensitivity = 1)"),
+    "none": Variant("none", False, False, "none", "no regularization (control)"),
+}
+
+
+def get_variant(name: str) -> Variant:
+    """The registered variant ``name``; an unknown name is an error listing the known ones."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise KeyError(f"unknown sensitivity variant {name!r}; known: {', '.join(VARIANTS)}") from None
+
+
+def output_of(logits: Tensor, output: str) -> Tensor:
+    """The output o that sensitivities differentiate: the logits themselves or softmax(logits)."""
+    if output == "logits":
+        return logits
+    if output == "probs":
+        return logits.softmax(dim=1)
+    raise ValueError(f"unknown sensitivity output {output!r}; known: {', '.join(OUTPUTS)}")
+
+
+def specific(logits: Tensor, targets: Tensor, params: list[Tensor], output: str = "logits",
+             retain_graph: bool = False) -> list[Tensor]:
+    """S(w) = |d/dw mean_n o_{n, targets_n}| for every tensor in ``params``."""
+    o = output_of(logits, output).gather(1, targets[:, None]).mean()
+    grads = torch.autograd.grad(o, params, retain_graph=retain_graph, allow_unused=True)
+    return [_abs_or_zero(g, p) for g, p in zip(grads, params)]
+
+
+def unspecific(logits: Tensor, params: list[Tensor], output: str = "logits",
+               classes: int | None = None, generator: torch.Generator | None = None,
+               retain_graph: bool = False) -> list[Tensor]:
+    """S(w) = (1/C) sum_k |d/dw mean_n o_{n, k}| for every tensor in ``params``.
+
+    ``classes=None`` is exact: all C vector-Jacobian products in one batched autograd call, whose
+    cost grows like C backward passes. ``classes=K`` draws K distinct classes uniformly at random
+    (from ``generator``) and averages over them: an unbiased estimate of the exact value at the
+    cost of K backward passes.
+    """
+    o = output_of(logits, output).mean(dim=0)  # (C,)
+    num_classes = o.shape[0]
+    if classes is None or classes >= num_classes:
+        rows = torch.arange(num_classes, device=o.device)
+    else:
+        if classes < 1:
+            raise ValueError(f"classes must be >= 1, got {classes}")
+        # Sampled on the CPU (``generator`` is a CPU generator) so runs agree across devices.
+        rows = torch.randperm(num_classes, generator=generator)[:classes].to(o.device)
+    basis = torch.zeros(len(rows), num_classes, dtype=o.dtype, device=o.device)
+    basis[torch.arange(len(rows), device=o.device), rows] = 1.0
+    grads = torch.autograd.grad(o, params, grad_outputs=basis, is_grads_batched=True,
+                                retain_graph=retain_graph, allow_unused=True)
+    return [g.abs().mean(dim=0) if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+
+
+def loss_based(loss_grads: list[Tensor]) -> list[Tensor]:
+    """S(w) = |dL/dw|, from the loss gradient the training step computes anyway."""
+    return [g.abs() for g in loss_grads]
+
+
+def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, targets: Tensor,
+                              params: list[Tensor], output: str = "logits",
+                              classes: int | None = None,
+                              generator: torch.Generator | None = None,
+                              ) -> tuple[list[Tensor], list[Tensor] | None]:
+    """The loss gradient for ``params`` and, where the variant has one, their sensitivity.
+
+    Both come from the same forward pass; the sensitivity is evaluated at the current weights,
+    i.e. before the optimizer step that will use the gradient. Returns (grads, None) for
+    variants without a sensitivity.
+    """
+    needs_extra_backward = variant.name in ("spec", "unspec")
+    grads = list(torch.autograd.grad(loss, params, retain_graph=needs_extra_backward))
+    if variant.name == "spec":
+        return grads, specific(logits, targets, params, output)
+    if variant.name == "unspec":
+        return grads, unspecific(logits, params, output, classes, generator)
+    if variant.name == "loss":
+        return grads, loss_based(grads)
+    return grads, None
+
+
+def _abs_or_zero(g: Tensor | None, p: Tensor) -> Tensor:
+    # A parameter that does not reach the output (allow_unused) has zero sensitivity.
+    return g.abs() if g is not None else torch.zeros_like(p)

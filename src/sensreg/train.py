@@ -1,0 +1,279 @@
+"""The training loop: sensitivity-driven regularization, pruning by thresholding, reporting.
+
+Reads top to bottom: ``train`` sets everything up, runs the epochs (each: train, validate,
+maybe prune, log a line) and writes the run folder. ``TrainStep`` is the hot path, one
+minibatch; the benchmark script times it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import report
+from .checkpoint import CheckpointError, load_init_state, save_model
+from .config import TrainConfig, resolve_device
+from .data import Dataset, batches, load_dataset, num_batches
+from .evaluate import evaluate
+from .models import build_model
+from .pruning import Masks, prunable_names, search_threshold, sparsity_stats
+from .regularizer import build_schedule, shrink_
+from .sensitivity import Variant, get_variant, gradients_and_sensitivity
+
+log = logging.getLogger("sensreg")
+
+
+class TrainStep:
+    """One minibatch: forward, loss gradient and sensitivity, shrink, optimizer step, masks."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, variant: Variant,
+                 masks: Masks, regularized: list[str], output: str = "logits",
+                 classes: int | None = None, generator: torch.Generator | None = None):
+        self.model, self.optimizer, self.variant, self.masks = model, optimizer, variant, masks
+        self.output, self.classes, self.generator = output, classes, generator
+        named = dict(model.named_parameters())
+        self.names = list(named)
+        self.params = list(named.values())
+        self.reg_index = [self.names.index(n) for n in regularized]
+        self.mask_index = [self.names.index(n) for n in masks.names]
+
+    def __call__(self, x: Tensor, y: Tensor, lam: float) -> Tensor:
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        grads, sens = gradients_and_sensitivity(self.variant, logits, loss, y, self.params,
+                                                self.output, self.classes, self.generator)
+        if self.variant.regularizes and lam > 0:
+            reg_params = [self.params[i] for i in self.reg_index]
+            shrink_(reg_params, None if sens is None else [sens[i] for i in self.reg_index], lam)
+        self.masks.mask_([grads[i] for i in self.mask_index])
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.optimizer.step()
+        self.masks.apply_()
+        return loss.detach()
+
+
+def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+    return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def setup(cfg: TrainConfig) -> tuple[torch.device, Dataset, nn.Module]:
+    """Device, data and model for ``cfg``; raises on a missing dataset or a bad init checkpoint."""
+    device = resolve_device(cfg.trainer.device)
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed,
+                        device if cfg.data.on_device else "cpu", **cfg.data.loader_options())
+    if not cfg.data.on_device:
+        data = Dataset(data.train.to(device), data.val.to(device), data.test.to(device),
+                       data.num_classes, data.input_shape)
+    model = build_model(cfg.model.name, data.num_classes, data.input_shape)
+    if cfg.trainer.init:
+        state = load_init_state(cfg.trainer.init)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"trainer.init={cfg.trainer.init} does not fit model "
+                                  f"{cfg.model.name}: {err}") from None
+    return device, data, model.to(device)
+
+
+def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """Train, regularize, prune and evaluate as ``cfg`` says; write the run folder; return the summary."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    summary: dict[str, Any] = {
+        "status": "running", "config_hash": cfg.hash(), "seed": cfg.trainer.seed,
+        "model": cfg.model.name, "data": cfg.data.name, "sens": cfg.sens.name,
+        "versions": report.versions(), "git_commit": report.git_commit(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+    }
+    report.write_json(run_dir / "summary.json", summary)
+    try:
+        _train(cfg, run_dir, summary, started)
+    except BaseException as err:
+        summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        summary["error"] = f"{type(err).__name__}: {err}"
+        summary["wall_time_s"] = time.time() - started
+        report.write_json(run_dir / "summary.json", summary)
+        raise
+    return summary
+
+
+def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], started: float) -> None:
+    device, data, model = setup(cfg)
+    summary["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    log.info("run folder %s | %s on %s, sens=%s, device %s | train %d, val %d, test %d",
+             run_dir, cfg.model.name, cfg.data.name, cfg.sens.name, summary["device"],
+             len(data.train), len(data.val), len(data.test))
+
+    optimizer = build_optimizer(cfg, model.parameters())
+    variant = get_variant(cfg.sens.name)
+    masks = Masks(model, prunable_names(model, cfg.prune.params))
+    shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed)
+    class_gen = torch.Generator().manual_seed(cfg.trainer.seed + 1)
+    step = TrainStep(model, optimizer, variant, masks, prunable_names(model, cfg.sens.params),
+                     cfg.sens.output, cfg.sens.classes, class_gen)
+    eta_at = build_schedule(**vars(cfg.eta_schedule))
+    lam_at = build_schedule(**vars(cfg.lam_schedule))
+    t = cfg.trainer
+    warmup = t.warmup_epochs
+    eval_bs = cfg.data.eval_batch_size
+
+    rows: list[dict[str, Any]] = []
+    thresholds: list[dict[str, Any]] = []
+    threshold = 0.0
+    best_val, stale = float("inf"), 0
+    show_progress = t.progress is True or (t.progress == "auto" and sys.stdout.isatty())
+
+    for epoch in range(t.epochs):
+        epoch_start = time.time()
+        dense = epoch < warmup
+        eta = cfg.optim.lr * eta_at(epoch, t.epochs)
+        # lambda's schedule runs over the regularized epochs only (after the dense warm-up).
+        lam = 0.0 if dense else cfg.sens.lam * lam_at(epoch - warmup, max(1, t.epochs - warmup))
+        for group in optimizer.param_groups:
+            group["lr"] = eta
+
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        n_batches = num_batches(data.train, t.batch_size)
+        with _progress(show_progress, f"epoch {epoch + 1}/{t.epochs}", n_batches) as advance:
+            for x, y in batches(data.train, t.batch_size, shuffle=True, generator=shuffle_gen):
+                loss_sum += step(x, y, lam)
+                advance()
+        train_loss = float(loss_sum) / n_batches
+        val = evaluate(model, data.val, eval_bs)
+
+        # Pruning decisions use the validation split only.
+        if not dense and epoch + 1 >= cfg.prune.start_epoch:
+            if cfg.prune.name == "search":
+                if val["loss"] < best_val:
+                    best_val, stale = val["loss"], 0
+                else:
+                    stale += 1
+                if stale >= cfg.prune.patience:
+                    found = _search_and_prune(model, masks, optimizer, data, eval_bs, val["loss"],
+                                              cfg.prune.tolerance, epoch + 1)
+                    if found is not None:
+                        thresholds.append(found)
+                        threshold = found["threshold"]
+                        val = evaluate(model, data.val, eval_bs)
+                    best_val, stale = val["loss"], 0
+            elif cfg.prune.name == "fixed" and (epoch + 1 - cfg.prune.start_epoch) % cfg.prune.every == 0:
+                before = masks.remaining_pct()
+                pruned = masks.prune_below_(cfg.prune.threshold, optimizer)
+                if pruned:
+                    threshold = cfg.prune.threshold
+                    val_after = evaluate(model, data.val, eval_bs)
+                    thresholds.append({"epoch": epoch + 1, "threshold": threshold, "pruned": pruned,
+                                       "remaining_pct_before": before,
+                                       "remaining_pct_after": masks.remaining_pct(),
+                                       "val_loss_before": val["loss"], "val_loss_after": val_after["loss"]})
+                    val = val_after
+
+        row = {"epoch": epoch + 1, "eta": eta, "lam": lam, "train_loss": train_loss,
+               "val_loss": val["loss"], "val_error": val["error"],
+               "remaining_pct": masks.remaining_pct(), "threshold": threshold,
+               "seconds": time.time() - epoch_start}
+        rows.append(row)
+        report.write_metrics(run_dir / "metrics.csv", rows)
+        log.info(report.epoch_line(row))
+        if not all(torch.isfinite(p).all() for p in model.parameters()) or train_loss != train_loss:
+            raise FloatingPointError(
+                f"the loss or the weights became non-finite in epoch {epoch + 1}; "
+                f"lower sens.lam or optim.lr and run again.")
+
+    test = evaluate(model, data.test, eval_bs)
+    stats = sparsity_stats(model, data.input_shape, masks.names)
+    save_model(run_dir / "model.pt", model, masks.state_dict(), model_name=cfg.model.name,
+               num_classes=data.num_classes, input_shape=data.input_shape, config=cfg.to_dict())
+    summary.update({
+        "status": "completed",
+        "epochs_completed": t.epochs,
+        "test_error": test["error"], "test_top5_error": test.get("top5_error"), "test_loss": test["loss"],
+        "val_error": rows[-1]["val_error"], "val_loss": rows[-1]["val_loss"],
+        "remaining_pct": stats["prunable"]["remaining_pct"], "compression": stats["prunable"]["compression"],
+        "remaining_pct_all": stats["all"]["remaining_pct"], "compression_all": stats["all"]["compression"],
+        "sparsity": stats, "flops": stats["flops"], "thresholds": thresholds,
+        "wall_time_s": time.time() - started, "checkpoint": "model.pt",
+    })
+    report.write_json(run_dir / "summary.json", summary)
+    table = report.layer_table(stats)
+    log.info("test error %.2f%%%s | remaining %.3f%% of prunable parameters (%.1fx), %.3f%% of all (%.1fx) "
+             "| FLOPs left %.2f%%", 100 * test["error"],
+             f" (top-5 {100 * test['top5_error']:.2f}%)" if "top5_error" in test else "",
+             stats["prunable"]["remaining_pct"], stats["prunable"]["compression"],
+             stats["all"]["remaining_pct"], stats["all"]["compression"], stats["flops"]["remaining_pct"])
+    log.info("per-layer sparsity:\n%s", report.render_text(table).rstrip())
+
+
+def _search_and_prune(model: nn.Module, masks: Masks, optimizer, data: Dataset, eval_bs: int,
+                      val_loss: float, tolerance: float, epoch: int) -> dict[str, Any] | None:
+    """Find the largest global threshold within tolerance on the validation loss and apply it."""
+    saved = [p.detach().clone() for p in masks.params]
+
+    @torch.no_grad()
+    def loss_with(threshold: float) -> float:
+        for p, s, m in zip(masks.params, saved, masks.masks):
+            p.copy_(s * (m & (s.abs() >= threshold)))
+        loss = evaluate(model, data.val, eval_bs)["loss"]
+        for p, s in zip(masks.params, saved):
+            p.copy_(s)
+        return loss
+
+    before = masks.remaining_pct()
+    result = search_threshold(masks.kept_magnitudes(), loss_with, val_loss, tolerance)
+    if result.threshold <= 0.0:
+        return None
+    pruned = masks.prune_below_(result.threshold, optimizer)
+    return {"epoch": epoch, "threshold": result.threshold, "pruned": pruned,
+            "remaining_pct_before": before, "remaining_pct_after": masks.remaining_pct(),
+            "val_loss_before": result.loss_before, "val_loss_after": result.loss_after,
+            "evaluations": result.evaluations}
+
+
+def _progress(enabled: bool, description: str, total: int):
+    """A rich progress bar (on a terminal only); yields a function that advances it by one."""
+    if not enabled:
+        return nullcontext(lambda: None)
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextmanager
+    def bar():
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), transient=True) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda: progress.advance(task)
+
+    return bar()
