@@ -103,6 +103,7 @@ class TrainerConfig:
     warmup_epochs: int = 0
     init: str | None = None
     progress: Any = "auto"
+    channels_last: bool = True
 
 
 @dataclass
@@ -200,11 +201,12 @@ class TrainConfig:
         """A short hash of everything that defines the experiment except the seed.
 
         Runs that differ only in trainer.seed share it (so they group across seeds); so do runs
-        that differ only in where they run or read data from (trainer.device, trainer.progress,
-        data.root), which do not change what is computed.
+        that differ only in where and how fast they run or where they read data from
+        (trainer.device, trainer.progress, trainer.channels_last, data.root), which do not
+        change what is computed.
         """
         d = self.to_dict()
-        for section, key in (("trainer", "seed"), ("trainer", "device"), ("trainer", "progress"),
+        for section, key in (("trainer", "seed"), ("trainer", "device"), ("trainer", "progress"), ("trainer", "channels_last"),
                              ("data", "root")):
             d[section].pop(key, None)
         blob = json.dumps(d, sort_keys=True, default=str)

@@ -29,18 +29,19 @@ def shrink_(params: Sequence[Tensor], sens: Sequence[Tensor] | None, lam: float)
     """w <- w * (1 - lam * max(0, 1 - S)) in place, for each parameter with its sensitivity.
 
     ``sens=None`` means no sensitivity: every parameter is fully insensitive, which makes the
-    step plain decoupled weight decay w <- w * (1 - lam).
+    step plain decoupled weight decay w <- w * (1 - lam). The sensitivity tensors are scratch:
+    they are overwritten (the hot path allocates nothing here).
     """
     if lam == 0.0 or not params:
         return
     if sens is None:
         torch._foreach_mul_(list(params), 1.0 - lam)
         return
-    # factor = 1 - lam * clamp(1 - S, min=0), built with fused multi-tensor ops (hot path).
-    factors = torch._foreach_add(torch._foreach_neg(list(sens)), 1.0)
-    torch._foreach_clamp_min_(factors, 0.0)
-    torch._foreach_mul_(factors, -lam)
-    torch._foreach_add_(factors, 1.0)
+    # 1 - lam * max(0, 1 - S) = (1 - lam) + lam * min(S, 1): three fused multi-tensor passes.
+    factors = list(sens)
+    torch._foreach_clamp_max_(factors, 1.0)
+    torch._foreach_mul_(factors, lam)
+    torch._foreach_add_(factors, 1.0 - lam)
     torch._foreach_mul_(list(params), factors)
 
 
@@ -55,7 +56,8 @@ def constant() -> Schedule:
 
 
 def step(milestones: Sequence[int] = (30, 60), gamma: float = 0.1) -> Schedule:
-    """Factor gamma^m, m = how many milestones (epoch numbers, from 1) are <= the current epoch."""
+    """Factor gamma^m, m = how many milestones have passed: a milestone M (counted in epochs)
+    takes effect from epoch M + 1 on (epoch index M), as in torch's MultiStepLR."""
     marks = sorted(int(m) for m in milestones)
     return lambda epoch, epochs: gamma ** sum(1 for m in marks if epoch + 1 > m)
 

@@ -114,7 +114,8 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
     variants without a sensitivity.
     """
     needs_extra_backward = variant.name in ("spec", "unspec")
-    grads = list(torch.autograd.grad(loss, params, retain_graph=needs_extra_backward))
+    grads = [_or_zero(g, p) for g, p in zip(
+        torch.autograd.grad(loss, params, retain_graph=needs_extra_backward, allow_unused=True), params)]
     if variant.name == "spec":
         return grads, specific(logits, targets, params, output)
     if variant.name == "unspec":
@@ -124,6 +125,10 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
     return grads, None
 
 
+def _or_zero(g: Tensor | None, p: Tensor) -> Tensor:
+    # A parameter that does not reach the output (allow_unused) has zero derivative.
+    return g if g is not None else torch.zeros_like(p)
+
+
 def _abs_or_zero(g: Tensor | None, p: Tensor) -> Tensor:
-    # A parameter that does not reach the output (allow_unused) has zero sensitivity.
-    return g.abs() if g is not None else torch.zeros_like(p)
+    return _or_zero(g, p).abs()

@@ -40,7 +40,8 @@ class TrainStep:
                  classes: int | None = None, generator: torch.Generator | None = None):
         self.model, self.optimizer, self.variant, self.masks = model, optimizer, variant, masks
         self.output, self.classes, self.generator = output, classes, generator
-        named = dict(model.named_parameters())
+        # Frozen parameters (requires_grad=False) are neither trained nor regularized.
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.names = list(named)
         self.params = list(named.values())
         self.reg_index = [self.names.index(n) for n in regularized]
@@ -95,6 +96,9 @@ def setup(cfg: TrainConfig) -> tuple[torch.device, Dataset, nn.Module]:
         data = Dataset(data.train.to(device), data.val.to(device), data.test.to(device),
                        data.num_classes, data.input_shape)
     model = build_model(cfg.model.name, data.num_classes, data.input_shape)
+    if cfg.trainer.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        # NHWC convolutions: on the CPU their backward pass is about twice as fast (LeNet-5).
+        model = model.to(memory_format=torch.channels_last)
     if cfg.trainer.init:
         state = load_init_state(cfg.trainer.init)
         try:

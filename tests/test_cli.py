@@ -1,0 +1,162 @@
+"""The command line as a user meets it: subprocesses of the installed `sensreg` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data=synthetic", "data.num_train=400", "data.num_test=200", "trainer.epochs=2",
+        "trainer.device=cpu", "trainer.batch_size=50"]
+
+
+def sensreg(*args: str, cwd: Path, module: bool = False) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "sensreg", *args] if module else ["sensreg", *args]
+    env = {**os.environ, "HYDRA_FULL_ERROR": ""}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("summary.json"))
+
+
+def test_help_lists_commands(tmp_path):
+    out = sensreg("--help", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "train" in out.stdout and "eval" in out.stdout
+    out = sensreg("train", "--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for group in ("model:", "sens:", "prune:", "schedule:", "lenet5", "unspec"):
+        assert group in out.stdout
+
+
+def test_cfg_job_prints_composed_config(tmp_path):
+    out = sensreg("train", "model=lenet5", "sens=unspec", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "name: lenet5" in out.stdout and "name: unspec" in out.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_train_writes_run_folder_and_eval_reproduces_it(tmp_path):
+    out = sensreg("train", *TINY, "sens=spec", "prune.patience=0", "prune.tolerance=0.5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (run,) = run_dirs(tmp_path / "outputs")
+    for name in ("config.yaml", "metrics.csv", "summary.json", "model.pt", "train.log"):
+        assert (run / name).is_file(), name
+
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "eta", "lam", "train_loss", "val_loss", "val_error",
+                            "remaining_pct", "threshold", "seconds"}
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert 0.0 <= summary["test_error"] <= 1.0 and summary["test_top5_error"] <= summary["test_error"]
+    assert summary["sparsity"]["all"]["params"] == 266_610
+    assert summary["flops"]["dense"] == 784 * 300 + 300 * 100 + 100 * 10
+    for key in ("config_hash", "versions", "device", "wall_time_s", "thresholds", "compression"):
+        assert key in summary
+    # patience 0: a search after every epoch; tolerance 0.5 lets it prune something
+    assert summary["thresholds"] and summary["remaining_pct"] < 100.0
+
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    assert ckpt["model_name"] == "lenet300"
+
+    ev = sensreg("eval", str(run / "model.pt"), "--json", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert result["test_error"] == summary["test_error"]
+    assert result["sparsity"]["prunable"]["remaining_pct"] == summary["remaining_pct"]
+    assert result["matches_summary"] is True
+
+    # the per-epoch line and the final table reach the log
+    log = (run / "train.log").read_text()
+    assert "epoch   2" in log and "fc1.weight" in log
+
+
+def test_multirun_sweep_gives_one_folder_per_job(tmp_path):
+    out = sensreg("train", "-m", *TINY, "trainer.epochs=1", "sens.lam=0,1e-4", "trainer.seed=0,1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    runs = run_dirs(tmp_path / "outputs" / "multirun")
+    assert len(runs) == 4
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    assert all(s["status"] == "completed" for s in summaries)
+    # the config hash ignores the seed: two configurations, two seeds each
+    hashes = [s["config_hash"] for s in summaries]
+    assert len(set(hashes)) == 2 and all(hashes.count(h) == 2 for h in hashes)
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    out = sensreg("train", *TINY, "trainer.epochs=1", "sens=none", "prune=none", cwd=tmp_path, module=True)
+    assert out.returncode == 0, out.stderr
+    assert len(run_dirs(tmp_path / "outputs")) == 1
+
+
+@pytest.mark.parametrize("override, must_mention", [
+    ("model=lenet7", ["lenet7", "lenet300", "lenet5"]),
+    ("sens=specific", ["specific", "spec", "unspec"]),
+    ("sens.lam=-1", ["sens.lam", ">= 0"]),
+    ("trainer.epochs=0", ["trainer.epochs", ">= 1"]),
+    ("trainer.batch_size=0", ["trainer.batch_size"]),
+    ("data.val_fraction=1.5", ["data.val_fraction", "between 0 and 1"]),
+    ("prune.tolerance=-0.1", ["prune.tolerance"]),
+    ("sens.output=softmax", ["sens.output", "logits", "probs"]),
+    ("trainer.epochz=3", ["epochz"]),
+])
+def test_bad_input_is_a_short_message_before_any_training(tmp_path, override, must_mention):
+    out = sensreg("train", *TINY, override, cwd=tmp_path)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    for word in must_mention:
+        assert word in text, (word, text)
+    assert "Traceback" not in text
+    assert "epoch" not in out.stdout  # nothing trained
+    assert not run_dirs(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_requested_without_gpu_is_refused(tmp_path):
+    out = sensreg("train", *TINY, "trainer.device=cuda", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "trainer.device=cuda" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_eval_refuses_bad_checkpoints(tmp_path):
+    missing = sensreg("eval", str(tmp_path / "nope.pt"), cwd=tmp_path)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    bad = sensreg("eval", str(garbage), cwd=tmp_path)
+    assert bad.returncode == 2 and str(garbage) in bad.stderr and "Traceback" not in bad.stderr
+    foreign = tmp_path / "state_dict.pt"
+    torch.save({"w": torch.zeros(2)}, foreign)
+    bad = sensreg("eval", str(foreign), cwd=tmp_path)
+    assert bad.returncode == 2 and "not a sensreg model checkpoint" in bad.stderr
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path):
+    out = sensreg("train", "data=mnist", f"data.root={tmp_path / 'empty'}", "trainer.epochs=1", cwd=tmp_path)
+    assert out.returncode != 0
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO / "data" / "MNIST" / "raw").is_dir(), reason="MNIST not in data/ (see README)")
+def test_lenet300_one_epoch_on_real_mnist(tmp_path):
+    """The real check: LeNet-300-100, one epoch of MNIST, under 4 % test error."""
+    out = sensreg("train", "model=lenet300", "trainer.epochs=1", "trainer.device=cpu",
+                  f"data.root={REPO / 'data'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (run,) = run_dirs(tmp_path / "outputs")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_error"] < 0.04, summary["test_error"]
+    assert summary["sparsity"]["all"]["params"] == 266_610

@@ -1,0 +1,127 @@
+"""The training loop called directly (no Hydra), on small generated data on the CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from sensreg.checkpoint import CheckpointError
+from sensreg.config import ConfigError, TrainConfig
+from sensreg.evaluate import evaluate_checkpoint
+from sensreg.train import train
+
+
+def config(**sections) -> TrainConfig:
+    base = {
+        "data": {"name": "synthetic", "num_train": 300, "num_test": 100},
+        "trainer": {"epochs": 2, "batch_size": 50, "device": "cpu", "progress": False},
+    }
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value)
+    return TrainConfig.from_dict(base)
+
+
+def metrics(run_dir) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("model", ["lenet300", "lenet5"])
+@pytest.mark.parametrize("sens", ["spec", "unspec", "loss", "none", "l2"])
+def test_every_variant_trains_on_every_model(tmp_path, model, sens):
+    cfg = config(model={"name": model}, sens={"name": sens, "lam": 1e-3},
+                 trainer={"epochs": 1}, prune={"name": "fixed", "threshold": 1e-2})
+    summary = train(cfg, tmp_path)
+    assert summary["status"] == "completed"
+    assert summary["remaining_pct"] < 100.0  # the fixed threshold pruned something
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_pruned_weights_are_exactly_zero_in_the_saved_model(tmp_path):
+    cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"epochs": 3},
+                 prune={"name": "fixed", "threshold": 5e-3, "start_epoch": 1, "every": 1})
+    train(cfg, tmp_path)
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
+    pruned = 0
+    for name, mask in ckpt["masks"].items():
+        weights = ckpt["state_dict"][name]
+        assert torch.equal(weights[~mask], torch.zeros_like(weights[~mask]))
+        pruned += int((~mask).sum())
+    assert pruned > 0
+
+
+def test_search_prunes_within_tolerance(tmp_path):
+    cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"epochs": 3},
+                 prune={"name": "search", "patience": 0, "tolerance": 0.1})
+    summary = train(cfg, tmp_path)
+    assert summary["thresholds"], "the search never ran"
+    for decision in summary["thresholds"]:
+        assert decision["val_loss_after"] <= 1.1 * decision["val_loss_before"] + 1e-12
+        assert decision["remaining_pct_after"] < decision["remaining_pct_before"]
+
+
+def test_dense_warmup_has_no_regularization_and_no_pruning(tmp_path):
+    cfg = config(sens={"name": "l2", "lam": 1e-2}, trainer={"epochs": 3, "warmup_epochs": 2},
+                 prune={"name": "fixed", "threshold": 1e-2})
+    train(cfg, tmp_path)
+    rows = metrics(tmp_path)
+    assert [float(r["lam"]) for r in rows] == [0.0, 0.0, 1e-2]
+    assert [float(r["remaining_pct"]) for r in rows][:2] == [100.0, 100.0]
+    assert float(rows[2]["remaining_pct"]) < 100.0
+
+
+def test_lambda_and_eta_schedules_reach_the_metrics(tmp_path):
+    cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"epochs": 4},
+                 eta_schedule={"name": "step", "milestones": [2], "gamma": 0.5},
+                 lam_schedule={"name": "cosine", "min_factor": 0.0}, prune={"name": "none"})
+    train(cfg, tmp_path)
+    rows = metrics(tmp_path)
+    lr = cfg.optim.lr
+    assert [float(r["eta"]) for r in rows] == pytest.approx([lr, lr, lr / 2, lr / 2])
+    assert [float(r["lam"]) for r in rows] == pytest.approx([1e-3, 0.85355339e-3, 0.5e-3, 0.14644661e-3])
+
+
+def test_same_seed_same_result_and_seed_changes_it(tmp_path):
+    cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"deterministic": True})
+    a, b = train(cfg, tmp_path / "a"), train(cfg, tmp_path / "b")
+    other = config(sens={"name": "spec", "lam": 1e-3}, trainer={"deterministic": True, "seed": 1})
+    c = train(other, tmp_path / "c")
+    wa = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
+    wc = torch.load(tmp_path / "c" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert a["config_hash"] == b["config_hash"] == c["config_hash"]  # the hash ignores the seed
+
+
+def test_init_checkpoint_is_the_starting_point(tmp_path):
+    first = config(sens={"name": "none"}, prune={"name": "none"})
+    train(first, tmp_path / "dense")
+    # zero learning rate and no regularization: the run must end exactly where it started
+    cont = config(sens={"name": "none"}, prune={"name": "none"}, optim={"lr": 1e-12},
+                  trainer={"epochs": 1, "init": str(tmp_path / "dense" / "model.pt")})
+    train(cont, tmp_path / "cont")
+    a = evaluate_checkpoint(tmp_path / "dense" / "model.pt")
+    b = evaluate_checkpoint(tmp_path / "cont" / "model.pt")
+    assert a["test_error"] == b["test_error"]
+
+
+def test_bad_init_checkpoint_is_refused_with_its_path(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match=str(bad)):
+        train(config(trainer={"init": str(bad)}), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_config_errors_name_every_problem():
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict({"sens": {"lam": -1, "name": "nope"}, "trainer": {"epochs": 0},
+                               "model": {"name": "lenet7"}, "prune": {"bogus": 1}})
+    text = str(err.value)
+    for fragment in ("sens.lam=-1", "sens.name='nope'", "trainer.epochs=0", "model.name='lenet7'",
+                     "lenet300", "bogus"):
+        assert fragment in text
