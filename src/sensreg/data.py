@@ -6,6 +6,7 @@ batched by indexing with a shuffled permutation: no DataLoader, no per-batch hos
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,12 +56,17 @@ def _torchvision_mnist(name: str, root: Path) -> tuple[Split, Split]:
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
     raw = root / cls.__name__ / "raw"
-    if name == "fashion_mnist" and not all((raw / f).exists() for f in _FILES) and _DEBIAN_FASHION.is_dir():
-        # Debian ships the same files; copy them into our data root (never write beside them).
+    if name == "fashion_mnist" and _DEBIAN_FASHION.is_dir():
+        # Debian ships the same images, recompressed (so torchvision's checksums of the .gz files
+        # do not match). torchvision reads the decompressed files when they exist, so decompress
+        # them into our data root (never write beside the originals).
         raw.mkdir(parents=True, exist_ok=True)
         for f in _FILES:
-            if (_DEBIAN_FASHION / f).exists() and not (raw / f).exists():
-                shutil.copy(_DEBIAN_FASHION / f, raw / f)
+            target = raw / f.removesuffix(".gz")
+            if (_DEBIAN_FASHION / f).exists() and not target.exists():
+                with gzip.open(_DEBIAN_FASHION / f, "rb") as src, open(target.with_suffix(".part"), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                target.with_suffix(".part").replace(target)
     try:
         train = cls(str(root), train=True, download=True)
         test = cls(str(root), train=False, download=True)
