@@ -83,6 +83,16 @@ def test_shrink_matches_formula_on_random_tensors():
         assert_close(w, e, rtol=1e-14, atol=1e-15)
 
 
+def test_shrink_rejects_lam_outside_zero_one():
+    w = t(1.0, 2.0)
+    for lam in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="lam"):
+            shrink_([w], [t(0.0, 0.0)], lam)
+        with pytest.raises(ValueError, match="lam"):
+            shrink_([w], None, lam)
+    assert torch.equal(w, t(1.0, 2.0))
+
+
 def test_shrink_empty_list_is_fine():
     shrink_([], None, 0.1)
     shrink_([], [], 0.1)

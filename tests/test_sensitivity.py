@@ -17,6 +17,7 @@ from torch.testing import assert_close
 
 from sensreg.sensitivity import (
     OUTPUTS,
+    batched_vjps_are_faster,
     VARIANTS,
     get_variant,
     gradients_and_sensitivity,
@@ -88,12 +89,13 @@ def test_specific_matches_per_sample_loop(kind, output, batch, ref):
     assert_all_close(got, ref.spec(model, x, y, output), **TIGHT)
 
 
+@pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("output", OUTPUTS)
 @pytest.mark.parametrize("kind", MODELS)
-def test_unspecific_exact_matches_per_sample_loop(kind, output, batch, ref):
+def test_unspecific_exact_matches_per_sample_loop(kind, output, batched, batch, ref):
     model, x, _ = model_and_batch(kind, batch, ref)
     params = list(model.parameters())
-    got = unspecific(model(x), params, output)
+    got = unspecific(model(x), params, output, batched=batched)
     assert_all_close(got, ref.unspec(model, x, output), **TIGHT)
 
 
@@ -221,6 +223,25 @@ def test_sampled_unspecific_is_reproducible_with_a_seeded_generator(batch, ref):
     for a, b in zip(*runs):
         assert torch.equal(a, b)
     assert any(not torch.equal(runs[0][0], r) for r in runs[0][1:])  # successive draws differ
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_sampled_unspecific_looped_equals_batched_for_the_same_draws(kind, batch, ref):
+    model, x, _ = model_and_batch(kind, batch, ref)
+    params = list(model.parameters())
+    logits = model(x)
+    for seed in range(4):
+        looped = unspecific(logits, params, "probs", classes=2, generator=torch.Generator().manual_seed(seed),
+                            retain_graph=True, batched=False)
+        batched = unspecific(logits, params, "probs", classes=2, generator=torch.Generator().manual_seed(seed),
+                             retain_graph=True, batched=True)
+        assert_all_close(looped, batched, **TIGHT)
+
+
+def test_batched_vjps_are_used_only_where_autograd_has_batching_rules():
+    from sensreg.models import build_model
+    assert batched_vjps_are_faster(build_model("lenet300", 10, (1, 28, 28)))
+    assert not batched_vjps_are_faster(build_model("lenet5", 10, (1, 28, 28)))
 
 
 def test_sampled_unspecific_rejects_nonpositive_k(batch, ref):

@@ -1,5 +1,8 @@
 """The typed view of a composed `sensreg train` config, validated before any work starts.
 
+The defaults here are those of the shipped YAML files (``configs/``), so that code building a
+``TrainConfig`` directly gets what ``sensreg train`` gets; a test holds the two together.
+
 The core never sees Hydra: the CLI turns the composed config into a plain dict, and
 ``TrainConfig.from_dict`` turns that into these dataclasses, checking every value a user can
 get wrong. All problems are collected and reported together in one ``ConfigError``.
@@ -58,7 +61,7 @@ class ModelConfig:
 @dataclass
 class SensConfig:
     name: str = "spec"
-    lam: float = 1e-5
+    lam: float = 3e-4
     output: str = "logits"
     params: str = "all"
     classes: int | None = None
@@ -67,9 +70,9 @@ class SensConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"
-    lr: float = 0.1
+    lr: float = 0.05
     momentum: float = 0.9
-    nesterov: bool = False
+    nesterov: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
@@ -86,8 +89,8 @@ class ScheduleConfig:
 class PruneConfig:
     name: str = "search"
     params: str = "all"
-    patience: int | None = 2
-    tolerance: float | None = 0.05
+    patience: int | None = 0
+    tolerance: float | None = 0.1
     threshold: float | None = None
     start_epoch: int = 1
     every: int = 1
@@ -167,6 +170,9 @@ class TrainConfig:
             p.append(f"data.val_fraction={self.data.val_fraction!r} must lie strictly between 0 and 1.")
         at_least("data.eval_batch_size", self.data.eval_batch_size, 1)
         at_least("sens.lam", self.sens.lam, 0)
+        if isinstance(self.sens.lam, (int, float)) and self.sens.lam >= 1:
+            p.append(f"sens.lam={self.sens.lam!r} must be below 1 (it is the fraction of an insensitive "
+                     f"weight removed per step; typical values 1e-6 to 1e-3).")
         if self.sens.classes is not None:
             at_least("sens.classes", self.sens.classes, 1)
         at_least("optim.lr", self.optim.lr, 0, strict=True)

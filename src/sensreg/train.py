@@ -27,7 +27,7 @@ from .evaluate import evaluate
 from .models import build_model
 from .pruning import Masks, prunable_names, search_threshold, sparsity_stats
 from .regularizer import build_schedule, shrink_
-from .sensitivity import Variant, get_variant, gradients_and_sensitivity
+from .sensitivity import Variant, batched_vjps_are_faster, get_variant, gradients_and_sensitivity
 
 log = logging.getLogger("sensreg")
 
@@ -46,12 +46,13 @@ class TrainStep:
         self.params = list(named.values())
         self.reg_index = [self.names.index(n) for n in regularized]
         self.mask_index = [self.names.index(n) for n in masks.names]
+        self.batched = batched_vjps_are_faster(model)
 
     def __call__(self, x: Tensor, y: Tensor, lam: float) -> Tensor:
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
         grads, sens = gradients_and_sensitivity(self.variant, logits, loss, y, self.params,
-                                                self.output, self.classes, self.generator)
+                                                self.output, self.classes, self.generator, self.batched)
         if self.variant.regularizes and lam > 0:
             reg_params = [self.params[i] for i in self.reg_index]
             shrink_(reg_params, None if sens is None else [sens[i] for i in self.reg_index], lam)

@@ -1,0 +1,68 @@
+"""The shipped YAML configs and the typed config agree, and every preset composes and validates."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from sensreg.config import ConfigError, TrainConfig
+
+
+def composed(*overrides: str) -> dict:
+    with initialize_config_module(config_module="sensreg.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_dataclass_defaults_are_the_shipped_defaults():
+    # Code that builds TrainConfig() directly must train what `sensreg train` trains.
+    assert TrainConfig.from_dict(composed()) == TrainConfig()
+
+
+def experiments() -> list[str]:
+    folder = resources.files("sensreg.configs") / "experiment"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("name", experiments())
+def test_every_experiment_preset_composes_and_validates(name):
+    folder = resources.files("sensreg.configs") / "experiment"
+    assert (folder / f"{name}.yaml").read_text().startswith("# @package _global_")
+    TrainConfig.from_dict(composed(f"experiment={name}"))
+
+
+@pytest.mark.parametrize("group,options", [
+    ("model", ["lenet300", "lenet5"]), ("sens", ["spec", "unspec", "loss", "none", "l2"]),
+    ("optim", ["sgd", "adam"]), ("prune", ["search", "fixed", "none"]),
+    ("schedule@eta_schedule", ["constant", "step", "cosine"]),
+    ("schedule@lam_schedule", ["constant", "step", "cosine"]),
+    ("data", ["mnist", "fashion_mnist", "synthetic"]),
+])
+def test_every_group_option_composes_and_validates(group, options):
+    for option in options:
+        cfg = TrainConfig.from_dict(composed(f"{group}={option}"))
+        section = group.partition("@")[2] or group
+        assert getattr(cfg, section).name == option
+
+
+def test_all_problems_are_reported_together():
+    raw = composed("sens.lam=-1", "trainer.epochs=0", "data.val_fraction=1.5")
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict(raw)
+    message = str(err.value)
+    for key in ("sens.lam=-1", "trainer.epochs=0", "data.val_fraction=1.5"):
+        assert key in message
+
+
+def test_lambda_of_one_or_more_is_refused():
+    with pytest.raises(ConfigError, match=r"sens.lam=1.0 must be below 1"):
+        TrainConfig.from_dict(composed("sens.lam=1.0"))
+
+
+def test_hash_ignores_seed_and_device_but_not_lambda():
+    base = TrainConfig.from_dict(composed())
+    assert TrainConfig.from_dict(composed("trainer.seed=7", "trainer.device=cpu")).hash() == base.hash()
+    assert TrainConfig.from_dict(composed("sens.lam=1e-5")).hash() != base.hash()
