@@ -10,6 +10,7 @@ Variants are timed in interleaved rounds so that drift in machine load hits all 
     python scripts/bench_overhead.py                      # 200 steps per variant and model
     python scripts/bench_overhead.py --epochs 1           # whole epochs instead
     python scripts/bench_overhead.py --data synthetic     # no MNIST needed
+    python scripts/bench_overhead.py --classes 3          # unspec estimated over 3 sampled classes
 """
 
 from __future__ import annotations
@@ -70,14 +71,17 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output", default="logits", choices=["logits", "probs"])
     ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--classes", type=int, default=None,
+                    help="unspec over K sampled classes (sens.classes) instead of all C exactly")
     args = ap.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}, "
-          f"batch {args.batch_size}, output {args.output}")
+          f"batch {args.batch_size}, output {args.output}, "
+          f"unspec over {'all classes' if args.classes is None else f'{args.classes} sampled classes'}")
     for model_name in args.models:
         cfg = TrainConfig.from_dict({
             "data": {"name": args.data, "root": args.root}, "model": {"name": model_name},
-            "sens": {"output": args.output}, "trainer": {"device": args.device, "batch_size": args.batch_size}})
+            "sens": {"output": args.output, "classes": args.classes}, "trainer": {"device": args.device, "batch_size": args.batch_size}})
         device, data, _ = setup(cfg)
         steps_per_epoch = -(-len(data.train) // args.batch_size)
         n_steps = round(args.epochs * steps_per_epoch) if args.epochs else args.steps
