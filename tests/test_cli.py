@@ -92,6 +92,10 @@ def test_multirun_sweep_gives_one_folder_per_job(tmp_path):
     # the config hash ignores the seed: two configurations, two seeds each
     hashes = [s["config_hash"] for s in summaries]
     assert len(set(hashes)) == 2 and all(hashes.count(h) == 2 for h in hashes)
+    # every job logs, to its own train.log and to the terminal
+    for r in runs:
+        assert "epoch   1 " in (r / "train.log").read_text(), r
+        assert str(r) in out.stdout
 
 
 def test_python_dash_m_entry_point(tmp_path):
@@ -110,6 +114,11 @@ def test_python_dash_m_entry_point(tmp_path):
     ("prune.tolerance=-0.1", ["prune.tolerance"]),
     ("sens.output=softmax", ["sens.output", "logits", "probs"]),
     ("trainer.epochz=3", ["epochz"]),
+    ("optim.lr=-0.1", ["optim.lr", "> 0"]),
+    ("trainer.checkpoint_every=-1", ["trainer.checkpoint_every", ">= 0"]),
+    ("trainer.resume=/no/such/run", ["trainer.resume=/no/such/run", "no such run folder"]),
+    ("data=cifar7", ["cifar7", "mnist", "synthetic"]),
+    ("trainer.init=/no/such/model.pt", ["trainer.init=/no/such/model.pt", "does not exist"]),
 ])
 def test_bad_input_is_a_short_message_before_any_training(tmp_path, override, must_mention):
     out = sensreg("train", *TINY, override, cwd=tmp_path)

@@ -70,29 +70,52 @@ def run_train(overrides: list[str]) -> None:
 def train_task(cfg) -> dict | None:
     """The Hydra task: composed config in, plain values and the run folder passed down."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from . import run_folder
     from .checkpoint import CheckpointError
     from .config import ConfigError, TrainConfig
     from .data import DatasetMissing
+    from .interrupt import Interrupted
     from .report import write_atomic
-    from .train import train
+    from .train import resume_state, train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         config = TrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
-    except ConfigError as err:
-        _remove_if_empty(run_dir)
+        run_dir, resume_from = run_folder.resolve(hydra_dir, config.trainer.resume)
+    except (ConfigError, run_folder.RunFolderError) as err:
+        _remove_if_empty(hydra_dir)
         fail(f"{err}\nNothing was trained. Fix the value(s) above on the command line or in the config.")
-    write_atomic(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
-    _setup_logging(run_dir / "train.log")
+    if run_dir != hydra_dir:
+        _remove_if_empty(hydra_dir)  # resuming elsewhere: Hydra's fresh folder stays unused
     try:
-        return train(config, run_dir)
+        with run_folder.RunLock(run_dir):
+            saved = resume_state(config, resume_from)  # checked before anything is written
+            write_atomic(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
+            _setup_logging(run_dir / "train.log")
+            return train(config, run_dir, saved)
+    except (ConfigError, run_folder.RunFolderError) as err:
+        fail(f"{err}\nNothing was trained.")
     except (DatasetMissing, CheckpointError, FloatingPointError) as err:
         logging.getLogger("sensreg").error("run failed: %s", err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # One diverging lambda must not cancel the rest of a sweep; its summary says failed.
+            err_console.print(f"[bold red]job failed, the sweep goes on:[/bold red] {err} (run folder: {run_dir})")
+            return None
         fail(f"{err} (run folder: {run_dir})", code=1)
+    except Interrupted as err:
+        fail(f"{err}: the run folder {run_dir} holds a checkpoint and says status: interrupted. "
+             f"Continue it with `sensreg train <the same overrides> trainer.resume={run_dir}`.",
+             code=err.exit_code)
     except KeyboardInterrupt:
-        fail(f"interrupted; the run folder {run_dir} says status: interrupted.", code=130)
+        fail(f"interrupted at once; the run folder {run_dir} says status: interrupted and keeps its "
+             f"last checkpoint, if it had one.", code=130)
+    except OSError as err:
+        fail(f"could not read or write a file ({err}). Every file of the run folder {run_dir} is "
+             f"replaced only by a complete new version, so what was there before is intact; free "
+             f"space or fix the permissions, then continue with trainer.resume={run_dir}.", code=1)
 
 
 def _remove_if_empty(run_dir: Path) -> None:
@@ -114,6 +137,9 @@ def _setup_logging(log_file: Path) -> None:
         handler.close()
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    # Hydra configures logging again for each job of a sweep (dictConfig with
+    # disable_existing_loggers), which would silence this logger from the second job on.
+    logger.disabled = False
     fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
     for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(log_file, encoding="utf-8")):
         handler.setFormatter(fmt)

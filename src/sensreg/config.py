@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -25,6 +26,10 @@ from .sensitivity import OUTPUTS, VARIANTS
 OPTIMIZERS = ("sgd", "adam")
 PRUNE_SCHEDULES = ("search", "fixed", "none")
 PARAM_SETS = ("all", "weights")
+# Keys that say where and how a run executes, not what it computes: left out of the config hash
+# and free to change when a run is resumed.
+NOT_COMPUTATION = (("trainer", "device"), ("trainer", "progress"), ("trainer", "channels_last"),
+                   ("trainer", "checkpoint_every"), ("trainer", "resume"), ("data", "root"))
 
 
 class ConfigError(ValueError):
@@ -107,6 +112,8 @@ class TrainerConfig:
     init: str | None = None
     progress: Any = "auto"
     channels_last: bool = True
+    checkpoint_every: int = 1
+    resume: Any = False
 
 
 @dataclass
@@ -193,6 +200,13 @@ class TrainConfig:
         at_least("trainer.epochs", self.trainer.epochs, 1)
         at_least("trainer.batch_size", self.trainer.batch_size, 1)
         at_least("trainer.warmup_epochs", self.trainer.warmup_epochs, 0)
+        at_least("trainer.checkpoint_every", self.trainer.checkpoint_every, 0)
+        if self.trainer.init is not None and not Path(str(self.trainer.init)).expanduser().is_file():
+            p.append(f"trainer.init={self.trainer.init} does not exist; give the path of a sensreg "
+                     f"model.pt or of a state dict file.")
+        if not (isinstance(self.trainer.resume, bool) or (isinstance(self.trainer.resume, str) and self.trainer.resume)):
+            p.append(f"trainer.resume={self.trainer.resume!r} is not one of: false, true (continue in this "
+                     f"run folder), or the path of a run folder to continue.")
         if self.trainer.progress not in ("auto", True, False):
             p.append(f"trainer.progress={self.trainer.progress!r} is not one of: auto, true, false.")
         device_problem = check_device(self.trainer.device)
@@ -208,15 +222,33 @@ class TrainConfig:
 
         Runs that differ only in trainer.seed share it (so they group across seeds); so do runs
         that differ only in where and how fast they run or where they read data from
-        (trainer.device, trainer.progress, trainer.channels_last, data.root), which do not
-        change what is computed.
+        (``NOT_COMPUTATION``), which do not change what is computed.
         """
         d = self.to_dict()
-        for section, key in (("trainer", "seed"), ("trainer", "device"), ("trainer", "progress"), ("trainer", "channels_last"),
-                             ("data", "root")):
+        d["trainer"].pop("seed")
+        for section, key in NOT_COMPUTATION:
             d[section].pop(key, None)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any],
+                       ignore: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    """``section.key: saved -> now`` for every value that differs, except the ``ignore`` keys."""
+    out = []
+    for section in sorted(set(saved) | set(now)):
+        a, b = saved.get(section) or {}, now.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if (section, key) in ignore:
+                continue
+            if a.get(key) != b.get(key) and not _same_sequence(a.get(key), b.get(key)):
+                out.append(f"{section}.{key}: {a.get(key)!r} in the saved run, {b.get(key)!r} now")
+    return out
+
+
+def _same_sequence(a: Any, b: Any) -> bool:
+    # YAML and JSON give lists where the dataclasses hold tuples (betas).
+    return isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)
 
 
 def check_device(device: str) -> str | None:

@@ -141,21 +141,21 @@ def load_test_split(name: str, root: str | Path = "data", device: torch.device |
 # --- batching -----------------------------------------------------------------------------------
 
 def batches(split: Split, batch_size: int, shuffle: bool = False,
-            generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+            generator: torch.Generator | None = None, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
     """Minibatches of a device-resident split, shuffled by a random index permutation.
 
     The permutation is drawn on the CPU from ``generator`` so that the order is the same on
-    every device; only the index tensor travels.
+    every device; only the index tensor travels. ``start`` skips that many batches of the same
+    order (to continue an epoch that was stopped part-way).
     """
     n = len(split)
-    if shuffle:
-        order = torch.randperm(n, generator=generator).to(split.y.device)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+    order = torch.randperm(n, generator=generator).to(split.y.device) if shuffle else None
+    for begin in range(start * batch_size, n, batch_size):
+        if order is None:
+            yield split.x[begin:begin + batch_size], split.y[begin:begin + batch_size]
+        else:
+            idx = order[begin:begin + batch_size]
             yield split.x[idx], split.y[idx]
-    else:
-        for start in range(0, n, batch_size):
-            yield split.x[start:start + batch_size], split.y[start:start + batch_size]
 
 
 def num_batches(split: Split, batch_size: int) -> int:

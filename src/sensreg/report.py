@@ -81,8 +81,9 @@ def versions() -> dict[str, str]:
 
     from . import __version__
 
-    out = {"sensreg": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "torchvision": torchvision.__version__}
+    # str(): torch.__version__ is a str subclass that weights_only loading refuses.
+    out = {"sensreg": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
+           "torchvision": str(torchvision.__version__)}
     try:
         import hydra
         out["hydra"] = hydra.__version__

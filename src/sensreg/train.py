@@ -8,10 +8,12 @@ minibatch; the benchmark script times it directly.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import report
-from .checkpoint import CheckpointError, load_init_state, save_model
-from .config import TrainConfig, resolve_device
+from .checkpoint import (CheckpointError, load_init_state, load_training_state, rng_states, save_model,
+                         save_training_state, set_rng_states)
+from .config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
 from .data import Dataset, batches, load_dataset, num_batches
+from .interrupt import Interrupted, StopSignals
 from .evaluate import evaluate
 from .models import build_model
 from .pruning import Masks, prunable_names, search_threshold, sparsity_stats
 from .regularizer import build_schedule, shrink_
+from .run_folder import CHECKPOINT_NAME
 from .sensitivity import Variant, batched_vjps_are_faster, get_variant, gradients_and_sensitivity
 
 log = logging.getLogger("sensreg")
@@ -110,8 +115,29 @@ def setup(cfg: TrainConfig) -> tuple[torch.device, Dataset, nn.Module]:
     return device, data, model.to(device)
 
 
-def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
-    """Train, regularize, prune and evaluate as ``cfg`` says; write the run folder; return the summary."""
+@dataclass
+class LoopState:
+    """Where the epoch loop stands: everything besides model, masks, optimizer and generators
+    that a resumed run needs to carry on exactly as if it had never stopped."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches of the current epoch completed (non-zero only when stopped mid-epoch)
+    loss_sum: float = 0.0  # of the current epoch's batches so far
+    epoch_seconds: float = 0.0  # spent in the current epoch before a stop
+    elapsed: float = 0.0  # wall time of earlier sessions of this run
+    shuffle_state: Tensor | None = None  # shuffling generator at the start of the current epoch
+    threshold: float = 0.0
+    best_val: float = float("inf")
+    stale: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    thresholds: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train, regularize, prune and evaluate as ``cfg`` says; write the run folder; return the summary.
+
+    ``saved``: the training state to continue from (``resume_state``), None for a fresh run.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -121,19 +147,52 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         "versions": report.versions(), "git_commit": report.git_commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
     }
+    if saved is not None:
+        summary["started"] = saved["summary"].get("started", summary["started"])
+        summary["resumed"] = saved["summary"].get("resumed", []) + [
+            {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "epoch": saved["loop"]["epoch"],
+             "batch": saved["loop"]["batch"]}]
     report.write_json(run_dir / "summary.json", summary)
+    loop = LoopState(**saved["loop"]) if saved is not None else LoopState()
     try:
-        _train(cfg, run_dir, summary, started)
+        _train(cfg, run_dir, summary, loop, saved)
     except BaseException as err:
-        summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-        summary["error"] = f"{type(err).__name__}: {err}"
-        summary["wall_time_s"] = time.time() - started
+        # SystemExit: a scheduler's signal handler (submitit's requeue) ended the process.
+        interrupted = isinstance(err, (Interrupted, KeyboardInterrupt, SystemExit))
+        summary["status"] = "interrupted" if interrupted else "failed"
+        summary["error"] = str(err) if isinstance(err, Interrupted) else f"{type(err).__name__}: {err}"
+        summary["epochs_completed"] = loop.epoch
+        summary["wall_time_s"] = loop.elapsed + time.time() - started
+        if (run_dir / CHECKPOINT_NAME).exists():
+            summary["checkpoint_to_resume"] = CHECKPOINT_NAME
         report.write_json(run_dir / "summary.json", summary)
         raise
     return summary
 
 
-def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], started: float) -> None:
+def resume_state(cfg: TrainConfig, path: Path | None) -> dict[str, Any] | None:
+    """The training state in ``path`` (a last.pt), checked against ``cfg``; None without a path.
+
+    Raises CheckpointError for an unreadable or foreign file, and ConfigError where the saved
+    run's config differs from ``cfg`` in anything but the epoch count and where the run executes.
+    """
+    if path is None:
+        return None
+    saved = load_training_state(path)
+    differences = config_differences(saved["config"], cfg.to_dict(),
+                                     ignore=NOT_COMPUTATION + (("trainer", "epochs"),))
+    if differences:
+        raise ConfigError(f"cannot resume {path} with a different config; only trainer.epochs (and "
+                          f"where the run executes) may change. Differences:\n  - " + "\n  - ".join(differences))
+    if saved["loop"]["epoch"] > cfg.trainer.epochs:
+        raise ConfigError(f"cannot resume {path} with trainer.epochs={cfg.trainer.epochs}: it has already "
+                          f"completed {saved['loop']['epoch']} epochs.")
+    return saved
+
+
+def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopState,
+           saved: dict[str, Any] | None) -> None:
+    session_start = time.time()
     device, data, model = setup(cfg)
     summary["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     log.info("run folder %s | %s on %s, sens=%s, device %s | train %d, val %d, test %d",
@@ -145,6 +204,16 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], started: fl
     masks = Masks(model, prunable_names(model, cfg.prune.params))
     shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed)
     class_gen = torch.Generator().manual_seed(cfg.trainer.seed + 1)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        masks.load_state_dict(saved["masks"])
+        optimizer.load_state_dict(saved["optimizer"])
+        class_gen.set_state(saved["class_generator"])
+        set_rng_states(saved["rng"])
+        log.info("resumed from %s at epoch %d%s", CHECKPOINT_NAME, loop.epoch + 1,
+                 f", batch {loop.batch + 1}" if loop.batch else "")
+    if loop.shuffle_state is not None:
+        shuffle_gen.set_state(loop.shuffle_state)
     step = TrainStep(model, optimizer, variant, masks, prunable_names(model, cfg.sens.params),
                      cfg.sens.output, cfg.sens.classes, class_gen)
     eta_at = build_schedule(**vars(cfg.eta_schedule))
@@ -152,84 +221,117 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], started: fl
     t = cfg.trainer
     warmup = t.warmup_epochs
     eval_bs = cfg.data.eval_batch_size
-
-    rows: list[dict[str, Any]] = []
-    thresholds: list[dict[str, Any]] = []
-    threshold = 0.0
-    best_val, stale = float("inf"), 0
     show_progress = t.progress is True or (t.progress == "auto" and sys.stdout.isatty())
+    checkpoint_path = run_dir / CHECKPOINT_NAME
 
-    for epoch in range(t.epochs):
-        epoch_start = time.time()
-        dense = epoch < warmup
-        eta = cfg.optim.lr * eta_at(epoch, t.epochs)
-        # lambda's schedule runs over the regularized epochs only (after the dense warm-up).
-        lam = 0.0 if dense else cfg.sens.lam * lam_at(epoch - warmup, max(1, t.epochs - warmup))
-        for group in optimizer.param_groups:
-            group["lr"] = eta
+    def elapsed() -> float:
+        return loop.elapsed + time.time() - session_start  # loop.elapsed: earlier sessions
 
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        n_batches = num_batches(data.train, t.batch_size)
-        with _progress(show_progress, f"epoch {epoch + 1}/{t.epochs}", n_batches) as advance:
-            for x, y in batches(data.train, t.batch_size, shuffle=True, generator=shuffle_gen):
-                loss_sum += step(x, y, lam)
-                advance()
-        train_loss = float(loss_sum) / n_batches
-        val = evaluate(model, data.val, eval_bs)
+    def save_checkpoint() -> None:
+        save_training_state(checkpoint_path, {
+            "config": cfg.to_dict(), "config_hash": cfg.hash(),
+            "model": model.state_dict(), "masks": masks.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "class_generator": class_gen.get_state(), "rng": rng_states(),
+            "loop": {**asdict(loop), "elapsed": elapsed()}, "summary": summary,
+        })
 
-        # Pruning decisions use the validation split only.
-        if not dense and epoch + 1 >= cfg.prune.start_epoch:
-            if cfg.prune.name == "search":
-                if val["loss"] < best_val:
-                    best_val, stale = val["loss"], 0
-                else:
-                    stale += 1
-                if stale >= cfg.prune.patience:
-                    found = _search_and_prune(model, masks, optimizer, data, eval_bs, val["loss"],
-                                              cfg.prune.tolerance, epoch + 1)
-                    if found is not None:
-                        thresholds.append(found)
-                        threshold = found["threshold"]
-                        val = evaluate(model, data.val, eval_bs)
-                    best_val, stale = val["loss"], 0
-            elif cfg.prune.name == "fixed" and (epoch + 1 - cfg.prune.start_epoch) % cfg.prune.every == 0:
-                before = masks.remaining_pct()
-                pruned = masks.prune_below_(cfg.prune.threshold, optimizer)
-                if pruned:
-                    threshold = cfg.prune.threshold
-                    val_after = evaluate(model, data.val, eval_bs)
-                    thresholds.append({"epoch": epoch + 1, "threshold": threshold, "pruned": pruned,
-                                       "remaining_pct_before": before,
-                                       "remaining_pct_after": masks.remaining_pct(),
-                                       "val_loss_before": val["loss"], "val_loss_after": val_after["loss"]})
-                    val = val_after
+    with StopSignals() as stop:
+        while loop.epoch < t.epochs:
+            epoch = loop.epoch
+            epoch_start = time.time() - loop.epoch_seconds
+            dense = epoch < warmup
+            eta = cfg.optim.lr * eta_at(epoch, t.epochs)
+            # lambda's schedule runs over the regularized epochs only (after the dense warm-up).
+            lam = 0.0 if dense else cfg.sens.lam * lam_at(epoch - warmup, max(1, t.epochs - warmup))
+            for group in optimizer.param_groups:
+                group["lr"] = eta
 
-        row = {"epoch": epoch + 1, "eta": eta, "lam": lam, "train_loss": train_loss,
-               "val_loss": val["loss"], "val_error": val["error"],
-               "remaining_pct": masks.remaining_pct(), "threshold": threshold,
-               "seconds": time.time() - epoch_start}
-        rows.append(row)
-        report.write_metrics(run_dir / "metrics.csv", rows)
-        log.info(report.epoch_line(row))
-        if not all(torch.isfinite(p).all() for p in model.parameters()) or train_loss != train_loss:
-            raise FloatingPointError(
-                f"the loss or the weights became non-finite in epoch {epoch + 1}; "
-                f"lower sens.lam or optim.lr and run again.")
+            model.train()
+            loop.shuffle_state = shuffle_gen.get_state()  # the epoch's order can be drawn again from here
+            n_batches = num_batches(data.train, t.batch_size)
+            loss_sum = torch.tensor(loop.loss_sum, device=device)
+            with _progress(show_progress, f"epoch {epoch + 1}/{t.epochs}", n_batches, loop.batch) as advance:
+                for b, (x, y) in enumerate(batches(data.train, t.batch_size, shuffle=True,
+                                                   generator=shuffle_gen, start=loop.batch), start=loop.batch):
+                    loss_sum += step(x, y, lam)
+                    advance()
+                    if stop.requested:
+                        loop.batch, loop.loss_sum = b + 1, float(loss_sum)
+                        loop.epoch_seconds = time.time() - epoch_start
+                        save_checkpoint()
+                        log.info("%s: stopped in epoch %d after batch %d of %d; %s holds the state. "
+                                 "Continue with trainer.resume=%s", stop.requested, epoch + 1, b + 1,
+                                 n_batches, checkpoint_path, run_dir)
+                        stop.raise_if_requested()
+            train_loss = float(loss_sum) / n_batches
+            if not math.isfinite(train_loss) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                kept = (f"the last good checkpoint, {checkpoint_path}, holds epoch {loop.epoch}"
+                        if checkpoint_path.exists() else "no checkpoint was written before it")
+                raise FloatingPointError(
+                    f"the training loss or the weights became non-finite (inf/nan) in epoch {epoch + 1} "
+                    f"(eta {eta:g}, lam {lam:g}); {kept}. Lower sens.lam or optim.lr and start again.")
+            val = evaluate(model, data.val, eval_bs)
+
+            # Pruning decisions use the validation split only.
+            if not dense and epoch + 1 >= cfg.prune.start_epoch:
+                if cfg.prune.name == "search":
+                    if val["loss"] < loop.best_val:
+                        loop.best_val, loop.stale = val["loss"], 0
+                    else:
+                        loop.stale += 1
+                    if loop.stale >= cfg.prune.patience:
+                        found = _search_and_prune(model, masks, optimizer, data, eval_bs, val["loss"],
+                                                  cfg.prune.tolerance, epoch + 1)
+                        if found is not None:
+                            loop.thresholds.append(found)
+                            loop.threshold = found["threshold"]
+                            val = evaluate(model, data.val, eval_bs)
+                        loop.best_val, loop.stale = val["loss"], 0
+                elif cfg.prune.name == "fixed" and (epoch + 1 - cfg.prune.start_epoch) % cfg.prune.every == 0:
+                    before = masks.remaining_pct()
+                    pruned = masks.prune_below_(cfg.prune.threshold, optimizer)
+                    if pruned:
+                        loop.threshold = cfg.prune.threshold
+                        val_after = evaluate(model, data.val, eval_bs)
+                        loop.thresholds.append({
+                            "epoch": epoch + 1, "threshold": loop.threshold, "pruned": pruned,
+                            "remaining_pct_before": before, "remaining_pct_after": masks.remaining_pct(),
+                            "val_loss_before": val["loss"], "val_loss_after": val_after["loss"]})
+                        val = val_after
+
+            row = {"epoch": epoch + 1, "eta": eta, "lam": lam, "train_loss": train_loss,
+                   "val_loss": val["loss"], "val_error": val["error"],
+                   "remaining_pct": masks.remaining_pct(), "threshold": loop.threshold,
+                   "seconds": time.time() - epoch_start}
+            loop.rows.append(row)
+            loop.epoch, loop.batch, loop.loss_sum, loop.epoch_seconds = epoch + 1, 0, 0.0, 0.0
+            loop.shuffle_state = shuffle_gen.get_state()
+            report.write_metrics(run_dir / "metrics.csv", loop.rows)
+            log.info(report.epoch_line(row))
+            if stop.requested or (t.checkpoint_every and loop.epoch % t.checkpoint_every == 0) \
+                    or loop.epoch == t.epochs:
+                save_checkpoint()
+            if stop.requested:
+                log.info("%s: stopped after epoch %d; continue with trainer.resume=%s",
+                         stop.requested, loop.epoch, run_dir)
+                stop.raise_if_requested()
 
     test = evaluate(model, data.test, eval_bs)
     stats = sparsity_stats(model, data.input_shape, masks.names)
     save_model(run_dir / "model.pt", model, masks.state_dict(), model_name=cfg.model.name,
                num_classes=data.num_classes, input_shape=data.input_shape, config=cfg.to_dict())
+    summary.pop("error", None)
+    summary.pop("checkpoint_to_resume", None)
     summary.update({
         "status": "completed",
-        "epochs_completed": t.epochs,
+        "epochs_completed": loop.epoch,
         "test_error": test["error"], "test_top5_error": test.get("top5_error"), "test_loss": test["loss"],
-        "val_error": rows[-1]["val_error"], "val_loss": rows[-1]["val_loss"],
+        "val_error": loop.rows[-1]["val_error"], "val_loss": loop.rows[-1]["val_loss"],
         "remaining_pct": stats["prunable"]["remaining_pct"], "compression": stats["prunable"]["compression"],
         "remaining_pct_all": stats["all"]["remaining_pct"], "compression_all": stats["all"]["compression"],
-        "sparsity": stats, "flops": stats["flops"], "thresholds": thresholds,
-        "wall_time_s": time.time() - started, "checkpoint": "model.pt",
+        "sparsity": stats, "flops": stats["flops"], "thresholds": loop.thresholds,
+        "wall_time_s": elapsed(), "checkpoint": "model.pt",
     })
     report.write_json(run_dir / "summary.json", summary)
     table = report.layer_table(stats)
@@ -266,7 +368,7 @@ def _search_and_prune(model: nn.Module, masks: Masks, optimizer, data: Dataset, 
             "evaluations": result.evaluations}
 
 
-def _progress(enabled: bool, description: str, total: int):
+def _progress(enabled: bool, description: str, total: int, completed: int = 0):
     """A rich progress bar (on a terminal only); yields a function that advances it by one."""
     if not enabled:
         return nullcontext(lambda: None)
@@ -278,7 +380,7 @@ def _progress(enabled: bool, description: str, total: int):
     def bar():
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), transient=True) as progress:
-            task = progress.add_task(description, total=total)
+            task = progress.add_task(description, total=total, completed=completed)
             yield lambda: progress.advance(task)
 
     return bar()

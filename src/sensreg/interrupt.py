@@ -1,0 +1,79 @@
+"""Graceful stops: SIGINT and SIGTERM ask the training loop to stop after the current step.
+
+The loop polls ``StopSignals.requested`` after every step; when set, it writes a checkpoint
+and the summary (status ``interrupted``) and raises ``Interrupted``. A second SIGINT while the
+first is being honoured raises ``KeyboardInterrupt`` at once, for a user who cannot wait.
+SIGTERM is what Slurm and most schedulers send before they kill a job.
+
+A job launched by submitit (Hydra's submitit launcher) gets SIGUSR2 before preemption or its
+time limit, and submitit's own handler requeues it. Where such a handler is installed, SIGUSR2
+is caught too: the checkpoint is written first, then submitit's handler runs, so the requeued
+job (with ``trainer.resume=true``) continues from the very step where this one stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class Interrupted(Exception):
+    """Training stopped on request; the run folder holds a checkpoint to resume from."""
+
+    def __init__(self, signal_name: str, exit_code: int):
+        super().__init__(f"stopped by {signal_name}")
+        self.signal_name = signal_name
+        self.exit_code = exit_code
+
+
+class StopSignals:
+    """Context manager that turns SIGINT/SIGTERM into a flag for the duration of training.
+
+    Outside the main thread (where Python cannot install handlers) it does nothing.
+    """
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM)
+    CHAINED = (signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ()  # only where a handler exists
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.exit_code = 0
+        self._signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: leave now
+        if self.requested is None:
+            self.requested = signal.Signals(signum).name
+            self._signum = signum
+            self.exit_code = 128 + signum  # the shell's convention for death by a signal
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.HANDLED:
+                self._previous[s] = signal.signal(s, self._handle)
+            for s in self.CHAINED:
+                if _is_python_handler(signal.getsignal(s)):
+                    self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def raise_if_requested(self) -> None:
+        """Raise ``Interrupted`` if a stop was requested, after handing the signal on to the
+        handler that was there before (a scheduler's requeue), if it was a Python function."""
+        if self.requested is None:
+            return
+        previous = self._previous.get(self._signum)
+        if _is_python_handler(previous):
+            previous(self._signum, None)
+        raise Interrupted(self.requested, self.exit_code)
+
+
+def _is_python_handler(handler) -> bool:
+    # Not SIG_DFL/SIG_IGN/None, and not Python's own SIGINT handler (it raises KeyboardInterrupt).
+    return callable(handler) and handler is not signal.default_int_handler

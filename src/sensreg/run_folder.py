@@ -1,0 +1,104 @@
+"""Which folder a run writes, whether it continues an earlier run there, and who owns it.
+
+- A fresh run (``trainer.resume=false``) refuses a folder that already holds a run.
+- ``trainer.resume=true`` continues from ``last.pt`` in the run's own folder (a fixed
+  ``hydra.run.dir`` / ``hydra.sweep.dir``, or a requeued cluster job); without one it starts
+  from scratch, so that a requeued job that never checkpointed still runs.
+- ``trainer.resume=PATH`` continues the run folder PATH (or the run whose ``last.pt`` PATH is).
+- ``RunLock`` makes sure two processes never write into one folder at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+CHECKPOINT_NAME = "last.pt"
+LOCK_NAME = ".lock"
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used as asked; the message says why and what to do."""
+
+
+def resolve(hydra_dir: Path, resume: bool | str) -> tuple[Path, Path | None]:
+    """The folder this run writes, and the checkpoint it continues from (None: from scratch)."""
+    if resume is False:
+        if (hydra_dir / "summary.json").exists():
+            raise RunFolderError(
+                f"the run folder {hydra_dir} already holds a run (summary.json). Add "
+                f"trainer.resume=true to continue it, or choose another hydra.run.dir.")
+        return hydra_dir, None
+    if resume is True:
+        checkpoint = hydra_dir / CHECKPOINT_NAME
+        return hydra_dir, checkpoint if checkpoint.exists() else None
+    path = Path(resume).expanduser()
+    folder = path.parent if path.is_file() else path
+    if not folder.is_dir():
+        raise RunFolderError(f"trainer.resume={resume}: there is no such run folder.")
+    checkpoint = folder / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        raise RunFolderError(
+            f"trainer.resume={resume}: {checkpoint} does not exist, so there is nothing to continue "
+            f"from (a run writes it every trainer.checkpoint_every epochs and when it is stopped).")
+    return folder, checkpoint
+
+
+class RunLock:
+    """An exclusive lock file in the run folder, held while a process writes there.
+
+    A lock left behind by a process that no longer exists on this host is taken over.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_NAME
+        self.held = False
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{os.getpid()} {socket.gethostname()}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale():
+                    raise RunFolderError(
+                        f"the run folder {self.path.parent} is in use by {self._owner()} (lock file "
+                        f"{self.path}). Wait for that run to end, or choose another folder; if no "
+                        f"such process exists any more, delete the lock file.") from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise RunFolderError(f"could not take the lock file {self.path}; another process keeps creating it.")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _read(self) -> tuple[int | None, str]:
+        try:
+            pid, host = self.path.read_text().split()
+            return int(pid), host
+        except (OSError, ValueError):
+            return None, ""
+
+    def _owner(self) -> str:
+        pid, host = self._read()
+        return f"process {pid} on {host}" if pid else "another process"
+
+    def _stale(self) -> bool:
+        pid, host = self._read()
+        if pid is None or host != socket.gethostname():
+            return False  # unreadable, or another machine's: we cannot tell, so it is not ours to take
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False

@@ -1,0 +1,321 @@
+"""Long runs: checkpoints, exact resume, stops by signal, divergence, busy folders, full disks."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sensreg import report
+from sensreg.checkpoint import CheckpointError, load_training_state
+from sensreg.config import ConfigError, TrainConfig
+from sensreg.interrupt import Interrupted
+from sensreg.run_folder import RunFolderError, RunLock, resolve
+from sensreg.train import TrainStep, resume_state, train
+
+# Deterministic CPU runs on noisy synthetic data (noise 3: the validation loss stays well above 0).
+BASE = {
+    "data": {"name": "synthetic", "num_train": 1200, "num_test": 200, "noise": 3.0},
+    "sens": {"name": "spec", "lam": 1e-3},
+    "prune": {"name": "search", "patience": 0, "tolerance": 0.1},
+    "trainer": {"epochs": 3, "batch_size": 50, "device": "cpu", "deterministic": True, "progress": False},
+}
+CLI_ARGS = ["data=synthetic", "data.num_train=3000", "data.num_test=200", "data.noise=3.0",
+            "trainer.epochs=4", "trainer.batch_size=50", "trainer.device=cpu",
+            "trainer.deterministic=true", "sens=unspec"]
+
+
+def config(**changes) -> TrainConfig:
+    raw = {k: dict(v) for k, v in BASE.items()}
+    for section, values in changes.items():
+        raw.setdefault(section, {}).update(values)
+    return TrainConfig.from_dict(raw)
+
+
+def metrics_without_time(run: Path) -> list[dict]:
+    """metrics.csv minus the seconds column (wall time differs between any two runs)."""
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    ma, mb = (torch.load(p / "model.pt", weights_only=True) for p in (a, b))
+    for name, tensor in ma["state_dict"].items():
+        assert torch.equal(tensor, mb["state_dict"][name]), name
+    for name, mask in ma["masks"].items():
+        assert torch.equal(mask, mb["masks"][name]), name
+    assert metrics_without_time(a) == metrics_without_time(b)
+    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
+    assert sa["test_error"] == sb["test_error"] and sa["thresholds"] == sb["thresholds"]
+
+
+def stop_at_step(monkeypatch, n: int, signum=signal.SIGINT) -> None:
+    """Deliver a real signal to this process during the n-th training step."""
+    original = TrainStep.__call__
+    calls = {"n": 0}
+
+    def step(self, x, y, lam):
+        calls["n"] += 1
+        if calls["n"] == n:
+            signal.raise_signal(signum)
+        return original(self, x, y, lam)
+
+    monkeypatch.setattr(TrainStep, "__call__", step)
+
+
+# --- 1. checkpoints ------------------------------------------------------------------------------
+
+def test_last_checkpoint_holds_everything_to_continue(tmp_path):
+    cfg = config()
+    train(cfg, tmp_path)
+    state = load_training_state(tmp_path / "last.pt")  # weights_only=True inside
+    assert state["config_hash"] == cfg.hash() and state["loop"]["epoch"] == 3
+    assert set(state["rng"]) >= {"torch", "numpy", "python"}
+    assert state["optimizer"]["state"], "momentum buffers are saved"
+    assert set(state["masks"]) == set(state["model"]) and state["loop"]["thresholds"]
+    assert len(state["loop"]["rows"]) == 3 and state["loop"]["shuffle_state"] is not None
+
+
+def test_checkpoint_every_n_epochs(tmp_path, monkeypatch):
+    saved_epochs = []
+    import sensreg.train as train_module
+    original = train_module.save_training_state
+    monkeypatch.setattr(train_module, "save_training_state",
+                        lambda path, state: (saved_epochs.append(state["loop"]["epoch"]), original(path, state)))
+    train(config(trainer={"epochs": 5, "checkpoint_every": 2}), tmp_path)
+    assert saved_epochs == [2, 4, 5]  # every 2nd epoch and the last
+
+
+def test_atomic_write_keeps_the_previous_file_when_a_write_fails(tmp_path):
+    path = tmp_path / "summary.json"
+    report.write_json(path, {"status": "completed"})
+
+    def broken(f):
+        f.write('{"status": "half')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        report.write_atomic(path, broken)
+    assert json.loads(path.read_text()) == {"status": "completed"}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
+
+
+# --- 2. resume -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stop_step", [30, 22])  # 22 steps an epoch: mid-epoch 2; the last step of epoch 1
+def test_run_stopped_by_a_signal_and_resumed_equals_an_uninterrupted_run(tmp_path, monkeypatch, stop_step):
+    cfg = config()
+    train(cfg, tmp_path / "full")
+    stop_at_step(monkeypatch, stop_step)
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "cut")
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "interrupted"
+    monkeypatch.undo()
+    train(cfg, tmp_path / "cut", resume_state(cfg, tmp_path / "cut" / "last.pt"))
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["status"] == "completed" and len(summary["resumed"]) == 1
+
+
+def test_resuming_with_more_epochs_extends_the_run(tmp_path):
+    cfg3 = config(trainer={"epochs": 3})
+    train(cfg3, tmp_path / "three")
+    cfg2 = config(trainer={"epochs": 2})
+    train(cfg2, tmp_path / "extended")
+    train(cfg3, tmp_path / "extended", resume_state(cfg3, tmp_path / "extended" / "last.pt"))
+    assert_same_run(tmp_path / "three", tmp_path / "extended")
+
+
+def test_resuming_with_another_config_is_refused_saying_what_differs(tmp_path):
+    train(config(trainer={"epochs": 1}), tmp_path)
+    with pytest.raises(ConfigError) as err:
+        resume_state(config(sens={"lam": 5e-4}, model={"name": "lenet5"}), tmp_path / "last.pt")
+    assert "sens.lam: 0.001 in the saved run, 0.0005 now" in str(err.value)
+    assert "model.name: 'lenet300' in the saved run, 'lenet5' now" in str(err.value)
+    fewer = config()
+    fewer.trainer.epochs = 0  # fewer epochs than the run has completed
+    with pytest.raises(ConfigError, match="already completed 1 epochs"):
+        resume_state(fewer, tmp_path / "last.pt")
+    # where the run executes may change
+    assert resume_state(config(trainer={"progress": True, "checkpoint_every": 5}), tmp_path / "last.pt")
+
+
+def test_truncated_or_foreign_checkpoint_is_refused_by_path(tmp_path):
+    train(config(trainer={"epochs": 1}), tmp_path)
+    last = tmp_path / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=str(last)):
+        resume_state(config(), last)
+    torch.save({"weights": torch.zeros(2)}, last)
+    with pytest.raises(CheckpointError, match="not a sensreg training checkpoint"):
+        resume_state(config(), last)
+
+
+# --- 4. divergence -------------------------------------------------------------------------------
+
+def test_divergence_stops_with_failed_status_and_keeps_the_last_good_checkpoint(tmp_path):
+    # eta jumps by 1e9 after epoch 1: epoch 2 diverges.
+    cfg = config(eta_schedule={"name": "step", "milestones": [1], "gamma": 1e9})
+    with pytest.raises(FloatingPointError, match=r"epoch 2 .*Lower sens.lam or optim.lr"):
+        train(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["epochs_completed"] == 1
+    state = load_training_state(tmp_path / "last.pt")
+    assert state["loop"]["epoch"] == 1
+    assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
+
+
+# --- 6. output safety ----------------------------------------------------------------------------
+
+def test_a_busy_run_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(RunFolderError, match=f"in use by process {os.getpid()}"):
+            with RunLock(tmp_path):
+                pass
+    assert not (tmp_path / ".lock").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(f"{dead.stdout.strip()} {os.uname().nodename}\n")
+    with RunLock(tmp_path) as lock:
+        assert lock.held
+
+
+def test_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path):
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="trainer.resume=true"):
+        resolve(tmp_path, False)
+    assert resolve(tmp_path, True) == (tmp_path, None)  # nothing to continue from: a fresh start
+    (tmp_path / "last.pt").write_bytes(b"x")
+    assert resolve(tmp_path, True) == (tmp_path, tmp_path / "last.pt")
+    assert resolve(tmp_path / "elsewhere", str(tmp_path / "last.pt"))[0] == tmp_path
+
+
+# --- the command line: real signals to a real process --------------------------------------------
+
+def sensreg(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(["sensreg", "train", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run / "train.log").exists() and f"epoch {epoch:>3} " in (run / "train.log").read_text():
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise TimeoutError(f"epoch {epoch} not reached")
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_matches_an_uninterrupted_cli_run(tmp_path):
+    full = sensreg(*CLI_ARGS, f"hydra.run.dir={tmp_path / 'full'}", cwd=tmp_path)
+    assert full.wait(timeout=300) == 0, full.communicate()
+    cut_dir = tmp_path / "cut"
+    cut = sensreg(*CLI_ARGS, f"hydra.run.dir={cut_dir}", cwd=tmp_path)
+    wait_for_epoch(cut_dir, 1, cut)
+    time.sleep(0.3)  # somewhere in epoch 2
+    cut.send_signal(signal.SIGTERM)
+    out, err = cut.communicate(timeout=120)
+    assert cut.returncode == 128 + signal.SIGTERM
+    assert "trainer.resume=" in err and "Traceback" not in err
+    assert json.loads((cut_dir / "summary.json").read_text())["status"] == "interrupted"
+    again = sensreg(*CLI_ARGS, f"trainer.resume={cut_dir}", cwd=tmp_path)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert_same_run(tmp_path / "full", cut_dir)
+    assert not (tmp_path / "outputs").exists()  # resuming elsewhere leaves no empty run folder
+
+
+@pytest.mark.slow
+def test_second_sigint_exits_at_once(tmp_path):
+    run = tmp_path / "run"
+    p = sensreg(*CLI_ARGS, "trainer.epochs=50", f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for_epoch(run, 1, p)
+    p.send_signal(signal.SIGINT)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_busy_folder_and_a_truncated_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(f"{os.getpid()} {os.uname().nodename}\n")  # this test process is alive
+    p = sensreg(*CLI_ARGS, "trainer.epochs=1", f"hydra.run.dir={run}", cwd=tmp_path)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "is in use by process" in err and "Traceback" not in err
+    (run / ".lock").unlink()
+    p = sensreg(*CLI_ARGS, "trainer.epochs=1", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert p.wait(timeout=120) == 0
+    last = run / "last.pt"
+    last.write_bytes(last.read_bytes()[:500])
+    p = sensreg(*CLI_ARGS, "trainer.epochs=2", f"trainer.resume={run}", cwd=tmp_path)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and str(last) in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_full_disk_fails_loudly_and_keeps_the_previous_files(tmp_path):
+    run = tmp_path / "run"
+    # metrics.csv can be written once; the second write (after epoch 2) finds the disk full.
+    script = (
+        "import errno, sys\n"
+        "from sensreg import report, train\n"
+        "from sensreg.cli import main\n"
+        "original, calls = report.write_metrics, []\n"
+        "def write_metrics(path, rows):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) > 1: raise OSError(errno.ENOSPC, 'No space left on device', str(path))\n"
+        "    original(path, rows)\n"
+        "report.write_metrics = write_metrics\n"
+        "main(sys.argv[1:])\n")
+    p = subprocess.run([sys.executable, "-c", script, "train", *CLI_ARGS, "sens=spec", f"hydra.run.dir={run}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 1 and "No space left on device" in p.stderr and "intact" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert len(metrics_without_time(run)) == 1  # the epoch-1 file, whole
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_schedulers_requeue_handler_runs_after_the_checkpoint(tmp_path, monkeypatch):
+    # What submitit does on preemption: its SIGUSR2 handler requeues the job and exits.
+    seen = []
+
+    def requeue(signum, frame):
+        seen.append((signum, (tmp_path / "last.pt").exists()))
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        stop_at_step(monkeypatch, 5, signal.SIGUSR2)
+        with pytest.raises(SystemExit):
+            train(config(), tmp_path)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == [(signal.SIGUSR2, True)]  # called once, after last.pt was written
+    assert load_training_state(tmp_path / "last.pt")["loop"]["batch"] == 5
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_a_diverging_job_does_not_cancel_the_rest_of_a_sweep(tmp_path):
+    p = sensreg("-m", "data=synthetic", "data.num_train=300", "data.num_test=100", "trainer.epochs=2",
+                "trainer.device=cpu", "prune=none", "schedule@eta_schedule=step", "eta_schedule.milestones=[1]",
+                "eta_schedule.gamma=1e20,1", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    out, err = p.communicate(timeout=300)
+    assert "job failed, the sweep goes on" in err and "epoch 2" in err and "Traceback" not in err
+    statuses = sorted(json.loads(s.read_text())["status"] for s in (tmp_path / "sweep").rglob("summary.json"))
+    assert statuses == ["completed", "failed"]
