@@ -3,6 +3,8 @@
 - ``train``: a Hydra application (config groups, overrides, ``-m`` sweeps, ``--cfg job``,
   ``--help``) over the configs shipped in the package as ``sensreg.configs``.
 - ``eval CHECKPOINT [data.KEY=VALUE ...]``: re-evaluates a saved model on its test set.
+- ``compare PATH ...``: a table, compare.csv/.md and plots of every run below PATH (``compare.py``).
+- ``report RUN_DIR``: report.md and plots for one run (``run_report.py``).
 
 User mistakes end with a one-paragraph message on stderr and exit code 2, never a traceback.
 """
@@ -26,11 +28,17 @@ commands:
                                     `-m` runs a sweep, `--cfg job` prints the composed config)
   eval CHECKPOINT [data.KEY=VALUE]  recompute test error and sparsity of a saved model.pt
                                     (--json for machine-readable output; trainer.device=cpu|cuda)
+  compare PATH... [options]         table of every run below PATH (folders or globs): error,
+                                    remaining %, compression, Pareto front; writes compare.csv,
+                                    compare.md and plots (--sort, --where, --group, --out)
+  report RUN_DIR [--out DIR]        report.md and plots for one run folder
 
 examples:
   sensreg train model=lenet5 sens=unspec
   sensreg train -m sens.lam=1e-5,1e-4 trainer.seed=0,1
   sensreg eval outputs/runs/2026-01-01/12-00-00-000000_lenet300_spec/model.pt
+  sensreg compare outputs/ --where sens=spec,loss --group --sort error
+  sensreg report outputs/runs/2026-01-01/12-00-00-000000_lenet300_spec
 """
 
 CONFIG_PACKAGE = "pkg://sensreg.configs"
@@ -53,8 +61,13 @@ def main(argv: list[str] | None = None) -> None:
         run_train(rest)
     elif command == "eval":
         run_eval(rest)
+    elif command == "compare":
+        run_compare(rest)
+    elif command == "report":
+        run_report(rest)
     else:
-        fail(f"unknown command {command!r}; the commands are: train, eval. See `sensreg --help`.")
+        fail(f"unknown command {command!r}; the commands are: train, eval, compare, report. "
+             f"See `sensreg --help`.")
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -224,3 +237,95 @@ def _print_eval(result: dict) -> None:
     if match is not None:
         console.print("summary.json beside the checkpoint: " + ("figures match exactly" if match else
                       "[bold red]figures differ[/bold red] (different data, device or a modified checkpoint)"))
+
+
+# --- compare and report ------------------------------------------------------------------------
+
+def _arg_parser(prog: str, description: str, epilog: str = ""):
+    """An argparse parser whose mistakes end like every other user mistake: fail(), exit 2."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            fail(f"{prog}: {message}. See `{prog} --help`.")
+
+    return Parser(prog=prog, description=description, epilog=epilog,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run_compare(args: list[str]) -> None:
+    from .compare import DEFAULT_SORT, KEYS, CompareError, compare, rich_table
+
+    parser = _arg_parser(
+        "sensreg compare",
+        "Finds every run folder below the PATHs (single runs, sweeps, whole outputs/ trees; globs\n"
+        "are expanded), prints one table row per run (running, failed and interrupted runs\n"
+        "included), stars the Pareto-optimal runs (no run of the same network and data has both\n"
+        "fewer remaining parameters and a lower test error), and writes compare.csv, compare.md\n"
+        "and one plot per network and dataset, compare_<model>_<data>.png, into the first PATH\n"
+        "(or --out DIR). Folders with an unreadable summary.json are listed and skipped.",
+        f"keys for --where and --sort: {', '.join(KEYS)}\n\n"
+        "examples:\n  sensreg compare outputs/\n"
+        "  sensreg compare outputs/multirun/2026-01-01/* --where sens=spec,loss --where 'lam<1e-3'\n"
+        "  sensreg compare outputs/ --group --sort error\n"
+        "  sensreg compare outputs/ --sort=-remaining --out /tmp/cmp")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="folders (or globs) holding run folders")
+    parser.add_argument("--sort", metavar="KEYS", default=None,
+                        help=f"comma-separated keys; -KEY for descending, written --sort=-KEY "
+                             f"(default: {DEFAULT_SORT})")
+    parser.add_argument("--where", action="append", default=[], metavar="EXPR",
+                        help="keep rows where KEY=VALUE (also !=, <, <=, >, >=; '=' takes a,b,c "
+                             "alternatives and shell patterns); repeat to combine")
+    parser.add_argument("--group", action="store_true",
+                        help="one row per configuration (runs sharing a config hash, i.e. differing "
+                             "only in the seed): mean ± std over the seeds that finished, and n")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="where compare.csv, compare.md and the plots go (default: the first PATH)")
+    parser.add_argument("--no-plots", action="store_true", help="write the table files only")
+    ns = parser.parse_args(args)
+    try:
+        result = compare(ns.paths, where=ns.where, sort=ns.sort, group=ns.group, out=ns.out,
+                         plots=not ns.no_plots)
+    except CompareError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"could not write the comparison files ({err}); choose a writable folder with --out DIR.")
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    console.print(rich_table(result.rows, result.grouped))
+    for s in result.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {s.path}: {s.reason}", markup=True)
+    what = "configurations" if result.grouped else "runs"
+    console.print(f"{len(result.rows)} {what}, {sum(r.pareto for r in result.rows)} Pareto-optimal"
+                  + (f", {len(result.skipped)} folder(s) skipped" if result.skipped else "")
+                  + f"; wrote {', '.join(p.name for p in result.files)} in {result.out_dir}")
+
+
+def run_report(args: list[str]) -> None:
+    from .run_report import ReportError, write_report
+
+    parser = _arg_parser(
+        "sensreg report",
+        "Writes report.md and PNGs for one run folder: error and remaining parameters per epoch,\n"
+        "the threshold decisions, per-layer sparsity, and histograms of |w| and of the run's own\n"
+        "sensitivity at the end (recomputed from model.pt on a few training batches of the run's\n"
+        "dataset). Unfinished runs get a report of what they have so far.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (it holds summary.json)")
+    parser.add_argument("--out", metavar="DIR", default=None, help="where the files go (default: RUN_DIR)")
+    parser.add_argument("--batches", type=int, default=10, metavar="N",
+                        help="training batches the sensitivity is averaged over (default 10; 0: skip it)")
+    parser.add_argument("--data-root", metavar="DIR", default=None,
+                        help="where the run's dataset is, if not at the data.root it was trained with")
+    ns = parser.parse_args(args)
+    if ns.batches < 0:
+        fail("sensreg report: --batches must be 0 or more.")
+    try:
+        result = write_report(ns.run_dir, ns.out, ns.batches, ns.data_root)
+    except ReportError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"could not write the report ({err}); choose a writable folder with --out DIR.")
+    console = Console(highlight=False, soft_wrap=True)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(f"wrote {result.path} and {len(result.images)} plot(s): "
+                  f"{', '.join(p.name for p in result.images) or 'none'}")

@@ -80,25 +80,38 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
-    def _read(self) -> tuple[int | None, str]:
-        try:
-            pid, host = self.path.read_text().split()
-            return int(pid), host
-        except (OSError, ValueError):
-            return None, ""
-
     def _owner(self) -> str:
-        pid, host = self._read()
+        pid, host = _read_lock(self.path)
         return f"process {pid} on {host}" if pid else "another process"
 
     def _stale(self) -> bool:
-        pid, host = self._read()
-        if pid is None or host != socket.gethostname():
-            return False  # unreadable, or another machine's: we cannot tell, so it is not ours to take
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
+        return _lock_is_stale(self.path)
+
+
+def writer_gone(folder: Path) -> bool:
+    """Whether no process writes ``folder`` any more: it has no lock file, or the lock was left
+    by a process of this host that has exited (SIGKILL, out of memory, a crashed machine).
+    False while a live process holds it, and for another host's lock (we cannot tell)."""
+    path = Path(folder) / LOCK_NAME
+    return not path.exists() or _lock_is_stale(path)
+
+
+def _read_lock(path: Path) -> tuple[int | None, str]:
+    try:
+        pid, host = path.read_text().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None, ""
+
+
+def _lock_is_stale(path: Path) -> bool:
+    pid, host = _read_lock(path)
+    if pid is None or host != socket.gethostname():
+        return False  # unreadable, or another machine's: we cannot tell, so it is not ours to take
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
         return False
+    return False

@@ -1,0 +1,256 @@
+"""Every plot sensreg draws, as PNG files. Plain data in, a file out.
+
+matplotlib is imported inside the functions, so that modules importing this one (and every
+other sensreg command) start without it. Figures are drawn on the Agg canvas directly, never
+through pyplot: no display is needed, and no global backend state is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .report import write_atomic
+
+# One colour per sensitivity variant, the same in every plot; other names take the rest in turn.
+VARIANT_COLORS = {"spec": "tab:blue", "unspec": "tab:orange", "loss": "tab:green", "l2": "tab:red",
+                  "none": "tab:gray"}
+_SPARE_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+# Reference methods get their own marker shapes, so they never look like runs.
+_REF_MARKERS = ("D", "^", "s", "v", "P", "X")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _figure(width: float, height: float, rows: int = 1, sharex: bool = False):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, 1, sharex=sharex, squeeze=False)[:, 0]
+    return fig, list(axes)
+
+
+def _save(fig, path: Path) -> Path:
+    write_atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    return Path(path)
+
+
+def _plain_log_axis(axis, values: Sequence[float]) -> None:
+    """A log axis labelled in plain numbers (0.5, 1, 2, 5, 10...) rather than 10^k where the data
+    span a few decades at most: a sweep often spans less than one, where the default shows no
+    labels at all. Wider spans keep matplotlib's powers of ten."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    positive = [v for v in values if v > 0]
+    span = math.log10(max(positive) / min(positive)) if positive else 0.0
+    if span > 3:
+        return
+    subs = tuple(float(k) for k in range(1, 10)) if span < 0.6 else (1.0, 2.0, 5.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _color(name: str, assigned: dict[str, str]) -> str:
+    if name not in assigned:
+        assigned[name] = VARIANT_COLORS.get(name) or _SPARE_COLORS[len(assigned) % len(_SPARE_COLORS)]
+    return assigned[name]
+
+
+def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[dict], path: Path,
+                title: str = "") -> Path:
+    """Test error (%) against remaining parameters (%, log axis).
+
+    ``series`` maps a sensitivity variant to its points, dicts with ``x`` (remaining %), ``y``
+    (test error %), ``pareto`` (bool) and optional ``xerr``/``yerr`` (std, for seed groups) and
+    ``label`` (text written beside the point).
+    The Pareto-optimal points are ringed and joined by the front (a staircase: the lowest error
+    reached at or below each sparsity). ``references`` are published points, dicts with
+    ``method``, ``remaining_pct``, ``compression`` and ``test_error_pct``, drawn as labelled
+    markers.
+    """
+    fig, (ax,) = _figure(7.5, 5.0)
+    colors: dict[str, str] = {}
+    xs: list[float] = []
+    labels: list[tuple[str, float, float, str]] = []
+    ref_texts = []
+    for name in sorted(series):
+        pts = series[name]
+        color = _color(name, colors)
+        xerr = [p.get("xerr") or 0.0 for p in pts]
+        yerr = [p.get("yerr") or 0.0 for p in pts]
+        has_err = any(xerr) or any(yerr)
+        ax.errorbar([p["x"] for p in pts], [p["y"] for p in pts],
+                    xerr=xerr if has_err else None, yerr=yerr if has_err else None,
+                    fmt="o", color=color, ms=7, alpha=0.85, capsize=3, label=f"sens={name} ({len(pts)})")
+        labels += [(p["label"], p["x"], p["y"], color) for p in pts if p.get("label")]
+        xs += [p["x"] for p in pts]
+    front = sorted((p["x"], p["y"]) for pts in series.values() for p in pts if p.get("pareto"))
+    if front:
+        fx, fy = zip(*front)
+        ax.scatter(fx, fy, s=190, facecolors="none", edgecolors="black", linewidths=1.4, zorder=3)
+        ax.plot(fx, fy, drawstyle="steps-post", color="black", ls="--", lw=1.2, zorder=2,
+                label=f"Pareto front ({len(front)})")
+    for i, ref in enumerate(references):
+        x, y = ref["remaining_pct"], ref["test_error_pct"]
+        ax.plot([x], [y], marker=_REF_MARKERS[i % len(_REF_MARKERS)], color="black", mfc="gold", ms=10,
+                ls="none", zorder=4, label=f"{ref['method']} (published)")
+        ref_texts.append(ax.annotate(f"{ref['method']}\n{ref['compression']:g}×, {y:g}%", (x, y),
+                                     xytext=(8, 6), textcoords="offset points", fontsize=8))
+        xs.append(x)
+    ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.08)  # room for the point labels at the edges
+    _plain_log_axis(ax.xaxis, xs)
+    ax.set_xlabel("remaining parameters (% of prunable, log scale)")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    obstacles = [(p["x"], p["y"], 9.0 if p.get("pareto") else 5.0) for pts in series.values() for p in pts]
+    obstacles += [(r["remaining_pct"], r["test_error_pct"], 7.0) for r in references]
+    _place_labels(fig, ax, labels, obstacles, fixed=ref_texts)
+    return _save(fig, path)
+
+
+# Where a point label may go, in points from the point: right-below first, then around it.
+_LABEL_SPOTS = ((6, -12, "left"), (6, 5, "left"), (-6, -12, "right"), (-6, 5, "right"),
+                (6, 14, "left"), (6, -21, "left"), (-6, 14, "right"), (-6, -21, "right"))
+
+
+def _place_labels(fig, ax, labels: Sequence[tuple[str, float, float, str]],
+                  obstacles: Sequence[tuple[float, float, float]], fixed: Sequence = ()) -> None:
+    """Write each label beside its point where it overlaps no other label, no marker (``obstacles``:
+    x, y and a radius in pixels), no ``fixed`` text and not the legend; a label with no free spot
+    is left out (the table has the figures). Runs of a sweep often land close together, where
+    fixed offsets would print the labels over each other."""
+    from matplotlib.transforms import Bbox
+
+    if not labels:
+        return
+    fig.draw_without_rendering()  # final limits and layout, so display positions hold
+    renderer = fig.canvas.get_renderer()
+    centres = ax.transData.transform([(x, y) for x, y, _ in obstacles])
+    taken = [Bbox.from_bounds(px - r, py - r, 2 * r, 2 * r) for (px, py), (_, _, r) in zip(centres, obstacles)]
+    taken += [t.get_window_extent(renderer) for t in fixed]
+    legend = ax.get_legend()
+    if legend is not None:
+        taken.append(legend.get_window_extent(renderer))
+    inside = ax.get_window_extent(renderer)
+    for text, x, y, color in labels:
+        for dx, dy, ha in _LABEL_SPOTS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                              color=color, ha=ha)
+            box = ann.get_window_extent(renderer)
+            fits = (box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0
+                    and box.y1 <= inside.y1)
+            if fits and not any(box.overlaps(t) for t in taken):
+                taken.append(box)
+                break
+            ann.remove()
+
+
+def epochs_plot(rows: Sequence[dict[str, float]], decision_epochs: Sequence[int], path: Path,
+                test_error_pct: float | None = None) -> Path:
+    """Validation error and remaining parameters per epoch; dotted lines at pruning decisions."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (top, bottom) = _figure(7.5, 5.5, rows=2, sharex=True)
+    epochs = [r["epoch"] for r in rows]
+    top.plot(epochs, [100 * r["val_error"] for r in rows], "o-", color="tab:blue", label="validation error")
+    if test_error_pct is not None:
+        top.plot([epochs[-1]], [test_error_pct], "*", color="tab:red", ms=12, label="test error (end)")
+    top.set_ylabel("error (%)")
+    top.legend(fontsize=8)
+    # Every run starts dense (all masks set): 100 % at epoch 0 anchors the curve.
+    remaining = [100.0] + [r["remaining_pct"] for r in rows]
+    bottom.plot([0] + epochs, remaining, "o-", color="tab:green")
+    bottom.set_yscale("log")
+    _plain_log_axis(bottom.yaxis, remaining)
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.set_ylabel("remaining parameters (%, log)")
+    bottom.set_xlabel("epoch")
+    for ax in (top, bottom):
+        for e in decision_epochs:
+            ax.axvline(e, color="black", ls=":", lw=0.8)
+        ax.grid(True, alpha=0.3)
+    top.set_title("per epoch (dotted: a threshold was applied)", fontsize=11)
+    return _save(fig, path)
+
+
+def thresholds_plot(decisions: Sequence[dict[str, float]], path: Path, tolerance: float | None = None) -> Path:
+    """Each pruning decision: the threshold T applied, and the validation loss before and after."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (top, bottom) = _figure(7.5, 5.5, rows=2, sharex=True)
+    epochs = [d["epoch"] for d in decisions]
+    top.plot(epochs, [d["threshold"] for d in decisions], "o-", color="tab:purple")
+    for d in decisions:
+        top.annotate(f"{d['remaining_pct_before']:.3g}→{d['remaining_pct_after']:.3g}%",
+                     (d["epoch"], d["threshold"]), xytext=(4, 6), textcoords="offset points", fontsize=8)
+    top.set_yscale("log")
+    _plain_log_axis(top.yaxis, [d["threshold"] for d in decisions])
+    top.margins(x=0.12, y=0.2)  # room for the labels
+    top.set_ylabel("threshold T (log)")
+    top.set_title("threshold decisions (labels: remaining % before→after)", fontsize=11)
+    width = 0.38
+    bottom.bar([e - width / 2 for e in epochs], [d["val_loss_before"] for d in decisions], width,
+               label="val loss before", color="tab:blue")
+    bottom.bar([e + width / 2 for e in epochs], [d["val_loss_after"] for d in decisions], width,
+               label="val loss after", color="tab:orange")
+    if tolerance is not None:
+        bottom.plot(epochs, [(1 + tolerance) * d["val_loss_before"] for d in decisions], "_", ms=18,
+                    color="black", label=f"bound (1 + {tolerance:g})·before")
+    bottom.set_ylabel("validation loss")
+    bottom.set_xlabel("epoch")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.legend(fontsize=8)
+    for ax in (top, bottom):
+        ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def layers_plot(layers: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Remaining parameters per tensor, as horizontal bars labelled with the compression."""
+    fig, (ax,) = _figure(7.5, 1.2 + 0.42 * len(layers))
+    names = [r["name"] for r in layers][::-1]
+    values = [r["remaining_pct"] for r in layers][::-1]
+    colors = ["tab:blue" if r["prunable"] else "lightgray" for r in layers][::-1]
+    ax.barh(names, values, color=colors)
+    for i, r in enumerate(layers[::-1]):
+        ax.text(r["remaining_pct"] + 1, i, f"{r['remaining_pct']:.3g}% ({r['compression']:.1f}×)"
+                + ("" if r["prunable"] else ", not pruned"), va="center", fontsize=8)
+    ax.set_xlim(0, 125)  # room for the labels right of a full bar
+    ax.set_xlabel("remaining parameters (%)")
+    ax.set_title("per-layer sparsity at the end", fontsize=11)
+    ax.grid(True, axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def histogram_plot(values, path: Path, xlabel: str, title: str, marker: float | None = None,
+                   marker_label: str | None = None) -> Path:
+    """A histogram of positive values on log-spaced bins; ``marker`` draws a vertical line."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    positive = values[values > 0]
+    fig, (ax,) = _figure(7.5, 4.2)
+    if positive.size:
+        low, high = positive.min(), positive.max()
+        bins = np.logspace(np.log10(low), np.log10(high if high > low else low * 10), 60)
+        ax.hist(positive, bins=bins, color="tab:blue", alpha=0.85)
+        ax.set_xscale("log")
+        _plain_log_axis(ax.xaxis, [low, high])
+    if marker is not None and marker > 0:
+        ax.axvline(marker, color="tab:red", ls="--", label=marker_label)
+        if marker_label:
+            ax.legend(fontsize=8)
+    zeros = values.size - positive.size
+    ax.set_title(title + (f" ({zeros:,} zero values not shown)" if zeros else ""), fontsize=11)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,363 @@
+"""`sensreg compare`: a tree of fake run folders with known figures, then two real tiny runs.
+
+The fake tree (``tree`` fixture), under outputs/ like the real thing:
+
+    runs/2026-01-01/a_spec_s{0,1,2}      spec, λ=1e-4, config hash hA, seeds 0-2
+                                         (remaining 4/5/6 %, test error 2.0/2.2/2.4 %)
+    multirun/2026-01-01/12-00-00/
+        0_loss_s0, 1_loss_s1             loss, λ=1e-4, hash hB (remaining 8/10 %, error 1.8/2.0 %)
+        2_loss_running                   hash hB, seed 2, still running at epoch 3 of 20
+        3_unspec_failed                  hash hC, failed before any result
+        4_corrupt                        summary.json cut off in the middle
+        5_no_summary                     config.yaml only
+
+Pareto front of the five finished runs (remaining %, error %): a_spec_s0 (4, 2.0) has the fewest
+parameters and 0_loss_s0 (8, 1.8) the lowest error; each of the other three is beaten by one of
+these two. Grouped by hash: hA (5 ± 1, 2.2 ± 0.2, n=3) and hB (9, 1.9, n=2) are both optimal.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sensreg import compare as cmp
+from sensreg.plots import PNG_SIGNATURE
+
+
+def make_run(folder: Path, *, sens: str, lam: float, seed: int, config_hash: str, status: str = "completed",
+             error_pct: float | None = None, remaining: float | None = None, model: str = "lenet300",
+             data: str = "mnist", epochs: int = 20, epochs_done: int | None = None) -> Path:
+    """A run folder as train.py writes it, with the figures given (only what a run has so far)."""
+    folder.mkdir(parents=True)
+    config = {"data": {"name": data, "root": "data"}, "model": {"name": model},
+              "sens": {"name": sens, "lam": lam, "output": "logits", "params": "all", "classes": None},
+              "optim": {"name": "sgd", "lr": 0.05}, "trainer": {"epochs": epochs, "seed": seed}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))  # must not count as a run
+    done = epochs if epochs_done is None else epochs_done
+    with open(folder / "metrics.csv", "w") as f:
+        f.write("epoch,eta,lam,train_loss,val_loss,val_error,remaining_pct,threshold,seconds\n")
+        for e in range(1, done + 1):
+            f.write(f"{e},0.05,{lam},0.5,0.4,0.05,{100 - e},0.01,1.5\n")
+    summary = {"status": status, "config_hash": config_hash, "seed": seed, "model": model, "data": data,
+               "sens": sens}
+    if error_pct is not None:
+        summary.update(test_error=error_pct / 100, remaining_pct=remaining, compression=100 / remaining,
+                       wall_time_s=30.0 + seed, epochs_completed=epochs)
+    if status == "failed":
+        summary["error"] = "FloatingPointError: the loss became non-finite"
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    out = tmp_path / "outputs"
+    day = out / "runs" / "2026-01-01"
+    for seed, (rem, err) in enumerate([(4.0, 2.0), (5.0, 2.2), (6.0, 2.4)]):
+        make_run(day / f"a_spec_s{seed}", sens="spec", lam=1e-4, seed=seed, config_hash="hA",
+                 error_pct=err, remaining=rem)
+    sweep = out / "multirun" / "2026-01-01" / "12-00-00"
+    for seed, (rem, err) in enumerate([(8.0, 1.8), (10.0, 2.0)]):
+        make_run(sweep / f"{seed}_loss_s{seed}", sens="loss", lam=1e-4, seed=seed, config_hash="hB",
+                 error_pct=err, remaining=rem)
+    running = make_run(sweep / "2_loss_running", sens="loss", lam=1e-4, seed=2, config_hash="hB",
+                       status="running", epochs_done=3)
+    (running / cmp.LOCK_NAME).write_text(f"{os.getpid()} {os.uname().nodename}\n")  # a live writer
+    make_run(sweep / "3_unspec_failed", sens="unspec", lam=1e-3, seed=0, config_hash="hC", status="failed",
+             epochs_done=1)
+    corrupt = make_run(sweep / "4_corrupt", sens="spec", lam=1e-5, seed=0, config_hash="hD",
+                       error_pct=1.0, remaining=1.0)
+    text = (corrupt / "summary.json").read_text()
+    (corrupt / "summary.json").write_text(text[: len(text) // 2])  # a half-written file
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")  # Hydra's record of the sweep, beside the jobs
+    (sweep / "5_no_summary").mkdir()
+    (sweep / "5_no_summary" / "config.yaml").write_text("model: {name: lenet300}\n")
+    return out
+
+
+def by_run(rows) -> dict[str, cmp.Row]:
+    return {Path(r.run).name: r for r in rows}
+
+
+def read(tree: Path) -> tuple[list[cmp.Row], list[cmp.Skipped]]:
+    return cmp.read_runs(cmp.find_run_dirs([tree]), tree)
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+def test_every_run_is_listed_and_unreadable_folders_are_skipped_by_path(tree):
+    rows, skipped = read(tree)
+    runs = by_run(rows)
+    assert set(runs) == {"a_spec_s0", "a_spec_s1", "a_spec_s2", "0_loss_s0", "1_loss_s1",
+                         "2_loss_running", "3_unspec_failed"}
+    assert {Path(s.path).name for s in skipped} == {"4_corrupt", "5_no_summary"}
+    corrupt = next(s for s in skipped if Path(s.path).name == "4_corrupt")
+    assert "corrupt or half-written" in corrupt.reason
+
+    a0 = runs["a_spec_s0"]
+    assert (a0.model, a0.data, a0.sens, a0.lam, a0.eta, a0.epochs, a0.seed) == \
+        ("lenet300", "mnist", "spec", 1e-4, 0.05, 20, "0")
+    assert a0.test_error_pct == pytest.approx(2.0) and a0.remaining_pct == 4.0
+    assert a0.compression == 25.0 and a0.status == "completed" and a0.n == 1
+    assert a0.run == os.path.join("runs", "2026-01-01", "a_spec_s0")  # relative to the folder given
+
+    running = runs["2_loss_running"]
+    assert running.status == "running" and running.test_error_pct is None and running.n == 0
+    assert (running.epochs_done, running.epochs) == (3, 20)
+    assert cmp._epochs(running) == "3/20"
+    assert runs["3_unspec_failed"].status == "failed"
+
+
+# --- filter and sort ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where, expected", [
+    (["sens=spec"], {"a_spec_s0", "a_spec_s1", "a_spec_s2"}),
+    (["sens=loss,unspec", "status!=completed"], {"2_loss_running", "3_unspec_failed"}),
+    (["lam<1e-3"], {"a_spec_s0", "a_spec_s1", "a_spec_s2", "0_loss_s0", "1_loss_s1", "2_loss_running"}),
+    (["lam=0.001"], {"3_unspec_failed"}),
+    (["error<=2.0"], {"a_spec_s0", "0_loss_s0", "1_loss_s1"}),  # runs without a result never match
+    (["run=*loss_s*", "seed>=1"], {"1_loss_s1"}),
+    (["sens.name=spec", "remaining>4.5"], {"a_spec_s1", "a_spec_s2"}),  # config-style alias
+])
+def test_where_keeps_the_matching_runs(tree, where, expected):
+    rows, _ = read(tree)
+    assert set(by_run(cmp.filter_rows(rows, where))) == expected
+
+
+@pytest.mark.parametrize("where, message", [
+    ("sensitivity=spec", "unknown key 'sensitivity'"),
+    ("lam=big", "is a number"),
+    ("sens<spec", "is text"),
+    ("just-a-word", "is not KEY=VALUE"),
+])
+def test_bad_where_names_the_problem(where, message):
+    with pytest.raises(cmp.CompareError, match=message) as err:
+        cmp.parse_where(where)
+    if "unknown key" in message:
+        assert "sens" in str(err.value) and "remaining" in str(err.value)  # lists the valid keys
+
+
+def test_sort_by_keys_ascending_descending_missing_last(tree):
+    rows, _ = read(tree)
+    names = lambda rs: [Path(r.run).name for r in rs]  # noqa: E731
+    assert names(cmp.sort_rows(rows, "error,run")) == [
+        "0_loss_s0", "1_loss_s1", "a_spec_s0", "a_spec_s1", "a_spec_s2", "2_loss_running", "3_unspec_failed"]
+    assert names(cmp.sort_rows(rows, "-remaining"))[:5] == [
+        "1_loss_s1", "0_loss_s0", "a_spec_s2", "a_spec_s1", "a_spec_s0"]
+    assert names(cmp.sort_rows(rows, "sens,-seed"))[:3] == ["2_loss_running", "1_loss_s1", "0_loss_s0"]
+    with pytest.raises(cmp.CompareError, match="unknown key 'speed'"):
+        cmp.sort_rows(rows, "speed")
+
+
+# --- group and Pareto --------------------------------------------------------------------------
+
+def test_group_by_config_hash_gives_mean_std_and_n_over_seeds(tree):
+    rows, _ = read(tree)
+    groups = {g.config_hash: g for g in cmp.group_rows(rows)}
+    assert set(groups) == {"hA", "hB", "hC"}
+
+    a = groups["hA"]
+    assert a.n == 3 and a.seed == "0 1 2" and a.status == "completed" and a.sens == "spec"
+    assert a.test_error_pct == pytest.approx(2.2) and a.std["test_error_pct"] == pytest.approx(0.2)
+    assert a.remaining_pct == pytest.approx(5.0) and a.std["remaining_pct"] == pytest.approx(1.0)
+    assert a.wall_time_s == pytest.approx(31.0)  # seeds 0-2 took 30, 31 and 32 s
+    assert cmp._cell(a, "test_error_pct", "pct") == "2.20 ± 0.20"
+
+    b = groups["hB"]  # two finished seeds and one still running
+    assert b.n == 2 and b.seed == "0 1 2" and b.status == "2 completed, 1 running"
+    assert b.test_error_pct == pytest.approx(1.9) and b.std["test_error_pct"] == pytest.approx(math.sqrt(0.02))
+    assert b.remaining_pct == pytest.approx(9.0)
+
+    c = groups["hC"]  # failed: listed, with nothing to average
+    assert c.n == 0 and c.test_error_pct is None and c.std == {} and c.status == "failed"
+
+    cmp.mark_pareto(list(groups.values()))
+    assert (a.pareto, b.pareto, c.pareto) == (True, True, False)
+
+
+def test_pareto_marks_exactly_the_undominated_runs(tree):
+    rows, _ = read(tree)
+    optimal = cmp.mark_pareto(rows)
+    assert {Path(r.run).name for r in optimal} == {"a_spec_s0", "0_loss_s0"}
+
+
+def test_pareto_ties_and_separate_networks():
+    def row(name, rem, err, data="mnist"):
+        return cmp.Row(run=name, path=name, status="completed", model="lenet300", data=data,
+                       remaining_pct=rem, test_error_pct=err, n=1)
+    rows = [row("a", 2.0, 3.0), row("twin", 2.0, 3.0),  # equal points: neither beats the other
+            row("same-error-more-params", 4.0, 3.0), row("better", 1.0, 2.0, data="synthetic"),
+            row("running", None, None)]
+    rows[-1].status, rows[-1].n = "running", 0
+    assert {r.run for r in cmp.mark_pareto(rows)} == {"a", "twin", "better"}
+
+
+# --- references --------------------------------------------------------------------------------
+
+def test_references_only_for_the_same_network_and_dataset():
+    lenet300 = cmp.references_for("lenet300", "mnist")
+    assert {r["method"] for r in lenet300} == {"Han et al. 2015", "Sparse VD"}
+    han = next(r for r in lenet300 if r["method"].startswith("Han"))
+    assert han["compression"] == 12 and han["test_error_pct"] == 1.59
+    assert han["remaining_pct"] == pytest.approx(100 / 12)
+    assert "Learning both Weights and Connections" in han["source"]["title"]
+    assert "NeurIPS 2015" in han["source"]["venue"]
+    vd = next(r for r in cmp.references_for("lenet5", "mnist") if r["method"] == "Sparse VD")
+    assert vd["compression"] == 280 and "ICML 2017" in vd["source"]["venue"]
+    assert cmp.references_for("lenet300", "synthetic") == []
+    assert cmp.references_for("lenet300", "fashion_mnist") == []
+
+
+def test_each_plot_gets_the_references_of_its_own_network_and_data(tree, tmp_path, monkeypatch):
+    make_run(tree / "runs" / "2026-01-02" / "synth", sens="spec", lam=1e-4, seed=0, config_hash="hS",
+             data="synthetic", error_pct=10.0, remaining=3.0)
+    drawn = {}
+    from sensreg import plots
+
+    real = plots.pareto_plot
+
+    def recording(series, references, path, title=""):
+        drawn[Path(path).name] = [r["method"] for r in references]
+        return real(series, references, path, title)
+
+    monkeypatch.setattr(plots, "pareto_plot", recording)
+    result = cmp.compare([str(tree)], out=tmp_path / "cmp")
+    assert drawn == {"compare_lenet300_mnist.png": ["Han et al. 2015", "Sparse VD"],
+                     "compare_lenet300_synthetic.png": []}
+    md = (result.out_dir / "compare.md").read_text()
+    assert "Published reference points" in md and "arxiv.org/abs/1701.05369" in md
+
+
+# --- the files ---------------------------------------------------------------------------------
+
+def assert_png(path: Path, min_bytes: int = 10_000) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    assert len(data) > min_bytes, (path, len(data))
+
+
+def test_compare_writes_csv_markdown_and_plot_into_the_first_folder(tree):
+    result = cmp.compare([str(tree)])
+    assert result.out_dir == tree
+    assert sorted(p.name for p in result.files) == ["compare.csv", "compare.md", "compare_lenet300_mnist.png"]
+    assert_png(tree / "compare_lenet300_mnist.png")
+
+    with open(tree / "compare.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == 7
+    table = {Path(r["run"]).name: r for r in lines}
+    assert table["a_spec_s0"]["pareto"] == "True" and table["a_spec_s1"]["pareto"] == "False"
+    assert float(table["0_loss_s0"]["test_error_pct"]) == pytest.approx(1.8)
+    assert table["2_loss_running"]["status"] == "running" and table["2_loss_running"]["test_error_pct"] == ""
+    assert table["3_unspec_failed"]["status"] == "failed"
+
+    md = (tree / "compare.md").read_text()
+    assert "| ★ | runs/2026-01-01/a_spec_s0 |" in md.replace(os.sep, "/")
+    assert "| 2.00 | 4.00 | 25.0× |" in md  # test error and remaining in percent
+    assert "running" in md and "failed" in md
+    assert "## Skipped folders" in md and "4_corrupt" in md and "5_no_summary" in md
+    assert "![compare_lenet300_mnist](compare_lenet300_mnist.png)" in md
+
+
+def test_grouped_files_and_out_dir(tree, tmp_path):
+    out = tmp_path / "elsewhere"
+    # A glob over a sweep's jobs also matches its multirun.yaml: that file is passed over.
+    result = cmp.compare([str(tree / "runs"), str(tree / "multirun" / "2026-01-01" / "12-00-00" / "*")],
+                         group=True, out=out, sort="error")
+    assert result.out_dir == out and (out / "compare.csv").is_file()
+    assert not (tree / "runs" / "compare.csv").exists()
+    with open(out / "compare.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert [(r["config_hash"], r["n"], r["seed"]) for r in lines] == [
+        ("hB", "2", "0 1 2"), ("hA", "3", "0 1 2"), ("hC", "0", "0")]
+    assert float(lines[1]["test_error_pct_std"]) == pytest.approx(0.2)
+    assert "2.20 ± 0.20" in (out / "compare.md").read_text()
+    assert_png(out / "compare_lenet300_mnist.png")
+
+
+@pytest.mark.parametrize("paths, kwargs, message", [
+    (["{tmp}/nope"], {}, "does not exist"),
+    (["{tmp}/nothing*"], {}, "matches no folder"),
+    (["{tree}/runs/2026-01-01/a_spec_s0/summary.json"], {}, "is a file"),
+    (["{tmp}/empty"], {}, "no run folders"),
+    (["{tree}"], {"where": ["sens=l2"]}, "none of the 7 runs"),
+    (["{tree}"], {"sort": "bogus"}, "unknown key 'bogus'"),
+])
+def test_user_mistakes_are_compare_errors(tree, tmp_path, paths, kwargs, message):
+    (tmp_path / "empty").mkdir()
+    paths = [p.format(tmp=tmp_path, tree=tree) for p in paths]
+    with pytest.raises(cmp.CompareError, match=message):
+        cmp.compare(paths, **kwargs)
+
+
+# --- the command line --------------------------------------------------------------------------
+
+def sensreg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["sensreg", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+
+
+def test_cli_prints_the_table_and_lists_skipped_folders(tree):
+    out = sensreg("compare", str(tree), "--group", "--sort=-remaining", cwd=tree.parent)
+    assert out.returncode == 0, out.stderr
+    assert "hA" in out.stdout and "2.20 ± 0.20" in out.stdout and "2 completed, 1 running" in out.stdout
+    assert "3 configurations, 2 Pareto-optimal, 2 folder(s) skipped" in out.stdout
+    assert "4_corrupt" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compare", "missing-folder"], "missing-folder does not exist"),
+    (["compare", "empty"], "no run folders"),
+    (["compare", "outputs", "--where", "colour=red"], "unknown key 'colour'"),
+    (["compare", "outputs", "--sort", "speed"], "unknown key 'speed'"),
+    (["compare"], "the following arguments are required"),
+])
+def test_cli_mistakes_exit_2_with_one_message(tree, args, message):
+    (tree.parent / "empty").mkdir()
+    out = sensreg(*args, cwd=tree.parent)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_two_real_runs_then_compare(tmp_path):
+    """End to end: a two-job sweep through the CLI, then `sensreg compare` over it."""
+    tiny = ["data=synthetic", "data.num_train=300", "data.num_test=100", "trainer.epochs=1",
+            "trainer.device=cpu", "trainer.batch_size=50", "prune.tolerance=0.5"]
+    out = sensreg("train", "-m", *tiny, "sens=spec,loss", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = sensreg("compare", str(tmp_path / "sweep"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "0_lenet300_spec" in out.stdout and "1_lenet300_loss" in out.stdout
+    with open(tmp_path / "sweep" / "compare.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert sorted(r["sens"] for r in lines) == ["loss", "spec"]
+    assert all(r["status"] == "completed" and r["model"] == "lenet300" and r["data"] == "synthetic"
+               for r in lines)
+    summaries = {json.loads((tmp_path / "sweep" / r["run"] / "summary.json").read_text())["sens"]:
+                 json.loads((tmp_path / "sweep" / r["run"] / "summary.json").read_text()) for r in lines}
+    for r in lines:  # the table shows what the runs wrote, in percent
+        assert float(r["test_error_pct"]) == pytest.approx(100 * summaries[r["sens"]]["test_error"])
+        assert float(r["remaining_pct"]) == pytest.approx(summaries[r["sens"]]["remaining_pct"])
+    assert any(r["pareto"] == "True" for r in lines)
+    assert_png(tmp_path / "sweep" / "compare_lenet300_synthetic.png")
+
+
+def test_a_running_run_whose_process_is_gone_is_listed_as_abandoned(tmp_path):
+    gone = subprocess.run(["python", "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = make_run(tmp_path / "killed", sens="spec", lam=1e-4, seed=0, config_hash="h", status="running",
+                      epochs_done=2)
+    (killed / cmp.LOCK_NAME).write_text(f"{gone.stdout.strip()} {os.uname().nodename}\n")  # SIGKILL leaves it
+    make_run(tmp_path / "no_lock", sens="spec", lam=1e-4, seed=1, config_hash="h", status="running", epochs_done=2)
+    rows, _ = cmp.read_runs(cmp.find_run_dirs([tmp_path]), tmp_path)
+    assert {r.run: r.status for r in rows} == {"killed": "abandoned", "no_lock": "abandoned"}
