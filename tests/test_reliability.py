@@ -319,3 +319,18 @@ def test_a_diverging_job_does_not_cancel_the_rest_of_a_sweep(tmp_path):
     assert "job failed, the sweep goes on" in err and "epoch 2" in err and "Traceback" not in err
     statuses = sorted(json.loads(s.read_text())["status"] for s in (tmp_path / "sweep").rglob("summary.json"))
     assert statuses == ["completed", "failed"]
+
+
+def test_a_stop_during_the_set_up_is_orderly(tmp_path, monkeypatch):
+    import sensreg.train as train_module
+    original = train_module.setup
+
+    def slow_setup(cfg):
+        signal.raise_signal(signal.SIGTERM)  # arrives while the data is being loaded
+        return original(cfg)
+
+    monkeypatch.setattr(train_module, "setup", slow_setup)
+    with pytest.raises(Interrupted):
+        train(config(), tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+    assert not (tmp_path / "last.pt").exists()

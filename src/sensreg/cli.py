@@ -119,9 +119,11 @@ def train_task(cfg) -> dict | None:
             return None
         fail(f"{err} (run folder: {run_dir})", code=1)
     except Interrupted as err:
-        fail(f"{err}: the run folder {run_dir} holds a checkpoint and says status: interrupted. "
-             f"Continue it with `sensreg train <the same overrides> trainer.resume={run_dir}`.",
-             code=err.exit_code)
+        if (run_dir / run_folder.CHECKPOINT_NAME).exists():
+            fail(f"{err}: the run folder {run_dir} holds a checkpoint and says status: interrupted. "
+                 f"Continue it with `sensreg train <the same overrides> trainer.resume={run_dir}`.",
+                 code=err.exit_code)
+        fail(f"{err} before training began; nothing to continue, run the command again.", code=err.exit_code)
     except KeyboardInterrupt:
         fail(f"interrupted at once; the run folder {run_dir} says status: interrupted and keeps its "
              f"last checkpoint, if it had one.", code=130)

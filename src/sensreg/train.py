@@ -155,7 +155,9 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None) 
     report.write_json(run_dir / "summary.json", summary)
     loop = LoopState(**saved["loop"]) if saved is not None else LoopState()
     try:
-        _train(cfg, run_dir, summary, loop, saved)
+        # Signals are caught from here on, so a stop during the set-up is orderly too.
+        with StopSignals() as stop:
+            _train(cfg, run_dir, summary, loop, saved, stop)
     except BaseException as err:
         # SystemExit: a scheduler's signal handler (submitit's requeue) ended the process.
         interrupted = isinstance(err, (Interrupted, KeyboardInterrupt, SystemExit))
@@ -191,7 +193,7 @@ def resume_state(cfg: TrainConfig, path: Path | None) -> dict[str, Any] | None:
 
 
 def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopState,
-           saved: dict[str, Any] | None) -> None:
+           saved: dict[str, Any] | None, stop: StopSignals) -> None:
     session_start = time.time()
     device, data, model = setup(cfg)
     summary["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
@@ -236,86 +238,86 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
             "loop": {**asdict(loop), "elapsed": elapsed()}, "summary": summary,
         })
 
-    with StopSignals() as stop:
-        while loop.epoch < t.epochs:
-            epoch = loop.epoch
-            epoch_start = time.time() - loop.epoch_seconds
-            dense = epoch < warmup
-            eta = cfg.optim.lr * eta_at(epoch, t.epochs)
-            # lambda's schedule runs over the regularized epochs only (after the dense warm-up).
-            lam = 0.0 if dense else cfg.sens.lam * lam_at(epoch - warmup, max(1, t.epochs - warmup))
-            for group in optimizer.param_groups:
-                group["lr"] = eta
+    stop.raise_if_requested()  # stopped during the set-up: nothing to save yet
+    while loop.epoch < t.epochs:
+        epoch = loop.epoch
+        epoch_start = time.time() - loop.epoch_seconds
+        dense = epoch < warmup
+        eta = cfg.optim.lr * eta_at(epoch, t.epochs)
+        # lambda's schedule runs over the regularized epochs only (after the dense warm-up).
+        lam = 0.0 if dense else cfg.sens.lam * lam_at(epoch - warmup, max(1, t.epochs - warmup))
+        for group in optimizer.param_groups:
+            group["lr"] = eta
 
-            model.train()
-            loop.shuffle_state = shuffle_gen.get_state()  # the epoch's order can be drawn again from here
-            n_batches = num_batches(data.train, t.batch_size)
-            loss_sum = torch.tensor(loop.loss_sum, device=device)
-            with _progress(show_progress, f"epoch {epoch + 1}/{t.epochs}", n_batches, loop.batch) as advance:
-                for b, (x, y) in enumerate(batches(data.train, t.batch_size, shuffle=True,
-                                                   generator=shuffle_gen, start=loop.batch), start=loop.batch):
-                    loss_sum += step(x, y, lam)
-                    advance()
-                    if stop.requested:
-                        loop.batch, loop.loss_sum = b + 1, float(loss_sum)
-                        loop.epoch_seconds = time.time() - epoch_start
-                        save_checkpoint()
-                        log.info("%s: stopped in epoch %d after batch %d of %d; %s holds the state. "
-                                 "Continue with trainer.resume=%s", stop.requested, epoch + 1, b + 1,
-                                 n_batches, checkpoint_path, run_dir)
-                        stop.raise_if_requested()
-            train_loss = float(loss_sum) / n_batches
-            if not math.isfinite(train_loss) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                kept = (f"the last good checkpoint, {checkpoint_path}, holds epoch {loop.epoch}"
-                        if checkpoint_path.exists() else "no checkpoint was written before it")
-                raise FloatingPointError(
-                    f"the training loss or the weights became non-finite (inf/nan) in epoch {epoch + 1} "
-                    f"(eta {eta:g}, lam {lam:g}); {kept}. Lower sens.lam or optim.lr and start again.")
-            val = evaluate(model, data.val, eval_bs)
+        model.train()
+        loop.shuffle_state = shuffle_gen.get_state()  # the epoch's order can be drawn again from here
+        n_batches = num_batches(data.train, t.batch_size)
+        loss_sum = torch.tensor(loop.loss_sum, device=device)
+        with _progress(show_progress, f"epoch {epoch + 1}/{t.epochs}", n_batches, loop.batch) as advance:
+            for b, (x, y) in enumerate(batches(data.train, t.batch_size, shuffle=True,
+                                               generator=shuffle_gen, start=loop.batch), start=loop.batch):
+                loss_sum += step(x, y, lam)
+                advance()
+                if stop.requested:
+                    loop.batch, loop.loss_sum = b + 1, float(loss_sum)
+                    loop.epoch_seconds = time.time() - epoch_start
+                    save_checkpoint()
+                    log.info("%s: stopped in epoch %d after batch %d of %d; %s holds the state. "
+                             "Continue with trainer.resume=%s", stop.requested, epoch + 1, b + 1,
+                             n_batches, checkpoint_path, run_dir)
+                    stop.raise_if_requested()
+        train_loss = float(loss_sum) / n_batches
+        if not math.isfinite(train_loss) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            kept = (f"the last good checkpoint, {checkpoint_path}, holds epoch {loop.epoch}"
+                    if checkpoint_path.exists() else "no checkpoint was written before it")
+            raise FloatingPointError(
+                f"the training loss or the weights became non-finite (inf/nan) in epoch {epoch + 1} "
+                f"(eta {eta:g}, lam {lam:g}); {kept}. Lower sens.lam or optim.lr and start again.")
+        val = evaluate(model, data.val, eval_bs)
 
-            # Pruning decisions use the validation split only.
-            if not dense and epoch + 1 >= cfg.prune.start_epoch:
-                if cfg.prune.name == "search":
-                    if val["loss"] < loop.best_val:
-                        loop.best_val, loop.stale = val["loss"], 0
-                    else:
-                        loop.stale += 1
-                    if loop.stale >= cfg.prune.patience:
-                        found = _search_and_prune(model, masks, optimizer, data, eval_bs, val["loss"],
-                                                  cfg.prune.tolerance, epoch + 1)
-                        if found is not None:
-                            loop.thresholds.append(found)
-                            loop.threshold = found["threshold"]
-                            val = evaluate(model, data.val, eval_bs)
-                        loop.best_val, loop.stale = val["loss"], 0
-                elif cfg.prune.name == "fixed" and (epoch + 1 - cfg.prune.start_epoch) % cfg.prune.every == 0:
-                    before = masks.remaining_pct()
-                    pruned = masks.prune_below_(cfg.prune.threshold, optimizer)
-                    if pruned:
-                        loop.threshold = cfg.prune.threshold
-                        val_after = evaluate(model, data.val, eval_bs)
-                        loop.thresholds.append({
-                            "epoch": epoch + 1, "threshold": loop.threshold, "pruned": pruned,
-                            "remaining_pct_before": before, "remaining_pct_after": masks.remaining_pct(),
-                            "val_loss_before": val["loss"], "val_loss_after": val_after["loss"]})
-                        val = val_after
+        # Pruning decisions use the validation split only.
+        if not dense and epoch + 1 >= cfg.prune.start_epoch:
+            if cfg.prune.name == "search":
+                if val["loss"] < loop.best_val:
+                    loop.best_val, loop.stale = val["loss"], 0
+                else:
+                    loop.stale += 1
+                if loop.stale >= cfg.prune.patience:
+                    found = _search_and_prune(model, masks, optimizer, data, eval_bs, val["loss"],
+                                              cfg.prune.tolerance, epoch + 1)
+                    if found is not None:
+                        loop.thresholds.append(found)
+                        loop.threshold = found["threshold"]
+                        val = evaluate(model, data.val, eval_bs)
+                    loop.best_val, loop.stale = val["loss"], 0
+            elif cfg.prune.name == "fixed" and (epoch + 1 - cfg.prune.start_epoch) % cfg.prune.every == 0:
+                before = masks.remaining_pct()
+                pruned = masks.prune_below_(cfg.prune.threshold, optimizer)
+                if pruned:
+                    loop.threshold = cfg.prune.threshold
+                    val_after = evaluate(model, data.val, eval_bs)
+                    loop.thresholds.append({
+                        "epoch": epoch + 1, "threshold": loop.threshold, "pruned": pruned,
+                        "remaining_pct_before": before, "remaining_pct_after": masks.remaining_pct(),
+                        "val_loss_before": val["loss"], "val_loss_after": val_after["loss"]})
+                    val = val_after
 
-            row = {"epoch": epoch + 1, "eta": eta, "lam": lam, "train_loss": train_loss,
-                   "val_loss": val["loss"], "val_error": val["error"],
-                   "remaining_pct": masks.remaining_pct(), "threshold": loop.threshold,
-                   "seconds": time.time() - epoch_start}
-            loop.rows.append(row)
-            loop.epoch, loop.batch, loop.loss_sum, loop.epoch_seconds = epoch + 1, 0, 0.0, 0.0
-            loop.shuffle_state = shuffle_gen.get_state()
-            report.write_metrics(run_dir / "metrics.csv", loop.rows)
-            log.info(report.epoch_line(row))
-            if stop.requested or (t.checkpoint_every and loop.epoch % t.checkpoint_every == 0) \
-                    or loop.epoch == t.epochs:
-                save_checkpoint()
-            if stop.requested:
-                log.info("%s: stopped after epoch %d; continue with trainer.resume=%s",
-                         stop.requested, loop.epoch, run_dir)
-                stop.raise_if_requested()
+        row = {"epoch": epoch + 1, "eta": eta, "lam": lam, "train_loss": train_loss,
+               "val_loss": val["loss"], "val_error": val["error"],
+               "remaining_pct": masks.remaining_pct(), "threshold": loop.threshold,
+               "seconds": time.time() - epoch_start}
+        loop.rows.append(row)
+        loop.epoch, loop.batch, loop.loss_sum, loop.epoch_seconds = epoch + 1, 0, 0.0, 0.0
+        loop.shuffle_state = shuffle_gen.get_state()
+        report.write_metrics(run_dir / "metrics.csv", loop.rows)
+        log.info(report.epoch_line(row))
+        if stop.requested or (t.checkpoint_every and loop.epoch % t.checkpoint_every == 0) \
+                or loop.epoch == t.epochs:
+            save_checkpoint()
+        if stop.requested:
+            log.info("%s: stopped after epoch %d; continue with trainer.resume=%s",
+                     stop.requested, loop.epoch, run_dir)
+            stop.raise_if_requested()
 
     test = evaluate(model, data.test, eval_bs)
     stats = sparsity_stats(model, data.input_shape, masks.names)
