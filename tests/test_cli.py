@@ -119,6 +119,9 @@ def test_python_dash_m_entry_point(tmp_path):
     ("trainer.resume=/no/such/run", ["trainer.resume=/no/such/run", "no such run folder"]),
     ("data=cifar7", ["cifar7", "mnist", "synthetic"]),
     ("trainer.init=/no/such/model.pt", ["trainer.init=/no/such/model.pt", "does not exist"]),
+    ("trainer.batch_size=1.5", ["trainer.batch_size=1.5", "integer"]),
+    ("trainer.deterministic=maybe", ["trainer.deterministic='maybe'", "true or false"]),
+    ("data.num_train=1", ["data.num_train=1", ">= 2"]),
 ])
 def test_bad_input_is_a_short_message_before_any_training(tmp_path, override, must_mention):
     out = sensreg("train", *TINY, override, cwd=tmp_path)

@@ -66,3 +66,21 @@ def test_hash_ignores_seed_and_device_but_not_lambda():
     base = TrainConfig.from_dict(composed())
     assert TrainConfig.from_dict(composed("trainer.seed=7", "trainer.device=cpu")).hash() == base.hash()
     assert TrainConfig.from_dict(composed("sens.lam=1e-5")).hash() != base.hash()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.batch_size=1.5", "trainer.batch_size=1.5 must be an integer."),
+    ("trainer.epochs=abc", "trainer.epochs='abc' must be an integer."),
+    ("prune.patience=0.5", "prune.patience=0.5 must be an integer (or null)."),
+    ("sens.lam=small", "sens.lam='small' must be a number."),
+    ("trainer.channels_last=3", "trainer.channels_last=3 must be true or false."),
+    ("eta_schedule.milestones=[1.5]", "eta_schedule.milestones=[1.5] must be a list of integers"),
+])
+def test_a_value_of_the_wrong_type_is_named_once(override, message):
+    overrides = [override] + (["schedule@eta_schedule=step"] if "milestones" in override else [])
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict(composed(*overrides))
+    text = str(err.value)
+    assert message in text
+    key = override.split("=")[0]
+    assert text.count(f"{key}=") == 1  # the range check does not repeat it

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -144,7 +145,10 @@ class TrainConfig:
                 problems.append(f"{f.name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
             sections[f.name] = section_type(**{k: v for k, v in values.items() if k in known})
         cfg = cls(**sections)
-        problems += cfg.problems()
+        typed = {key: message for f in fields(cls) for key, message in _type_problems(f.name, getattr(cfg, f.name))}
+        problems += list(typed.values())
+        # Range checks of a value of the wrong type would only repeat the problem.
+        problems += [m for m in cfg.problems() if not any(m.startswith(f"{key}=") for key in typed)]
         if problems:
             raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems))
         return cfg
@@ -176,6 +180,11 @@ class TrainConfig:
         if not (isinstance(self.data.val_fraction, (int, float)) and 0 < self.data.val_fraction < 1):
             p.append(f"data.val_fraction={self.data.val_fraction!r} must lie strictly between 0 and 1.")
         at_least("data.eval_batch_size", self.data.eval_batch_size, 1)
+        if self.data.name == "synthetic":
+            at_least("data.num_train", self.data.num_train, 2)  # a training and a validation sample
+            at_least("data.num_test", self.data.num_test, 1)
+            at_least("data.num_classes", self.data.num_classes, 2)
+            at_least("data.noise", self.data.noise, 0)
         at_least("sens.lam", self.sens.lam, 0)
         if isinstance(self.sens.lam, (int, float)) and self.sens.lam >= 1:
             p.append(f"sens.lam={self.sens.lam!r} must be below 1 (it is the fraction of an insensitive "
@@ -230,6 +239,34 @@ class TrainConfig:
             d[section].pop(key, None)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# What each annotation of the dataclasses above accepts, and how a problem is worded.
+_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "text"),
+    "list[int]": (lambda v: isinstance(v, (list, tuple)) and all(_TYPES["int"][0](x) for x in v),
+                  "a list of integers, e.g. [30,60]"),
+    "tuple[float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+                            and all(_TYPES["float"][0](x) for x in v), "two numbers, e.g. [0.9,0.999]"),
+}
+
+
+def _type_problems(section: str, obj: Any) -> list[tuple[str, str]]:
+    """(key, sentence) for every value of ``obj`` whose type its annotation does not accept."""
+    out = []
+    for f in fields(obj):
+        annotation = str(f.type)
+        optional = annotation.endswith(" | None")
+        check = _TYPES.get(annotation.removesuffix(" | None"))
+        value = getattr(obj, f.name)
+        if check is None or (optional and value is None) or check[0](value):
+            continue
+        key = f"{section}.{f.name}"
+        out.append((key, f"{key}={value!r} must be {check[1]}{' (or null)' if optional else ''}."))
+    return out
 
 
 def config_differences(saved: dict[str, Any], now: dict[str, Any],
