@@ -76,6 +76,8 @@ def test_train_writes_run_folder_and_eval_reproduces_it(tmp_path):
     assert result["test_error"] == summary["test_error"]
     assert result["sparsity"]["prunable"]["remaining_pct"] == summary["remaining_pct"]
     assert result["matches_summary"] is True
+    by_folder = sensreg("eval", str(run), "--json", cwd=tmp_path)  # the run folder itself
+    assert by_folder.returncode == 0 and json.loads(by_folder.stdout)["matches_summary"] is True
 
     # the per-epoch line and the final table reach the log
     log = (run / "train.log").read_text()
@@ -152,6 +154,10 @@ def test_eval_refuses_bad_checkpoints(tmp_path):
     torch.save({"w": torch.zeros(2)}, foreign)
     bad = sensreg("eval", str(foreign), cwd=tmp_path)
     assert bad.returncode == 2 and "not a sensreg model checkpoint" in bad.stderr
+    unfinished = tmp_path / "run"
+    unfinished.mkdir()
+    bad = sensreg("eval", str(unfinished), cwd=tmp_path)
+    assert bad.returncode == 2 and "has no model.pt" in bad.stderr and "trainer.resume" in bad.stderr
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path):

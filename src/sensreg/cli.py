@@ -26,7 +26,8 @@ commands:
   train [overrides]                 train, regularize by sensitivity, prune, evaluate, report
                                     (Hydra: `sensreg train --help` lists groups and options,
                                     `-m` runs a sweep, `--cfg job` prints the composed config)
-  eval CHECKPOINT [data.KEY=VALUE]  recompute test error and sparsity of a saved model.pt
+  eval CHECKPOINT [data.KEY=VALUE]  recompute test error and sparsity of a saved model.pt (or of
+                                    a run folder's)
                                     (--json for machine-readable output; trainer.device=cpu|cuda)
   compare PATH... [options]         table of every run below PATH (folders or globs): error,
                                     remaining %, compression, Pareto front; writes compare.csv,
@@ -199,11 +200,17 @@ def run_eval(args: list[str]) -> None:
     problem = check_device(device)
     if problem:
         fail(problem)
+    checkpoint = Path(paths[0])
+    if checkpoint.is_dir():  # a run folder: its final model
+        if not (checkpoint / "model.pt").is_file():
+            fail(f"the run folder {checkpoint} has no model.pt: the run has not finished (its summary.json "
+                 f"says how far it got; continue it with `sensreg train ... trainer.resume={checkpoint}`).")
+        checkpoint = checkpoint / "model.pt"
     try:
-        result = evaluate_checkpoint(paths[0], overrides, resolve_device(device))
+        result = evaluate_checkpoint(checkpoint, overrides, resolve_device(device))
     except (CheckpointError, DatasetMissing) as err:
         fail(str(err))
-    result["matches_summary"] = _compare_with_summary(Path(paths[0]), result)
+    result["matches_summary"] = _compare_with_summary(checkpoint, result)
     if as_json:
         print(json.dumps(result, indent=2))
         return
