@@ -188,6 +188,13 @@ def test_a_busy_run_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
         assert lock.held
 
 
+def test_taking_the_lock_removes_what_a_killed_writer_left_half_written(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"complete")
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"half")  # SIGKILL during write_atomic
+    with RunLock(tmp_path):
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "last.pt"]
+
+
 def test_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path):
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(RunFolderError, match="trainer.resume=true"):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 CHECKPOINT_NAME = "last.pt"
 LOCK_NAME = ".lock"
+TEMPORARY_GLOB = ".*.tmp"  # what report.write_atomic names its temporary files
 
 
 class RunFolderError(RuntimeError):
@@ -72,6 +73,9 @@ class RunLock:
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             self.held = True
+            # Temporary files of atomic writes that a killed process never renamed into place.
+            for leftover in self.path.parent.glob(TEMPORARY_GLOB):
+                leftover.unlink(missing_ok=True)
             return self
         raise RunFolderError(f"could not take the lock file {self.path}; another process keeps creating it.")
 
