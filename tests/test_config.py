@@ -38,7 +38,7 @@ def test_every_experiment_preset_composes_and_validates(name):
     ("model", ["lenet300", "lenet5"]), ("sens", ["spec", "unspec", "loss", "none", "l2"]),
     ("optim", ["sgd", "adam"]), ("prune", ["search", "fixed", "none"]),
     ("schedule@eta_schedule", ["constant", "step", "cosine"]),
-    ("schedule@lam_schedule", ["constant", "step", "cosine"]),
+    ("schedule@lam_schedule", ["constant", "step", "cosine", "follow_eta"]),
     ("data", ["mnist", "fashion_mnist", "synthetic"]),
 ])
 def test_every_group_option_composes_and_validates(group, options):
@@ -57,9 +57,22 @@ def test_all_problems_are_reported_together():
         assert key in message
 
 
+def test_only_lambda_can_follow_eta():
+    with pytest.raises(ConfigError, match="eta_schedule.name='follow_eta' is not one of"):
+        TrainConfig.from_dict(composed("schedule@eta_schedule=follow_eta"))
+
+
 def test_lambda_of_one_or_more_is_refused():
     with pytest.raises(ConfigError, match=r"sens.lam=1.0 must be below 1"):
         TrainConfig.from_dict(composed("sens.lam=1.0"))
+
+
+def test_lambda_raised_by_its_schedule_to_one_is_refused():
+    with pytest.raises(ConfigError, match=r"times the eta schedule it follows reaches 3 in epoch 3"):
+        TrainConfig.from_dict(composed("sens.lam=0.03", "schedule@eta_schedule=step", "eta_schedule.milestones=[2]",
+                                       "eta_schedule.gamma=100"))
+    TrainConfig.from_dict(composed("sens.lam=0.03", "schedule@eta_schedule=step", "eta_schedule.milestones=[2]",
+                                   "eta_schedule.gamma=100", "schedule@lam_schedule=constant"))
 
 
 def test_hash_ignores_seed_and_device_but_not_lambda():

@@ -164,7 +164,7 @@ def test_truncated_or_foreign_checkpoint_is_refused_by_path(tmp_path):
 
 def test_divergence_stops_with_failed_status_and_keeps_the_last_good_checkpoint(tmp_path):
     # eta jumps by 1e9 after epoch 1: epoch 2 diverges.
-    cfg = config(eta_schedule={"name": "step", "milestones": [1], "gamma": 1e9})
+    cfg = config(eta_schedule={"name": "step", "milestones": [1], "gamma": 1e9}, lam_schedule={"name": "constant"})
     with pytest.raises(FloatingPointError, match=r"epoch 2 .*Lower sens.lam or optim.lr"):
         train(cfg, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -321,7 +321,7 @@ def test_a_schedulers_requeue_handler_runs_after_the_checkpoint(tmp_path, monkey
 def test_a_diverging_job_does_not_cancel_the_rest_of_a_sweep(tmp_path):
     p = sensreg("-m", "data=synthetic", "data.num_train=300", "data.num_test=100", "trainer.epochs=2",
                 "trainer.device=cpu", "prune=none", "schedule@eta_schedule=step", "eta_schedule.milestones=[1]",
-                "eta_schedule.gamma=1e20,1", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+                "eta_schedule.gamma=1e20,1", "schedule@lam_schedule=constant", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     out, err = p.communicate(timeout=300)
     assert "job failed, the sweep goes on" in err and "epoch 2" in err and "Traceback" not in err
     statuses = sorted(json.loads(s.read_text())["status"] for s in (tmp_path / "sweep").rglob("summary.json"))

@@ -29,7 +29,7 @@ def finished_run(tmp_path_factory) -> Path:
     """Two epochs on synthetic data with a threshold search after each (to about 9 % remaining)."""
     run = tmp_path_factory.mktemp("runs") / "tiny_spec"
     raw = {"data": {"name": "synthetic", "num_train": 400, "num_test": 100},
-           "sens": {"name": "spec", "lam": 1e-3}, "prune": {"tolerance": 0.2},
+           "sens": {"name": "spec", "lam": 1e-3}, "prune": {"tolerance": 0.2, "patience": 0},
            "trainer": {"epochs": 2, "batch_size": 50, "device": "cpu", "progress": False}}
     cfg = TrainConfig.from_dict(raw)
     threads = torch.get_num_threads()

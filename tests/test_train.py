@@ -84,6 +84,16 @@ def test_lambda_and_eta_schedules_reach_the_metrics(tmp_path):
     assert [float(r["lam"]) for r in rows] == pytest.approx([1e-3, 0.85355339e-3, 0.5e-3, 0.14644661e-3])
 
 
+def test_lambda_follows_eta_by_default(tmp_path):
+    cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"epochs": 4, "warmup_epochs": 1},
+                 eta_schedule={"name": "step", "milestones": [2], "gamma": 0.1}, prune={"name": "none"})
+    assert cfg.lam_schedule.name == "follow_eta"
+    train(cfg, tmp_path)
+    rows = metrics(tmp_path)
+    assert [float(r["eta"]) / cfg.optim.lr for r in rows] == pytest.approx([1, 1, 0.1, 0.1])
+    assert [float(r["lam"]) for r in rows] == pytest.approx([0.0, 1e-3, 1e-4, 1e-4])  # dense warm-up first
+
+
 def test_same_seed_same_result_and_seed_changes_it(tmp_path):
     cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"deterministic": True})
     a, b = train(cfg, tmp_path / "a"), train(cfg, tmp_path / "b")

@@ -14,7 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from .sensitivity import OUTPUTS, VARIANTS
 
 OPTIMIZERS = ("sgd", "adam")
 PRUNE_SCHEDULES = ("search", "fixed", "none")
+FOLLOW_ETA = "follow_eta"  # lam_schedule only: lambda's factor is eta's, epoch by epoch
 PARAM_SETS = ("all", "weights")
 # Keys that say where and how a run executes, not what it computes: left out of the config hash
 # and free to change when a run is resumed.
@@ -95,7 +96,7 @@ class ScheduleConfig:
 class PruneConfig:
     name: str = "search"
     params: str = "all"
-    patience: int | None = 0
+    patience: int | None = 1
     tolerance: float | None = 0.1
     threshold: float | None = None
     start_epoch: int = 1
@@ -124,7 +125,7 @@ class TrainConfig:
     sens: SensConfig = field(default_factory=SensConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eta_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    lam_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    lam_schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name=FOLLOW_ETA))
     prune: PruneConfig = field(default_factory=PruneConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -137,13 +138,13 @@ class TrainConfig:
             problems.append(f"unknown top-level key(s) {', '.join(extra)}.")
         sections = {}
         for f in fields(cls):
-            section_type = f.default_factory().__class__  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
             values = dict(raw.get(f.name) or {})
-            known = {g.name for g in fields(section_type)}
+            known = {g.name for g in fields(default)}
             unknown = sorted(set(values) - known)
             if unknown:
                 problems.append(f"{f.name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-            sections[f.name] = section_type(**{k: v for k, v in values.items() if k in known})
+            sections[f.name] = replace(default, **{k: v for k, v in values.items() if k in known})
         cfg = cls(**sections)
         typed = {key: message for f in fields(cls) for key, message in _type_problems(f.name, getattr(cfg, f.name))}
         problems += list(typed.values())
@@ -173,7 +174,7 @@ class TrainConfig:
         choice("sens.params", self.sens.params, PARAM_SETS)
         choice("optim.name", self.optim.name, OPTIMIZERS)
         choice("eta_schedule.name", self.eta_schedule.name, list(SCHEDULES))
-        choice("lam_schedule.name", self.lam_schedule.name, list(SCHEDULES))
+        choice("lam_schedule.name", self.lam_schedule.name, [*SCHEDULES, FOLLOW_ETA])
         choice("prune.name", self.prune.name, PRUNE_SCHEDULES)
         choice("prune.params", self.prune.params, PARAM_SETS)
 
@@ -221,7 +222,25 @@ class TrainConfig:
         device_problem = check_device(self.trainer.device)
         if device_problem:
             p.append(device_problem)
+        if not p:  # needs valid schedules, lambda and epochs
+            p += self._lambda_schedule_problems()
         return p
+
+    def _lambda_schedule_problems(self) -> list[str]:
+        """lambda times its schedule's factor must stay below 1 in every epoch (a step schedule
+        with gamma > 1, or one that follows such an eta schedule, can take it there)."""
+        from .regularizer import build_schedule
+
+        lam_config = self.eta_schedule if self.lam_schedule.name == FOLLOW_ETA else self.lam_schedule
+        schedule = build_schedule(**vars(lam_config))
+        epochs = self.trainer.epochs
+        for epoch in range(epochs):
+            if self.sens.lam * schedule(epoch, epochs) >= 1:
+                which = "the eta schedule it follows" if self.lam_schedule.name == FOLLOW_ETA else "its schedule"
+                return [f"sens.lam={self.sens.lam!r} times {which} reaches {self.sens.lam * schedule(epoch, epochs):g} "
+                        f"in epoch {epoch + 1}; it must stay below 1. Lower sens.lam or the schedule's gamma, or "
+                        f"set schedule@lam_schedule=constant."]
+        return []
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

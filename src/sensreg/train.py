@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from . import report
 from .checkpoint import (CheckpointError, load_init_state, load_training_state, rng_states, save_model,
                          save_training_state, set_rng_states)
-from .config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
+from .config import FOLLOW_ETA, NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
 from .data import Dataset, batches, load_dataset, num_batches
 from .interrupt import Interrupted, StopSignals
 from .evaluate import evaluate
@@ -218,10 +218,15 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         shuffle_gen.set_state(loop.shuffle_state)
     step = TrainStep(model, optimizer, variant, masks, prunable_names(model, cfg.sens.params),
                      cfg.sens.output, cfg.sens.classes, class_gen)
-    eta_at = build_schedule(**vars(cfg.eta_schedule))
-    lam_at = build_schedule(**vars(cfg.lam_schedule))
     t = cfg.trainer
     warmup = t.warmup_epochs
+    eta_at = build_schedule(**vars(cfg.eta_schedule))
+    if cfg.lam_schedule.name == FOLLOW_ETA:
+        lam_at = lambda epoch: eta_at(epoch, t.epochs)  # noqa: E731
+    else:
+        # lambda's own schedule runs over the regularized epochs only (after the dense warm-up).
+        own = build_schedule(**vars(cfg.lam_schedule))
+        lam_at = lambda epoch: own(epoch - warmup, max(1, t.epochs - warmup))  # noqa: E731
     eval_bs = cfg.data.eval_batch_size
     show_progress = t.progress is True or (t.progress == "auto" and sys.stdout.isatty())
     checkpoint_path = run_dir / CHECKPOINT_NAME
@@ -244,8 +249,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         epoch_start = time.time() - loop.epoch_seconds
         dense = epoch < warmup
         eta = cfg.optim.lr * eta_at(epoch, t.epochs)
-        # lambda's schedule runs over the regularized epochs only (after the dense warm-up).
-        lam = 0.0 if dense else cfg.sens.lam * lam_at(epoch - warmup, max(1, t.epochs - warmup))
+        lam = 0.0 if dense else cfg.sens.lam * lam_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = eta
 
