@@ -48,9 +48,10 @@ def test_unknown_dataset_lists_the_known_ones():
         load_dataset("cifar7")
 
 
-def test_missing_mnist_names_the_folder(tmp_path):
+def test_missing_mnist_names_the_folder_and_leaves_no_empty_one(tmp_path):
     with pytest.raises(DatasetMissing, match=str(tmp_path / "MNIST" / "raw")):
         load_dataset("mnist", tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

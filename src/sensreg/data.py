@@ -71,6 +71,11 @@ def _torchvision_mnist(name: str, root: Path) -> tuple[Split, Split]:
         train = cls(str(root), train=True, download=True)
         test = cls(str(root), train=False, download=True)
     except Exception as err:  # torchvision raises RuntimeError/URLError/OSError variously
+        for folder in (raw, raw.parent):  # the empty folders torchvision made before it failed
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise DatasetMissing(
             f"{cls.__name__} is not in {raw} and could not be downloaded ({type(err).__name__}: {err}). "
             f"Put the four original .gz files ({', '.join(_FILES)}) in {raw}, or set data.root to a "
