@@ -34,16 +34,22 @@ def save_model(path: Path, model: nn.Module, masks: dict[str, torch.Tensor], *, 
     write_atomic(path, lambda f: torch.save(payload, f), binary=True)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a sensreg model checkpoint safely (weights_only=True); refuse anything else."""
+def _load(path: str | Path, what: str, advice: str = "") -> Any:
+    """torch.load with weights_only=True (never unpickles code); a missing or unreadable file is
+    a CheckpointError that names ``what`` and the path."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist.")
+        raise CheckpointError(f"{what} {path} does not exist.")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read as a PyTorch file "
-                              f"(truncated, corrupt or not a checkpoint): {type(err).__name__}.") from None
+        raise CheckpointError(f"{what} {path} cannot be read as a PyTorch file (truncated, corrupt or "
+                              f"not a checkpoint): {type(err).__name__}.{advice}") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a sensreg model checkpoint safely (weights_only=True); refuse anything else."""
+    payload = _load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a sensreg model checkpoint (no format "
                               f"{FORMAT!r}); `sensreg eval` reads the model.pt of a sensreg run folder.")
@@ -52,13 +58,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_init_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights to start training from: a sensreg model.pt or a plain state dict file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"trainer.init={path} does not exist.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"trainer.init={path} cannot be read as a PyTorch file: {type(err).__name__}.") from None
+    payload = _load(path, "trainer.init")
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return payload["state_dict"]
     if isinstance(payload, dict) and payload and all(torch.is_tensor(v) for v in payload.values()):
@@ -80,15 +80,8 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
     """Load ``last.pt`` safely (weights_only=True); refuse a corrupt or foreign file by path."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"there is no checkpoint {path} to resume from.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated, corrupt or not a "
-                              f"checkpoint: {type(err).__name__}); it cannot be resumed. Start the "
-                              f"run again without trainer.resume, in a new folder.") from None
+    payload = _load(path, "checkpoint", " It cannot be resumed; start the run again without "
+                                        "trainer.resume, in a new folder.")
     if not isinstance(payload, dict) or payload.get("format") != TRAIN_STATE_FORMAT:
         raise CheckpointError(f"{path} is not a sensreg training checkpoint (last.pt of a run folder).")
     if payload.get("format_version") != TRAIN_STATE_VERSION:
