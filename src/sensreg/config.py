@@ -21,12 +21,11 @@ import torch
 
 from .data import LOADERS
 from .models import MODELS
-from .regularizer import SCHEDULES
+from .regularizer import FOLLOW_ETA, SCHEDULES, lambda_schedule
 from .sensitivity import OUTPUTS, VARIANTS
 
 OPTIMIZERS = ("sgd", "adam")
 PRUNE_SCHEDULES = ("search", "fixed", "none")
-FOLLOW_ETA = "follow_eta"  # lam_schedule only: lambda's factor is eta's, epoch by epoch
 PARAM_SETS = ("all", "weights")
 # Keys that say where and how a run executes, not what it computes: left out of the config hash
 # and free to change when a run is resumed.
@@ -227,19 +226,17 @@ class TrainConfig:
         return p
 
     def _lambda_schedule_problems(self) -> list[str]:
-        """lambda times its schedule's factor must stay below 1 in every epoch (a step schedule
-        with gamma > 1, or one that follows such an eta schedule, can take it there)."""
-        from .regularizer import build_schedule
-
-        lam_config = self.eta_schedule if self.lam_schedule.name == FOLLOW_ETA else self.lam_schedule
-        schedule = build_schedule(**vars(lam_config))
-        epochs = self.trainer.epochs
-        for epoch in range(epochs):
-            if self.sens.lam * schedule(epoch, epochs) >= 1:
+        """lambda times its schedule's factor must stay below 1 in every regularized epoch (a step
+        schedule with gamma > 1, or one that follows such an eta schedule, can take it there)."""
+        lam_at = lambda_schedule(vars(self.lam_schedule), vars(self.eta_schedule), self.trainer.epochs,
+                                 self.trainer.warmup_epochs)
+        for epoch in range(self.trainer.warmup_epochs, self.trainer.epochs):
+            lam = self.sens.lam * lam_at(epoch)
+            if lam >= 1:
                 which = "the eta schedule it follows" if self.lam_schedule.name == FOLLOW_ETA else "its schedule"
-                return [f"sens.lam={self.sens.lam!r} times {which} reaches {self.sens.lam * schedule(epoch, epochs):g} "
-                        f"in epoch {epoch + 1}; it must stay below 1. Lower sens.lam or the schedule's gamma, or "
-                        f"set schedule@lam_schedule=constant."]
+                return [f"sens.lam={self.sens.lam!r} times {which} reaches {lam:g} in epoch {epoch + 1}; it "
+                        f"must stay below 1. Lower sens.lam or the schedule's gamma, or set "
+                        f"schedule@lam_schedule=constant."]
         return []
 
     def to_dict(self) -> dict[str, Any]:

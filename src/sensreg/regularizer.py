@@ -83,3 +83,20 @@ def build_schedule(name: str, **kwargs) -> Schedule:
     if name not in SCHEDULES:
         raise KeyError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
     return SCHEDULES[name](**{k: v for k, v in kwargs.items() if k in SCHEDULE_KEYS[name]})
+
+
+FOLLOW_ETA = "follow_eta"  # lambda's schedule only: the eta schedule's factor, epoch by epoch
+
+
+def lambda_schedule(lam: dict, eta: dict, epochs: int, warmup: int = 0) -> Callable[[int], float]:
+    """lambda's factor for each epoch index (from 0) of a run of ``epochs`` epochs.
+
+    ``lam`` and ``eta`` are the schedule configs (name and keyword arguments). Under
+    ``FOLLOW_ETA`` it is eta's factor at the same epoch; otherwise lambda's own schedule, run over
+    the epochs after the ``warmup`` dense ones. (The dense epochs themselves have lambda = 0.)
+    """
+    if lam["name"] == FOLLOW_ETA:
+        eta_at = build_schedule(**eta)
+        return lambda epoch: eta_at(epoch, epochs)
+    own = build_schedule(**lam)
+    return lambda epoch: own(epoch - warmup, max(1, epochs - warmup))

@@ -63,7 +63,7 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if not self._stale():
+                if not _lock_is_stale(self.path):
                     raise RunFolderError(
                         f"the run folder {self.path.parent} is in use by {self._owner()} (lock file "
                         f"{self.path}). Wait for that run to end, or choose another folder; if no "
@@ -87,9 +87,6 @@ class RunLock:
     def _owner(self) -> str:
         pid, host = _read_lock(self.path)
         return f"process {pid} on {host}" if pid else "another process"
-
-    def _stale(self) -> bool:
-        return _lock_is_stale(self.path)
 
 
 def writer_gone(folder: Path) -> bool:

@@ -24,13 +24,13 @@ from torch import Tensor, nn
 from . import report
 from .checkpoint import (CheckpointError, load_init_state, load_training_state, rng_states, save_model,
                          save_training_state, set_rng_states)
-from .config import FOLLOW_ETA, NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
+from .config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
 from .data import Dataset, batches, load_dataset, num_batches
 from .interrupt import Interrupted, StopSignals
 from .evaluate import evaluate
 from .models import build_model
 from .pruning import Masks, prunable_names, search_threshold, sparsity_stats
-from .regularizer import build_schedule, shrink_
+from .regularizer import build_schedule, lambda_schedule, shrink_
 from .run_folder import CHECKPOINT_NAME
 from .sensitivity import Variant, batched_vjps_are_faster, get_variant, gradients_and_sensitivity
 
@@ -221,12 +221,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
     t = cfg.trainer
     warmup = t.warmup_epochs
     eta_at = build_schedule(**vars(cfg.eta_schedule))
-    if cfg.lam_schedule.name == FOLLOW_ETA:
-        lam_at = lambda epoch: eta_at(epoch, t.epochs)  # noqa: E731
-    else:
-        # lambda's own schedule runs over the regularized epochs only (after the dense warm-up).
-        own = build_schedule(**vars(cfg.lam_schedule))
-        lam_at = lambda epoch: own(epoch - warmup, max(1, t.epochs - warmup))  # noqa: E731
+    lam_at = lambda_schedule(vars(cfg.lam_schedule), vars(cfg.eta_schedule), t.epochs, warmup)
     eval_bs = cfg.data.eval_batch_size
     show_progress = t.progress is True or (t.progress == "auto" and sys.stdout.isatty())
     checkpoint_path = run_dir / CHECKPOINT_NAME
