@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sensreg import report
-from sensreg.checkpoint import CheckpointError, load_training_state
+from sensreg.checkpoint import CheckpointError, load_checkpoint, load_training_state
 from sensreg.config import ConfigError, TrainConfig
 from sensreg.interrupt import Interrupted
 from sensreg.run_folder import RunFolderError, RunLock, resolve
@@ -48,7 +48,7 @@ def metrics_without_time(run: Path) -> list[dict]:
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    ma, mb = (torch.load(p / "model.pt", weights_only=True) for p in (a, b))
+    ma, mb = (load_checkpoint(p / "model.pt") for p in (a, b))
     for name, tensor in ma["state_dict"].items():
         assert torch.equal(tensor, mb["state_dict"][name]), name
     for name, mask in ma["masks"].items():

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from sensreg.checkpoint import CheckpointError
+from sensreg.checkpoint import CheckpointError, load_checkpoint
 from sensreg.config import ConfigError, TrainConfig
 from sensreg.evaluate import evaluate_checkpoint
 from sensreg.train import train
@@ -44,7 +44,7 @@ def test_pruned_weights_are_exactly_zero_in_the_saved_model(tmp_path):
     cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"epochs": 3},
                  prune={"name": "fixed", "threshold": 5e-3, "start_epoch": 1, "every": 1})
     train(cfg, tmp_path)
-    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
+    ckpt = load_checkpoint(tmp_path / "model.pt")
     pruned = 0
     for name, mask in ckpt["masks"].items():
         weights = ckpt["state_dict"][name]
@@ -99,9 +99,9 @@ def test_same_seed_same_result_and_seed_changes_it(tmp_path):
     a, b = train(cfg, tmp_path / "a"), train(cfg, tmp_path / "b")
     other = config(sens={"name": "spec", "lam": 1e-3}, trainer={"deterministic": True, "seed": 1})
     c = train(other, tmp_path / "c")
-    wa = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
-    wb = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
-    wc = torch.load(tmp_path / "c" / "model.pt", weights_only=True)["state_dict"]
+    wa = load_checkpoint(tmp_path / "a" / "model.pt")["state_dict"]
+    wb = load_checkpoint(tmp_path / "b" / "model.pt")["state_dict"]
+    wc = load_checkpoint(tmp_path / "c" / "model.pt")["state_dict"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
     assert a["config_hash"] == b["config_hash"] == c["config_hash"]  # the hash ignores the seed

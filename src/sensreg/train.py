@@ -333,6 +333,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         "remaining_pct_all": stats["all"]["remaining_pct"], "compression_all": stats["all"]["compression"],
         "sparsity": stats, "flops": stats["flops"], "thresholds": loop.thresholds,
         "wall_time_s": elapsed(), "checkpoint": "model.pt",
+        "checkpoint_bytes": (run_dir / "model.pt").stat().st_size,
     })
     report.write_json(run_dir / "summary.json", summary)
     table = report.layer_table(stats)
