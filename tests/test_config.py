@@ -57,6 +57,13 @@ def test_all_problems_are_reported_together():
         assert key in message
 
 
+def test_a_model_that_cannot_take_the_datasets_inputs_is_refused():
+    # VGG-16's five poolings need 32x32 inputs; MNIST has 28x28. Refused before anything loads.
+    with pytest.raises(ConfigError, match=r"model.name=vgg16 cannot train on data.name=mnist \(inputs 1x28x28\)"):
+        TrainConfig.from_dict(composed("model=vgg16"))
+    TrainConfig.from_dict(composed("model=resnet20"))  # its first conv takes any channel count
+
+
 def test_only_lambda_can_follow_eta():
     with pytest.raises(ConfigError, match="eta_schedule.name='follow_eta' is not one of"):
         TrainConfig.from_dict(composed("schedule@eta_schedule=follow_eta"))

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .data import LOADERS
-from .models import MODELS
+from .data import INPUT_SHAPES, LOADERS
+from .models import MODELS, build_model
 from .regularizer import FOLLOW_ETA, SCHEDULES, lambda_schedule
 from .sensitivity import OUTPUTS, VARIANTS
 
@@ -223,7 +223,22 @@ class TrainConfig:
             p.append(device_problem)
         if not p:  # needs valid schedules, lambda and epochs
             p += self._lambda_schedule_problems()
+        if not p:
+            p += self._model_data_problems()
         return p
+
+    def _model_data_problems(self) -> list[str]:
+        """The model must accept the dataset's inputs (VGG-16 needs at least 32x32, say). It is
+        built on the meta device: shapes only, no memory, no initialization cost."""
+        shape = INPUT_SHAPES[self.data.name]
+        classes = self.data.num_classes if self.data.name == "synthetic" else 10
+        try:
+            with torch.device("meta"):
+                build_model(self.model.name, classes, shape)
+        except ValueError as err:
+            return [f"model.name={self.model.name} cannot train on data.name={self.data.name} "
+                    f"(inputs {'x'.join(map(str, shape))}): {err}. Choose a model made for this dataset."]
+        return []
 
     def _lambda_schedule_problems(self) -> list[str]:
         """lambda times its schedule's factor must stay below 1 in every regularized epoch (a step

@@ -111,6 +111,11 @@ LOADERS: dict[str, Callable[..., tuple[Split, Split]]] = {
     "synthetic": lambda root, **kw: _synthetic(**kw),
 }
 
+# The shape of one input of each dataset, known before loading it: the config check builds the
+# chosen model for it, so that a network that cannot take these inputs is refused up front.
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
+                                            "synthetic": (1, 28, 28)}
+
 
 def split_train_val(train: Split, val_fraction: float, split_seed: int) -> tuple[Split, Split]:
     """Hold out ``val_fraction`` of the training set, chosen by ``split_seed`` alone."""

@@ -179,7 +179,9 @@ def sparsity_stats(model: nn.Module, input_shape: tuple[int, ...], prunable: lis
 
     Counts non-zero entries of the weights themselves, so it needs no masks: a saved model
     alone gives the same figures. FLOPs are multiply-accumulates of conv and linear layers per
-    input sample; a zero weight entry costs nothing.
+    input sample; a zero weight entry costs nothing. Biases, batch norm, pooling, activations
+    and residual additions count zero FLOPs, as in the published figures (torchvision's GFLOPS
+    for VGG and ResNet): their rows still count parameters, with flops_dense = 0.
     """
     macs = layer_macs_per_weight(model, input_shape)
     layers, flops_dense, flops_left = [], 0, 0
