@@ -1,0 +1,77 @@
+"""The README's Results table: one row per reference preset, mean ± std over its seeds.
+
+Reads ``<root>/<preset>/seed*/summary.json`` (completed runs only) and prints a Markdown table:
+test error, remaining % and compression ratio of the prunable parameters, the size of the
+compact model.pt, and the remaining % of every weight tensor; then the published figures for
+the same networks from sensreg's references.yaml.
+
+    python scripts/results_table.py outputs/reference > outputs/reference/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from sensreg.compare import references_for
+
+
+def mean_std(values: list[float], digits: int) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def preset_row(name: str, summaries: list[dict]) -> list[str]:
+    layers: dict[str, list[float]] = {}
+    for s in summaries:
+        for layer in s["sparsity"]["layers"]:
+            if layer["prunable"] and layer["name"].endswith("weight"):
+                layers.setdefault(layer["name"].removesuffix(".weight"), []).append(layer["remaining_pct"])
+    per_layer = ", ".join(f"{n} {statistics.mean(v):.2g}" for n, v in layers.items())
+    kib = [s["checkpoint_bytes"] / 1024 for s in summaries if "checkpoint_bytes" in s]
+    return [f"`{name}`", str(len(summaries)),
+            mean_std([100 * s["test_error"] for s in summaries], 2),
+            mean_std([s["remaining_pct"] for s in summaries], 2),
+            mean_std([s["compression"] for s in summaries], 0) + "×",
+            f"{statistics.mean(kib):.0f}" if kib else "",
+            per_layer]
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", nargs="?", default="outputs/reference", type=Path)
+    root = parser.parse_args().root
+    rows, models = [], []
+    for preset in sorted(p for p in root.iterdir() if p.is_dir()):
+        summaries = []
+        for path in sorted(preset.glob("seed*/summary.json")):
+            summary = json.loads(path.read_text())
+            if summary.get("status") == "completed":
+                summaries.append(summary)
+        if not summaries:
+            print(f"{preset}: no completed run, left out", file=sys.stderr)
+            continue
+        rows.append(preset_row(preset.name, summaries))
+        key = (summaries[0]["model"], summaries[0]["data"])
+        models += [key] if key not in models else []
+    print(markdown(["preset", "seeds", "test error %", "remaining %", "compression", "model.pt KiB",
+                    "remaining % per weight tensor"], rows))
+    published = [[f"{r['method']} ({r['model']}, {r['data']})", f"{r['test_error_pct']:.2f}",
+                  f"{100 / r['compression']:.2f}", f"{r['compression']:.0f}×"]
+                 for m, d in models for r in references_for(m, d)]
+    if published:
+        print("Published:\n")
+        print(markdown(["method", "test error %", "remaining %", "compression"], published))
+
+
+if __name__ == "__main__":
+    main()
