@@ -49,11 +49,12 @@ def test_every_group_option_composes_and_validates(group, options):
 
 
 def test_all_problems_are_reported_together():
-    raw = composed("sens.lam=-1", "trainer.epochs=0", "data.val_fraction=1.5")
+    raw = composed("sens.lam=-1", "trainer.epochs=0", "data.val_fraction=1.5", "prune.start_epoch=3",
+                   "prune.stop_epoch=2")
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_dict(raw)
     message = str(err.value)
-    for key in ("sens.lam=-1", "trainer.epochs=0", "data.val_fraction=1.5"):
+    for key in ("sens.lam=-1", "trainer.epochs=0", "data.val_fraction=1.5", "prune.stop_epoch=2 must be a number >= 3"):
         assert key in message
 
 

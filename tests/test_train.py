@@ -53,6 +53,18 @@ def test_pruned_weights_are_exactly_zero_in_the_saved_model(tmp_path):
     assert pruned > 0
 
 
+def test_no_pruning_after_stop_epoch(tmp_path):
+    # Searches in epochs 1 and 2 only; epochs 3 and 4 fine-tune with the masks fixed, and the
+    # shrink still pulls the kept weights but prunes nothing.
+    cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"epochs": 4},
+                 prune={"name": "search", "patience": 0, "tolerance": 0.5, "stop_epoch": 2})
+    summary = train(cfg, tmp_path)
+    assert summary["thresholds"] and all(d["epoch"] <= 2 for d in summary["thresholds"])
+    rows = metrics(tmp_path)
+    assert float(rows[1]["remaining_pct"]) < 100.0
+    assert rows[1]["remaining_pct"] == rows[2]["remaining_pct"] == rows[3]["remaining_pct"]
+
+
 def test_search_prunes_within_tolerance(tmp_path):
     cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"epochs": 3},
                  prune={"name": "search", "patience": 0, "tolerance": 0.1})

@@ -99,6 +99,7 @@ class PruneConfig:
     tolerance: float | None = 0.1
     threshold: float | None = None
     start_epoch: int = 1
+    stop_epoch: int | None = None
     every: int = 1
 
 
@@ -206,6 +207,9 @@ class TrainConfig:
             at_least("prune.threshold", self.prune.threshold, 0)
             at_least("prune.every", self.prune.every, 1)
         at_least("prune.start_epoch", self.prune.start_epoch, 1)
+        if self.prune.stop_epoch is not None:
+            at_least("prune.stop_epoch", self.prune.stop_epoch, self.prune.start_epoch
+                     if isinstance(self.prune.start_epoch, int) else 1)
         at_least("trainer.epochs", self.trainer.epochs, 1)
         at_least("trainer.batch_size", self.trainer.batch_size, 1)
         at_least("trainer.warmup_epochs", self.trainer.warmup_epochs, 0)

@@ -275,7 +275,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         val = evaluate(model, data.val, eval_bs)
 
         # Pruning decisions use the validation split only.
-        if not dense and epoch + 1 >= cfg.prune.start_epoch:
+        if not dense and cfg.prune.start_epoch <= epoch + 1 <= (cfg.prune.stop_epoch or t.epochs):
             if cfg.prune.name == "search":
                 if val["loss"] < loop.best_val:
                     loop.best_val, loop.stale = val["loss"], 0
