@@ -1,0 +1,48 @@
+"""The committed reference results (outputs/reference/) stay re-checkable: every compact model.pt
+re-evaluates to exactly its summary's figures, and the README's Results table is the one the
+summaries give."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sensreg.evaluate import evaluate_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "outputs" / "reference"
+RUNS = sorted(p.parent for p in REFERENCE.glob("*/seed*/model.pt"))
+HAVE_MNIST = (REPO / "data" / "MNIST" / "raw").is_dir()
+
+
+def test_every_reference_run_is_complete():
+    assert RUNS, "no reference runs committed under outputs/reference/"
+    for run in RUNS:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "completed", run
+        assert (run / "metrics.csv").is_file() and (run / "config.yaml").is_file(), run
+        assert summary["checkpoint_bytes"] == (run / "model.pt").stat().st_size, run
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason="MNIST not in data/ (see README)")
+@pytest.mark.parametrize("run", RUNS, ids=[f"{r.parent.name}/{r.name}" for r in RUNS])
+def test_reference_checkpoint_reproduces_its_summary(run):
+    summary = json.loads((run / "summary.json").read_text())
+    result = evaluate_checkpoint(run / "model.pt", {"root": str(REPO / "data")})
+    assert result["test_error"] == summary["test_error"]
+    assert result["sparsity"]["prunable"]["remaining_pct"] == summary["remaining_pct"]
+
+
+def test_readme_results_table_is_the_summaries():
+    table = subprocess.run([sys.executable, str(REPO / "scripts" / "results_table.py"), str(REFERENCE)],
+                           capture_output=True, text=True, check=True, env={**os.environ}).stdout
+    readme = (REPO / "README.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert rows
+    for row in rows:
+        assert row in readme, f"README's Results table lacks or differs in: {row}"
