@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from importlib import resources
 
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from sensreg.config import ConfigError, TrainConfig
+from sensreg.config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences
 
 
 def composed(*overrides: str) -> dict:
@@ -39,7 +41,7 @@ def test_every_experiment_preset_composes_and_validates(name):
     ("optim", ["sgd", "adam"]), ("prune", ["search", "fixed", "none"]),
     ("schedule@eta_schedule", ["constant", "step", "cosine"]),
     ("schedule@lam_schedule", ["constant", "step", "cosine", "follow_eta"]),
-    ("data", ["mnist", "fashion_mnist", "synthetic"]),
+    ("data", ["mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic"]),
 ])
 def test_every_group_option_composes_and_validates(group, options):
     for option in options:
@@ -87,6 +89,24 @@ def test_hash_ignores_seed_and_device_but_not_lambda():
     base = TrainConfig.from_dict(composed())
     assert TrainConfig.from_dict(composed("trainer.seed=7", "trainer.device=cpu")).hash() == base.hash()
     assert TrainConfig.from_dict(composed("sens.lam=1e-5")).hash() != base.hash()
+
+
+def test_a_key_added_later_keeps_old_configs_hash_and_resumable():
+    # data.augment=false does what runs saved before the key existed did: their configs keep
+    # their hash (computed as it was then, without the key) and resume without a difference.
+    cfg = TrainConfig.from_dict(composed())
+    old = cfg.to_dict()
+    del old["data"]["augment"]
+    stripped = {section: dict(values) for section, values in old.items()}
+    del stripped["trainer"]["seed"]
+    for section, key in NOT_COMPUTATION:
+        stripped[section].pop(key, None)
+    old_hash = hashlib.sha256(json.dumps(stripped, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert cfg.hash() == old_hash
+    assert config_differences(old, cfg.to_dict()) == []
+    augmented = TrainConfig.from_dict(composed("+data.augment=true"))
+    assert augmented.hash() != cfg.hash()
+    assert config_differences(old, augmented.to_dict()) == ["data.augment: False in the saved run, True now"]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .data import INPUT_SHAPES, LOADERS
+from .data import INPUT_SHAPES, LOADERS, NUM_CLASSES
 from .models import MODELS, build_model
 from .regularizer import FOLLOW_ETA, SCHEDULES, lambda_schedule
 from .sensitivity import OUTPUTS, VARIANTS
@@ -31,6 +31,11 @@ PARAM_SETS = ("all", "weights")
 # and free to change when a run is resumed.
 NOT_COMPUTATION = (("trainer", "device"), ("trainer", "progress"), ("trainer", "channels_last"),
                    ("trainer", "checkpoint_every"), ("trainer", "resume"), ("data", "root"))
+# Keys added after runs had been saved without them, each with the value that does what those
+# runs did: at that value a key is left out of the config hash (so a config keeps the hash it had
+# before the key existed), and a saved config that lacks it reads as having it (so such a run can
+# be resumed).
+LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False}
 
 
 class ConfigError(ValueError):
@@ -45,6 +50,9 @@ class DataConfig:
     split_seed: int = 0
     on_device: bool = True
     eval_batch_size: int = 1000
+    # random crop of the image zero-padded (black) by 4 pixels and horizontal flip, of training
+    # batches only; the CIFAR configs turn it on
+    augment: bool = False
     # synthetic only
     num_train: int = 1024
     num_test: int = 512
@@ -235,7 +243,7 @@ class TrainConfig:
         """The model must accept the dataset's inputs (VGG-16 needs at least 32x32, say). It is
         built on the meta device: shapes only, no memory, no initialization cost."""
         shape = INPUT_SHAPES[self.data.name]
-        classes = self.data.num_classes if self.data.name == "synthetic" else 10
+        classes = NUM_CLASSES.get(self.data.name, self.data.num_classes)
         try:
             with torch.device("meta"):
                 build_model(self.model.name, classes, shape)
@@ -272,6 +280,9 @@ class TrainConfig:
         d["trainer"].pop("seed")
         for section, key in NOT_COMPUTATION:
             d[section].pop(key, None)
+        for (section, key), old in LATER_KEYS.items():
+            if d[section].get(key) == old:
+                d[section].pop(key)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -306,7 +317,14 @@ def _type_problems(section: str, obj: Any) -> list[tuple[str, str]]:
 
 def config_differences(saved: dict[str, Any], now: dict[str, Any],
                        ignore: tuple[tuple[str, str], ...] = ()) -> list[str]:
-    """``section.key: saved -> now`` for every value that differs, except the ``ignore`` keys."""
+    """``section.key: saved -> now`` for every value that differs, except the ``ignore`` keys.
+
+    A ``LATER_KEYS`` key missing from ``saved`` counts as its old value.
+    """
+    saved = {section: dict(values or {}) for section, values in saved.items()}
+    for (section, key), old in LATER_KEYS.items():
+        if section in saved:
+            saved[section].setdefault(key, old)
     out = []
     for section in sorted(set(saved) | set(now)):
         a, b = saved.get(section) or {}, now.get(section) or {}

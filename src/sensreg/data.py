@@ -1,14 +1,15 @@
 """Datasets: a registry of loaders, the fixed train/validation split, a device-resident loader.
 
-Small datasets (MNIST-sized) are held on the training device as normalized float tensors and
-batched by indexing with a shuffled permutation: no DataLoader, no per-batch host work.
+Small datasets (MNIST- and CIFAR-sized) are held on the training device as normalized float
+tensors and batched by indexing with a shuffled permutation: no DataLoader, no per-batch host
+work. Training batches can be augmented on the device (random crop and flip, ``augment``).
 """
 
 from __future__ import annotations
 
 import gzip
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +40,22 @@ class Dataset:
     test: Split
     num_classes: int
     input_shape: tuple[int, ...]
+    # Each channel's value of a black pixel after normalization: what the padding of a random
+    # crop is filled with, as when the crop is taken from the raw image before normalizing it.
+    pad_value: tuple[float, ...] = (0.0,)
 
 
 # --- loaders ------------------------------------------------------------------------------------
 
-# (mean, std) of the training images, the usual normalization constants.
-_MNIST_STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
+# Per-channel (mean, std) of the training images, the usual normalization constants. CIFAR's are
+# the pixel statistics of its 50,000 training images (some code uses a std of about 0.20 instead,
+# which is the spread of per-image means, not of pixels).
+_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
 # Where Debian's dataset-fashion-mnist package puts the original files.
 _DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 _FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -80,7 +91,7 @@ def _torchvision_mnist(name: str, root: Path) -> tuple[Split, Split]:
             f"{cls.__name__} is not in {raw} and could not be downloaded ({type(err).__name__}: {err}). "
             f"Put the four original .gz files ({', '.join(_FILES)}) in {raw}, or set data.root to a "
             f"folder that holds {cls.__name__}/raw, or run once with internet access.") from None
-    mean, std = _MNIST_STATS[name]
+    (mean,), (std,) = _STATS[name]
 
     def normalized(ds) -> Split:
         x = ds.data.unsqueeze(1).float().div_(255.0).sub_(mean).div_(std)
@@ -105,16 +116,75 @@ def _synthetic(num_train: int = 1024, num_test: int = 512, num_classes: int = 10
     return draw(num_train), draw(num_test)
 
 
+def _torchvision_cifar(name: str, root: Path) -> tuple[Split, Split]:
+    """CIFAR-10 or CIFAR-100 in torchvision's layout (``<root>/cifar-10-batches-py``,
+    ``<root>/cifar-100-python``), downloaded there when files are missing.
+
+    When every file is present nothing is downloaded: torchvision checks them against the md5
+    sums of the published files, and a mismatch is an error that names the files, rather than a
+    silent download over them. Files of another origin (the small ones the tests write in the
+    same format) are accepted only where torchvision's class lists their md5 sums; nothing here
+    skips or loosens that check.
+    """
+    from torchvision import datasets
+    from torchvision.datasets.utils import check_integrity
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    folder = root / cls.base_folder
+    expected = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
+    complete = all((folder / f).is_file() for f, _ in expected)
+    root_existed = root.exists()
+    try:
+        train = cls(str(root), train=True, download=not complete)
+        test = cls(str(root), train=False, download=False)
+    except Exception as err:  # torchvision raises RuntimeError/URLError/OSError variously
+        if complete:
+            bad = [f for f, md5 in expected if not check_integrity(str(folder / f), md5)]
+            raise DatasetMissing(
+                f"{cls.__name__}: the files in {folder} do not match the md5 sums of the published "
+                f"dataset ({', '.join(bad) or type(err).__name__ + ': ' + str(err)}). They are left "
+                f"as they are: replace them with the originals, or delete {folder} to download it "
+                f"again.") from None
+        if not root_existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # the empty folder torchvision made before the download failed
+        raise DatasetMissing(
+            f"{cls.__name__} is not in {folder} and could not be downloaded ({type(err).__name__}: {err}). "
+            f"Put the extracted files of {cls.filename} ({', '.join(f for f, _ in expected)}) in "
+            f"{folder}, or set data.root to a folder that holds {cls.base_folder}, or run once with "
+            f"internet access.") from None
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in _STATS[name])
+
+    def normalized(ds) -> Split:
+        # Held as normalized float32, like MNIST, not as uint8 normalized batch by batch: 600 MB
+        # for the 50,000 training images fits any training GPU, and every reader of a split
+        # (training, evaluation, the threshold search's many validation passes, reports) then
+        # takes model-ready tensors, with no normalization step to remember.
+        # torchvision holds the images as (N, 32, 32, 3) uint8; the models take (N, 3, 32, 32).
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous().float()
+        return Split(x.div_(255.0).sub_(mean).div_(std), torch.tensor(ds.targets, dtype=torch.long))
+
+    return normalized(train), normalized(test)
+
+
 LOADERS: dict[str, Callable[..., tuple[Split, Split]]] = {
     "mnist": lambda root, **_: _torchvision_mnist("mnist", Path(root)),
     "fashion_mnist": lambda root, **_: _torchvision_mnist("fashion_mnist", Path(root)),
+    "cifar10": lambda root, **_: _torchvision_cifar("cifar10", Path(root)),
+    "cifar100": lambda root, **_: _torchvision_cifar("cifar100", Path(root)),
     "synthetic": lambda root, **kw: _synthetic(**kw),
 }
 
 # The shape of one input of each dataset, known before loading it: the config check builds the
 # chosen model for it, so that a network that cannot take these inputs is refused up front.
+# (LeNet-300-100 and LeNet-5 take CIFAR's too: their first layers size themselves to the input,
+# 3,072 inputs for LeNet-300-100, a 1,250-input fc1 for LeNet-5.)
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
+                                            "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
                                             "synthetic": (1, 28, 28)}
+
+# The number of classes of each dataset with a fixed label set (a few files may not show every
+# label); the synthetic dataset's is an option of its loader.
+NUM_CLASSES: dict[str, int] = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 def split_train_val(train: Split, val_fraction: float, split_seed: int) -> tuple[Split, Split]:
@@ -133,19 +203,29 @@ def load_dataset(name: str, root: str | Path = "data", val_fraction: float = 0.1
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}")
     full_train, test = LOADERS[name](root=root, **options)
     train, val = split_train_val(full_train, val_fraction, split_seed)
-    num_classes = int(max(full_train.y.max(), test.y.max())) + 1
-    if name == "synthetic":
-        num_classes = int(options.get("num_classes", num_classes))
-    return Dataset(train.to(device), val.to(device), test.to(device), num_classes,
-                   tuple(full_train.x.shape[1:]))
+    return Dataset(train.to(device), val.to(device), test.to(device), _num_classes(name, full_train, test, options),
+                   tuple(full_train.x.shape[1:]), pad_value(name))
 
 
 def load_test_split(name: str, root: str | Path = "data", device: torch.device | str = "cpu",
                     **options) -> tuple[Split, int, tuple[int, ...]]:
     """The test split alone (for re-evaluating a saved model)."""
     full_train, test = LOADERS[name](root=root, **options)
-    num_classes = int(options.get("num_classes", int(max(full_train.y.max(), test.y.max())) + 1))
-    return test.to(device), num_classes, tuple(test.x.shape[1:])
+    return test.to(device), _num_classes(name, full_train, test, options), tuple(test.x.shape[1:])
+
+
+def _num_classes(name: str, train: Split, test: Split, options: dict) -> int:
+    if name in NUM_CLASSES:
+        return NUM_CLASSES[name]
+    return int(options.get("num_classes", int(max(train.y.max(), test.y.max())) + 1))
+
+
+def pad_value(name: str) -> tuple[float, ...]:
+    """Each channel's value of a black pixel after ``name``'s normalization (0 if it has none)."""
+    if name not in _STATS:
+        return (0.0,)
+    mean, std = _STATS[name]
+    return tuple(-m / s for m, s in zip(mean, std))
 
 
 # --- batching -----------------------------------------------------------------------------------
@@ -170,3 +250,32 @@ def batches(split: Split, batch_size: int, shuffle: bool = False,
 
 def num_batches(split: Split, batch_size: int) -> int:
     return -(-len(split) // batch_size)
+
+
+# --- augmentation -------------------------------------------------------------------------------
+
+def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4,
+                     fill: Sequence[float] | float = 0.0) -> Tensor:
+    """The usual CIFAR training augmentation of a whole batch ``x`` (N, C, H, W), on its device.
+
+    Each image is padded by ``padding`` pixels of value ``fill`` (one per channel, or one for
+    all) on every side, cropped back to H x W at a random offset, and mirrored left-right with
+    probability 1/2. The offsets and flips are drawn on the CPU from ``generator`` (as the
+    shuffling order is), so that a seed gives the same augmentation on every device and a
+    resumed run, given the generator's saved state, continues the same stream.
+    """
+    n, c, h, w = x.shape
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    flip = torch.randint(0, 2, (n,), generator=generator).bool().to(x.device)
+    value = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    padded = value.expand(n, c, h + 2 * padding, w + 2 * padding).clone()
+    padded[:, :, padding:padding + h, padding:padding + w] = x
+    # Source row and column of every output pixel, per image; a flip reverses the columns.
+    rows = top[:, None] + torch.arange(h, device=x.device)
+    cols = left[:, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    # One gather for the whole batch: indexing dims 0, 2 and 3 around the channel slice gives
+    # (N, H, W, C), which is permuted back (a channels-last view, what the models use).
+    out = padded[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from . import report
 from .checkpoint import (CheckpointError, load_init_state, load_training_state, rng_states, save_model,
                          save_training_state, set_rng_states)
 from .config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
-from .data import Dataset, batches, load_dataset, num_batches
+from .data import Dataset, batches, load_dataset, num_batches, random_crop_flip
 from .interrupt import Interrupted, StopSignals
 from .evaluate import evaluate
 from .models import build_model
@@ -99,8 +99,7 @@ def setup(cfg: TrainConfig) -> tuple[torch.device, Dataset, nn.Module]:
     data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed,
                         device if cfg.data.on_device else "cpu", **cfg.data.loader_options())
     if not cfg.data.on_device:
-        data = Dataset(data.train.to(device), data.val.to(device), data.test.to(device),
-                       data.num_classes, data.input_shape)
+        data = replace(data, train=data.train.to(device), val=data.val.to(device), test=data.test.to(device))
     model = build_model(cfg.model.name, data.num_classes, data.input_shape)
     if cfg.trainer.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         # NHWC convolutions: on the CPU their backward pass is about twice as fast (LeNet-5).
@@ -206,11 +205,16 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
     masks = Masks(model, prunable_names(model, cfg.prune.params))
     shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed)
     class_gen = torch.Generator().manual_seed(cfg.trainer.seed + 1)
+    # Crops and flips of training batches; like class_gen it is saved as it stands at a
+    # checkpoint, so a resumed run draws what the uninterrupted run would have drawn next.
+    augment_gen = torch.Generator().manual_seed(cfg.trainer.seed + 2) if cfg.data.augment else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         masks.load_state_dict(saved["masks"])
         optimizer.load_state_dict(saved["optimizer"])
         class_gen.set_state(saved["class_generator"])
+        if augment_gen is not None:  # the config check on resume makes sure the run augmented
+            augment_gen.set_state(saved["augment_generator"])
         set_rng_states(saved["rng"])
         log.info("resumed from %s at epoch %d%s", CHECKPOINT_NAME, loop.epoch + 1,
                  f", batch {loop.batch + 1}" if loop.batch else "")
@@ -235,6 +239,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
             "model": model.state_dict(), "masks": masks.state_dict(),
             "optimizer": optimizer.state_dict(),
             "class_generator": class_gen.get_state(), "rng": rng_states(),
+            "augment_generator": None if augment_gen is None else augment_gen.get_state(),
             "loop": {**asdict(loop), "elapsed": elapsed()}, "summary": summary,
         })
 
@@ -255,6 +260,8 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         with _progress(show_progress, f"epoch {epoch + 1}/{t.epochs}", n_batches, loop.batch) as advance:
             for b, (x, y) in enumerate(batches(data.train, t.batch_size, shuffle=True,
                                                generator=shuffle_gen, start=loop.batch), start=loop.batch):
+                if augment_gen is not None:
+                    x = random_crop_flip(x, augment_gen, fill=data.pad_value)
                 loss_sum += step(x, y, lam)
                 advance()
                 if stop.requested:
