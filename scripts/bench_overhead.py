@@ -11,6 +11,8 @@ Variants are timed in interleaved rounds so that drift in machine load hits all 
     python scripts/bench_overhead.py --epochs 1           # whole epochs instead
     python scripts/bench_overhead.py --data synthetic     # no MNIST needed
     python scripts/bench_overhead.py --classes 3          # unspec estimated over 3 sampled classes
+    python scripts/bench_overhead.py --precision bf16     # forward under autocast (fp16: CUDA only)
+    python scripts/bench_overhead.py --compile            # torch.compile'd forward (compiled in the warm-up)
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def make_step(cfg: TrainConfig, data, model, variant: str) -> TrainStep:
     masks.prune_below_(float(magnitudes[len(magnitudes) // 2]))
     optimizer = build_optimizer(cfg, model.parameters())
     return TrainStep(model, optimizer, get_variant(variant), masks, prunable_names(model, cfg.sens.params),
-                     cfg.sens.output, cfg.sens.classes, torch.Generator().manual_seed(1))
+                     cfg.sens.output, cfg.sens.classes, torch.Generator().manual_seed(1),
+                     cfg.trainer.precision, cfg.trainer.compile)
 
 
 def time_steps(step: TrainStep, data, batch_size: int, n_steps: int, device: torch.device,
@@ -73,15 +76,21 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--classes", type=int, default=None,
                     help="unspec over K sampled classes (sens.classes) instead of all C exactly")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="trainer.precision: the forward pass under autocast")
+    ap.add_argument("--compile", action="store_true", help="trainer.compile: torch.compile the forward pass")
     args = ap.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}, "
-          f"batch {args.batch_size}, output {args.output}, "
+          f"batch {args.batch_size}, output {args.output}, precision {args.precision}"
+          f"{', compiled' if args.compile else ''}, "
           f"unspec over {'all classes' if args.classes is None else f'{args.classes} sampled classes'}")
     for model_name in args.models:
         cfg = TrainConfig.from_dict({
             "data": {"name": args.data, "root": args.root}, "model": {"name": model_name},
-            "sens": {"output": args.output, "classes": args.classes}, "trainer": {"device": args.device, "batch_size": args.batch_size}})
+            "sens": {"output": args.output, "classes": args.classes},
+            "trainer": {"device": args.device, "batch_size": args.batch_size, "precision": args.precision,
+                        "compile": args.compile}})
         device, data, _ = setup(cfg)
         steps_per_epoch = -(-len(data.train) // args.batch_size)
         n_steps = round(args.epochs * steps_per_epoch) if args.epochs else args.steps

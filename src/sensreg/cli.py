@@ -89,6 +89,7 @@ def train_task(cfg) -> dict | None:
 
     from . import run_folder
     from .checkpoint import CheckpointError
+    from .compiling import CompileError
     from .config import ConfigError, TrainConfig
     from .data import DatasetMissing
     from .interrupt import Interrupted
@@ -112,7 +113,7 @@ def train_task(cfg) -> dict | None:
             return train(config, run_dir, saved)
     except (ConfigError, run_folder.RunFolderError) as err:
         fail(f"{err}\nNothing was trained.")
-    except (DatasetMissing, CheckpointError, FloatingPointError) as err:
+    except (DatasetMissing, CheckpointError, FloatingPointError, CompileError) as err:
         logging.getLogger("sensreg").error("run failed: %s", err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One diverging lambda must not cancel the rest of a sweep; its summary says failed.

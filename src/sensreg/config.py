@@ -21,6 +21,7 @@ import torch
 
 from .data import INPUT_SHAPES, LOADERS, NUM_CLASSES
 from .models import MODELS, build_model
+from .precision import PRECISIONS
 from .regularizer import FOLLOW_ETA, SCHEDULES, lambda_schedule
 from .sensitivity import OUTPUTS, VARIANTS
 
@@ -35,7 +36,8 @@ NOT_COMPUTATION = (("trainer", "device"), ("trainer", "progress"), ("trainer", "
 # runs did: at that value a key is left out of the config hash (so a config keeps the hash it had
 # before the key existed), and a saved config that lacks it reads as having it (so such a run can
 # be resumed).
-LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False}
+LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False, ("trainer", "precision"): "fp32",
+                                           ("trainer", "compile"): False}
 
 
 class ConfigError(ValueError):
@@ -124,6 +126,10 @@ class TrainerConfig:
     channels_last: bool = True
     checkpoint_every: int = 1
     resume: Any = False
+    # the training forward under autocast (precision.py); fp16 needs CUDA
+    precision: str = "fp32"
+    # torch.compile the model for the training forward (evaluation stays uncompiled)
+    compile: bool = False
 
 
 @dataclass
@@ -185,6 +191,7 @@ class TrainConfig:
         choice("lam_schedule.name", self.lam_schedule.name, [*SCHEDULES, FOLLOW_ETA])
         choice("prune.name", self.prune.name, PRUNE_SCHEDULES)
         choice("prune.params", self.prune.params, PARAM_SETS)
+        choice("trainer.precision", self.trainer.precision, PRECISIONS)
 
         if not (isinstance(self.data.val_fraction, (int, float)) and 0 < self.data.val_fraction < 1):
             p.append(f"data.val_fraction={self.data.val_fraction!r} must lie strictly between 0 and 1.")
@@ -233,6 +240,12 @@ class TrainConfig:
         device_problem = check_device(self.trainer.device)
         if device_problem:
             p.append(device_problem)
+        elif self.trainer.precision == "fp16" and resolve_device(self.trainer.device).type != "cuda":
+            # Most CPUs emulate float16 (a LeNet-5 step took ten times as long as in float32
+            # here); bfloat16 is the CPU's reduced precision, and it needs no loss scaling.
+            p.append(f"trainer.precision=fp16 needs a CUDA GPU, but trainer.device={self.trainer.device} trains "
+                     f"on the CPU{' (no GPU here)' if self.trainer.device == 'auto' else ''}; use "
+                     f"trainer.precision=bf16 (or fp32) on the CPU.")
         if not p:  # needs valid schedules, lambda and epochs
             p += self._lambda_schedule_problems()
         if not p:

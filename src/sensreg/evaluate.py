@@ -12,15 +12,18 @@ from torch import nn
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import Split, batches, load_test_split
 from .models import build_model
+from .precision import autocast
 from .pruning import sparsity_stats
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str, float]:
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
+             precision: str = "fp32") -> dict[str, float]:
     """Mean cross-entropy, top-1 error and (where there are more than 5 classes) top-5 error.
 
     Errors are counted exactly (integers), so the same model on the same data and device gives
-    the same figures every time.
+    the same figures every time. ``precision``: the forward passes run under autocast in it
+    (``precision.py``); the loss is computed in float32 and summed in float64 whatever it is.
     """
     was_training = model.training
     model.eval()
@@ -29,7 +32,8 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str
     wrong5 = torch.zeros((), dtype=torch.long, device=split.y.device)
     top5 = None
     for x, y in batches(split, batch_size):
-        logits = model(x)
+        with autocast(split.x.device, precision):
+            logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         wrong1 += (logits.argmax(dim=1) != y).sum()
         if logits.shape[1] > 5:

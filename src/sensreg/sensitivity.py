@@ -130,22 +130,44 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
                               params: list[Tensor], output: str = "logits",
                               classes: int | None = None,
                               generator: torch.Generator | None = None,
-                              batched: bool = True) -> tuple[list[Tensor], list[Tensor] | None]:
+                              batched: bool = True,
+                              loss_scale: Tensor | float | None = None,
+                              ) -> tuple[list[Tensor], list[Tensor] | None]:
     """The loss gradient for ``params`` and, where the variant has one, their sensitivity.
 
     Both come from the same forward pass; the sensitivity is evaluated at the current weights,
     i.e. before the optimizer step that will use the gradient. Returns (grads, None) for
     variants without a sensitivity.
+
+    ``loss_scale`` (float16 loss scaling): the gradients are taken of ``loss * loss_scale``, so
+    that small ones do not underflow in a float16 backward pass, and are returned scaled, for a
+    ``GradScaler`` to unscale and check for overflow. The sensitivities are always returned
+    unscaled: the loss-based one is divided by the scale here, and the output sensitivities are
+    not scaled at all (see below).
     """
+    # Why the output sensitivities' backward passes are not scaled under float16: the shrink
+    # uses the insensitivity max(0, 1 - S), so what matters is the error of S against 1, and
+    # underflow only touches components far below that. Their backward passes start from
+    # d mean_n o_{n,k} / d o, of order 1/N like the loss gradient's, but unlike the loss
+    # gradient they do not shrink as the loss falls, so they underflow less. Measured on
+    # LeNet-300-100 and LeNet-5 after 300 steps on MNIST (batches of 100 and 1,000, spec and
+    # unspec on logits): unscaled float16 is closer to float32 (0.07-0.6 % relative error in
+    # norm) than bfloat16 (0.2-1.4 %); at most 22 of LeNet-5's 431,080 entries underflowed to
+    # zero, each with a float32 sensitivity below 1e-5. A scale of 1024 left the relative error
+    # unchanged (to 1e-4) and would risk overflow (S above 64), which would need its own check.
     needs_extra_backward = variant.name in ("spec", "unspec")
+    scaled = loss if loss_scale is None else loss * loss_scale
     grads = [_or_zero(g, p) for g, p in zip(
-        torch.autograd.grad(loss, params, retain_graph=needs_extra_backward, allow_unused=True), params)]
+        torch.autograd.grad(scaled, params, retain_graph=needs_extra_backward, allow_unused=True), params)]
     if variant.name == "spec":
         return grads, specific(logits, targets, params, output)
     if variant.name == "unspec":
         return grads, unspecific(logits, params, output, classes, generator, batched=batched)
     if variant.name == "loss":
-        return grads, loss_based(grads)
+        sens = loss_based(grads)
+        if loss_scale is not None:
+            torch._foreach_div_(sens, loss_scale)
+        return grads, sens
     return grads, None
 
 

@@ -24,11 +24,13 @@ from torch import Tensor, nn
 from . import report
 from .checkpoint import (CheckpointError, load_init_state, load_training_state, rng_states, save_model,
                          save_training_state, set_rng_states)
+from .compiling import compile_error, compile_errors, compile_model, compiled_passes
 from .config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
 from .data import Dataset, batches, load_dataset, num_batches, random_crop_flip
 from .interrupt import Interrupted, StopSignals
 from .evaluate import evaluate
 from .models import build_model
+from .precision import autocast, grad_scaler
 from .pruning import Masks, prunable_names, search_threshold, sparsity_stats
 from .regularizer import build_schedule, lambda_schedule, shrink_
 from .run_folder import CHECKPOINT_NAME
@@ -38,11 +40,18 @@ log = logging.getLogger("sensreg")
 
 
 class TrainStep:
-    """One minibatch: forward, loss gradient and sensitivity, shrink, optimizer step, masks."""
+    """One minibatch: forward, loss gradient and sensitivity, shrink, optimizer step, masks.
+
+    ``precision`` (fp32, bf16, fp16): the forward pass runs under autocast in that precision
+    (``precision.py``); the weights, gradients and sensitivities stay float32. fp16 scales the
+    loss with a GradScaler (``self.scaler``) and skips a step whose gradient overflowed.
+    ``compile``: the forward pass goes through ``torch.compile(model)``.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, variant: Variant,
                  masks: Masks, regularized: list[str], output: str = "logits",
-                 classes: int | None = None, generator: torch.Generator | None = None):
+                 classes: int | None = None, generator: torch.Generator | None = None,
+                 precision: str = "fp32", compile: bool = False):
         self.model, self.optimizer, self.variant, self.masks = model, optimizer, variant, masks
         self.output, self.classes, self.generator = output, classes, generator
         # Frozen parameters (requires_grad=False) are neither trained nor regularized.
@@ -51,13 +60,48 @@ class TrainStep:
         self.params = list(named.values())
         self.reg_index = [self.names.index(n) for n in regularized]
         self.mask_index = [self.names.index(n) for n in masks.names]
-        self.batched = batched_vjps_are_faster(model)
+        self.device = next(model.parameters()).device
+        self.precision = precision
+        self.scaler = grad_scaler(self.device, precision)
+        self.compiled = compile
+        self.forward = compile_model(model) if compile else model
+        # Inductor's compiled backward calls out= kernels (aten::mm.out) that have no rule in
+        # autograd's batched-gradient mode, which then fails: compiled, the unspecific VJPs go
+        # one class after the other.
+        self.batched = batched_vjps_are_faster(model) and not compile
+
+    def gradients(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
+        """The loss, its gradient and the sensitivity (or None) at the current weights.
+
+        Under fp16 the gradient is that of the scaled loss (``GradScaler.unscale_`` divides it);
+        the loss and the sensitivities are never scaled.
+        """
+        if not self.compiled:
+            return self._gradients(x, y)
+        try:
+            with compiled_passes():
+                return self._gradients(x, y)
+        except compile_errors() as err:  # compilation happens in the first forward and backward
+            raise compile_error(err) from err
+
+    def _gradients(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
+        with autocast(self.device, self.precision):
+            logits = self.forward(x)
+        # The loss and the outputs that the sensitivities differentiate are formed in float32
+        # from the (bf16/fp16) logits; the cast is part of the graph, so the loss gradient and
+        # the sensitivities' backward passes all run back through the same autocast forward.
+        logits = logits.float()
+        loss = F.cross_entropy(logits, y)
+        # The scaler's factor as a tensor (scaling a one): no wait for the device, as get_scale() would.
+        scale = None if self.scaler is None else self.scaler.scale(torch.ones((), device=self.device))
+        grads, sens = gradients_and_sensitivity(self.variant, logits, loss, y, self.params, self.output,
+                                                self.classes, self.generator, self.batched, scale)
+        return loss.detach(), grads, sens
 
     def __call__(self, x: Tensor, y: Tensor, lam: float) -> Tensor:
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
-        grads, sens = gradients_and_sensitivity(self.variant, logits, loss, y, self.params,
-                                                self.output, self.classes, self.generator, self.batched)
+        loss, grads, sens = self.gradients(x, y)
+        if self.scaler is not None and not self._unscale_(grads):
+            return loss
         if self.variant.regularizes and lam > 0:
             reg_params = [self.params[i] for i in self.reg_index]
             shrink_(reg_params, None if sens is None else [sens[i] for i in self.reg_index], lam)
@@ -65,8 +109,25 @@ class TrainStep:
         for p, g in zip(self.params, grads):
             p.grad = g
         self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()
         self.masks.apply_()
-        return loss.detach()
+        return loss
+
+    def _unscale_(self, grads: list[Tensor]) -> bool:
+        """fp16: divide the gradients by the loss scale in place; False if they overflowed.
+
+        A step whose scaled gradient overflowed is skipped whole, the shrink included (the loss
+        variant's sensitivity is that gradient), and the scaler lowers its scale for the next.
+        """
+        for p, g in zip(self.params, grads):
+            p.grad = g  # GradScaler.unscale_ works on the optimizer's .grad, i.e. on these tensors
+        self.scaler.unscale_(self.optimizer)
+        # What unscale_ found, read as GradScaler.step reads it before it skips a step.
+        if sum(v.item() for v in self.scaler._found_inf_per_device(self.optimizer).values()):
+            self.scaler.update()
+            return False
+        return True
 
 
 def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -220,9 +281,11 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
                  f", batch {loop.batch + 1}" if loop.batch else "")
     if loop.shuffle_state is not None:
         shuffle_gen.set_state(loop.shuffle_state)
-    step = TrainStep(model, optimizer, variant, masks, prunable_names(model, cfg.sens.params),
-                     cfg.sens.output, cfg.sens.classes, class_gen)
     t = cfg.trainer
+    step = TrainStep(model, optimizer, variant, masks, prunable_names(model, cfg.sens.params),
+                     cfg.sens.output, cfg.sens.classes, class_gen, t.precision, t.compile)
+    if saved is not None and step.scaler is not None:  # fp16: the loss scale it had reached
+        step.scaler.load_state_dict(saved["scaler"])
     warmup = t.warmup_epochs
     eta_at = build_schedule(**vars(cfg.eta_schedule))
     lam_at = lambda_schedule(vars(cfg.lam_schedule), vars(cfg.eta_schedule), t.epochs, warmup)
@@ -240,6 +303,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
             "optimizer": optimizer.state_dict(),
             "class_generator": class_gen.get_state(), "rng": rng_states(),
             "augment_generator": None if augment_gen is None else augment_gen.get_state(),
+            "scaler": None if step.scaler is None else step.scaler.state_dict(),
             "loop": {**asdict(loop), "elapsed": elapsed()}, "summary": summary,
         })
 
@@ -276,10 +340,14 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         if not math.isfinite(train_loss) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             kept = (f"the last good checkpoint, {checkpoint_path}, holds epoch {loop.epoch}"
                     if checkpoint_path.exists() else "no checkpoint was written before it")
+            # Loss scaling guards the gradient, not the forward pass: float16 logits overflow at 65504.
+            bf16 = " (or use trainer.precision=bf16)" if t.precision == "fp16" else ""
             raise FloatingPointError(
                 f"the training loss or the weights became non-finite (inf/nan) in epoch {epoch + 1} "
-                f"(eta {eta:g}, lam {lam:g}); {kept}. Lower sens.lam or optim.lr and start again.")
-        val = evaluate(model, data.val, eval_bs)
+                f"(eta {eta:g}, lam {lam:g}); {kept}. Lower sens.lam or optim.lr{bf16} and start again.")
+        # Validation, and with it the threshold search, in the training precision (faster on
+        # a GPU); the final test evaluation in float32, as `sensreg eval` recomputes it.
+        val = evaluate(model, data.val, eval_bs, t.precision)
 
         # Pruning decisions use the validation split only.
         if not dense and cfg.prune.start_epoch <= epoch + 1 <= (cfg.prune.stop_epoch or t.epochs):
@@ -290,18 +358,18 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
                     loop.stale += 1
                 if loop.stale >= cfg.prune.patience:
                     found = _search_and_prune(model, masks, optimizer, data, eval_bs, val["loss"],
-                                              cfg.prune.tolerance, epoch + 1)
+                                              cfg.prune.tolerance, epoch + 1, t.precision)
                     if found is not None:
                         loop.thresholds.append(found)
                         loop.threshold = found["threshold"]
-                        val = evaluate(model, data.val, eval_bs)
+                        val = evaluate(model, data.val, eval_bs, t.precision)
                     loop.best_val, loop.stale = val["loss"], 0
             elif cfg.prune.name == "fixed" and (epoch + 1 - cfg.prune.start_epoch) % cfg.prune.every == 0:
                 before = masks.remaining_pct()
                 pruned = masks.prune_below_(cfg.prune.threshold, optimizer)
                 if pruned:
                     loop.threshold = cfg.prune.threshold
-                    val_after = evaluate(model, data.val, eval_bs)
+                    val_after = evaluate(model, data.val, eval_bs, t.precision)
                     loop.thresholds.append({
                         "epoch": epoch + 1, "threshold": loop.threshold, "pruned": pruned,
                         "remaining_pct_before": before, "remaining_pct_after": masks.remaining_pct(),
@@ -353,7 +421,8 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
 
 
 def _search_and_prune(model: nn.Module, masks: Masks, optimizer, data: Dataset, eval_bs: int,
-                      val_loss: float, tolerance: float, epoch: int) -> dict[str, Any] | None:
+                      val_loss: float, tolerance: float, epoch: int,
+                      precision: str = "fp32") -> dict[str, Any] | None:
     """Find the largest global threshold within tolerance on the validation loss and apply it."""
     saved = [p.detach().clone() for p in masks.params]
 
@@ -361,7 +430,7 @@ def _search_and_prune(model: nn.Module, masks: Masks, optimizer, data: Dataset, 
     def loss_with(threshold: float) -> float:
         for p, s, m in zip(masks.params, saved, masks.masks):
             p.copy_(s * (m & (s.abs() >= threshold)))
-        loss = evaluate(model, data.val, eval_bs)["loss"]
+        loss = evaluate(model, data.val, eval_bs, precision)["loss"]
         for p, s in zip(masks.params, saved):
             p.copy_(s)
         return loss
