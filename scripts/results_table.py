@@ -63,7 +63,7 @@ def main() -> None:
         rows.append(preset_row(preset.name, summaries))
         key = (summaries[0]["model"], summaries[0]["data"])
         models += [key] if key not in models else []
-    print(markdown(["preset", "seeds", "test error %", "remaining %", "compression", "model.pt KiB",
+    print(markdown(["runs", "seeds", "test error %", "remaining %", "compression", "model.pt KiB",
                     "remaining % per weight tensor"], rows))
     published = [[f"{r['method']} ({r['model']}, {r['data']})", f"{r['test_error_pct']:.2f}",
                   f"{100 / r['compression']:.2f}", f"{r['compression']:.0f}×"]
