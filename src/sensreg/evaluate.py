@@ -34,7 +34,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
     for x, y in batches(split, batch_size):
         with autocast(split.x.device, precision):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        loss_sum += F.cross_entropy(logits if precision == "fp32" else logits.float(), y, reduction="sum").double()
         wrong1 += (logits.argmax(dim=1) != y).sum()
         if logits.shape[1] > 5:
             top5 = True

@@ -90,7 +90,9 @@ class TrainStep:
         # The loss and the outputs that the sensitivities differentiate are formed in float32
         # from the (bf16/fp16) logits; the cast is part of the graph, so the loss gradient and
         # the sensitivities' backward passes all run back through the same autocast forward.
-        logits = logits.float()
+        # (In fp32 there is nothing to cast: a float64 model stays float64.)
+        if self.precision != "fp32":
+            logits = logits.float()
         loss = F.cross_entropy(logits, y)
         # The scaler's factor as a tensor (scaling a one): no wait for the device, as get_scale() would.
         scale = None if self.scaler is None else self.scaler.scale(torch.ones((), device=self.device))
