@@ -15,13 +15,14 @@ import torch.nn.functional as F
 
 from sensreg.checkpoint import load_checkpoint
 from sensreg.compiling import CompileError
-from sensreg.config import ConfigError, TrainConfig, config_differences
+from sensreg.config import ConfigError, config_differences
 from sensreg.data import load_dataset
 from sensreg.evaluate import evaluate_checkpoint
 from sensreg.models import build_model
 from sensreg.pruning import Masks, prunable_names
 from sensreg.sensitivity import get_variant
 from sensreg.train import TrainStep, train
+from test_train import config  # the small synthetic-data run every training test starts from
 
 # bf16 against fp32 sensitivity, per parameter tensor: |S_bf16 - S_fp32| / |S_fp32| in the
 # Frobenius norm. The batch-mean derivative sums signed per-sample terms, each rounded to
@@ -120,16 +121,6 @@ def test_fp16_step_whose_gradient_overflows_is_skipped_whole(batch):
 
 
 # --- training runs ------------------------------------------------------------------------------------
-
-def config(**sections) -> TrainConfig:
-    base = {
-        "data": {"name": "synthetic", "num_train": 300, "num_test": 100},
-        "trainer": {"epochs": 2, "batch_size": 54, "device": "cpu", "progress": False},
-    }
-    for key, value in sections.items():
-        base.setdefault(key, {}).update(value)
-    return TrainConfig.from_dict(base)
-
 
 @pytest.mark.parametrize("model", ["lenet300", "lenet5"])  # LeNet-5 in channels_last
 def test_bf16_training_prunes_to_exact_zeros(tmp_path, model):
