@@ -231,21 +231,42 @@ def pad_value(name: str) -> tuple[float, ...]:
 # --- batching -----------------------------------------------------------------------------------
 
 def batches(split: Split, batch_size: int, shuffle: bool = False,
-            generator: torch.Generator | None = None, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+            generator: torch.Generator | None = None, start: int = 0,
+            shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor]]:
     """Minibatches of a device-resident split, shuffled by a random index permutation.
 
     The permutation is drawn on the CPU from ``generator`` so that the order is the same on
     every device; only the index tensor travels. ``start`` skips that many batches of the same
-    order (to continue an epoch that was stopped part-way).
+    order (to continue an epoch that was stopped part-way). ``shard=(rank, world)``: of each
+    batch, the part that process ``rank`` of ``world`` takes (``part_of``); together the parts
+    are the batch a single process would take.
     """
     n = len(split)
     order = torch.randperm(n, generator=generator).to(split.y.device) if shuffle else None
     for begin in range(start * batch_size, n, batch_size):
         if order is None:
-            yield split.x[begin:begin + batch_size], split.y[begin:begin + batch_size]
+            lo, hi = part_bounds(min(batch_size, n - begin), shard)
+            yield split.x[begin + lo:begin + hi], split.y[begin + lo:begin + hi]
         else:
-            idx = order[begin:begin + batch_size]
+            idx = part_of(order[begin:begin + batch_size], shard)
             yield split.x[idx], split.y[idx]
+
+
+def part_bounds(n: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """[lo, hi): the contiguous part of ``n`` items that process ``rank`` of ``world`` takes, as
+    ``Tensor.tensor_split`` divides them (the first n % world parts one item longer)."""
+    rank, world = shard
+    size, extra = divmod(n, world)
+    lo = rank * size + min(rank, extra)
+    return lo, lo + size + (rank < extra)
+
+
+def part_of(t: Tensor, shard: tuple[int, int]) -> Tensor:
+    """Process ``rank``'s part of ``t`` along its first dimension (see ``part_bounds``)."""
+    if shard == (0, 1):
+        return t
+    lo, hi = part_bounds(t.shape[0], shard)
+    return t[lo:hi]
 
 
 def num_batches(split: Split, batch_size: int) -> int:
@@ -264,10 +285,24 @@ def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4,
     shuffling order is), so that a seed gives the same augmentation on every device and a
     resumed run, given the generator's saved state, continues the same stream.
     """
+    return crop_flip(x, crop_flip_draws(x.shape[0], generator, padding), padding, fill)
+
+
+def crop_flip_draws(n: int, generator: torch.Generator, padding: int = 4) -> tuple[Tensor, Tensor, Tensor]:
+    """The random part of ``random_crop_flip`` for ``n`` images: row offsets, column offsets
+    and flips, in that order, on the CPU. (Drawn for a whole batch and then divided with
+    ``part_of``, they give each process of a distributed run its images' share.)"""
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.randint(0, 2, (n,), generator=generator).bool()
+    return top, left, flip
+
+
+def crop_flip(x: Tensor, draws: tuple[Tensor, Tensor, Tensor], padding: int = 4,
+              fill: Sequence[float] | float = 0.0) -> Tensor:
+    """Crop and flip every image of ``x`` as ``draws`` (from ``crop_flip_draws``) say."""
     n, c, h, w = x.shape
-    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    flip = torch.randint(0, 2, (n,), generator=generator).bool().to(x.device)
+    top, left, flip = (d.to(x.device) for d in draws)
     value = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
     padded = value.expand(n, c, h + 2 * padding, w + 2 * padding).clone()
     padded[:, :, padding:padding + h, padding:padding + w] = x
