@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import signal
 import struct
 from pathlib import Path
 from urllib.error import URLError
@@ -26,7 +25,8 @@ from sensreg.config import TrainConfig
 from sensreg.data import DatasetMissing, load_dataset, pad_value, random_crop_flip
 from sensreg.interrupt import Interrupted
 from sensreg.models import build_model
-from sensreg.train import TrainStep, resume_state, train
+from sensreg.train import resume_state, train
+from test_reliability import stop_at_step
 
 # The normalization constants written out here, independently of sensreg.data.
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -256,20 +256,20 @@ def test_a_short_run_trains_on_cifar_augmenting_training_batches_only(tmp_path, 
     import sensreg.train as train_module
 
     augmented, evaluated = [], []
-    real_augment, real_evaluate = train_module.random_crop_flip, train_module.evaluate
+    real_augment, real_evaluate = train_module.crop_flip, train_module.evaluate
 
-    def augment_spy(x, generator, **kwargs):
+    def augment_spy(x, draws, **kwargs):
         # Every augmented image is a training image, never one of validation or test.
         matches = (x.reshape(len(x), 1, -1) == d.train.x.reshape(1, len(d.train), -1)).all(dim=2)
         assert matches.any(dim=1).all()
         augmented.append(len(x))
-        return real_augment(x, generator, **kwargs)
+        return real_augment(x, draws, **kwargs)
 
     def evaluate_spy(model, split, *args, **kwargs):
         evaluated.append(split)
         return real_evaluate(model, split, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "random_crop_flip", augment_spy)
+    monkeypatch.setattr(train_module, "crop_flip", augment_spy)
     monkeypatch.setattr(train_module, "evaluate", evaluate_spy)
     summary = train(cifar_config(tmp_path / "data"), tmp_path / "run")
     assert summary["status"] == "completed" and summary["model"] == "resnet20"
@@ -285,18 +285,9 @@ def test_a_resumed_run_continues_the_augmentation_stream(tmp_path, monkeypatch):
     cfg = cifar_config(tmp_path / "data", "model=lenet300", "trainer.epochs=2", "trainer.deterministic=true")
     train(cfg, tmp_path / "full")
 
-    original, calls = TrainStep.__call__, {"n": 0}
-
-    def step(self, x, y, lam):  # stop in the middle of epoch 2 (5 steps an epoch)
-        calls["n"] += 1
-        if calls["n"] == 7:
-            signal.raise_signal(signal.SIGINT)
-        return original(self, x, y, lam)
-
-    monkeypatch.setattr(TrainStep, "__call__", step)
+    stop_at_step(monkeypatch, 7)  # in the middle of epoch 2 (5 steps an epoch)
     with pytest.raises(Interrupted):
         train(cfg, tmp_path / "cut")
-    monkeypatch.setattr(TrainStep, "__call__", original)
     assert load_training_state(tmp_path / "cut" / "last.pt")["augment_generator"] is not None
     train(cfg, tmp_path / "cut", resume_state(cfg, tmp_path / "cut" / "last.pt"))
     full, cut = (load_checkpoint(tmp_path / run / "model.pt")["state_dict"] for run in ("full", "cut"))

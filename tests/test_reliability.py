@@ -63,11 +63,11 @@ def stop_at_step(monkeypatch, n: int, signum=signal.SIGINT) -> None:
     original = TrainStep.__call__
     calls = {"n": 0}
 
-    def step(self, x, y, lam):
+    def step(self, x, y, lam, total=None):
         calls["n"] += 1
         if calls["n"] == n:
             signal.raise_signal(signum)
-        return original(self, x, y, lam)
+        return original(self, x, y, lam, total)
 
     monkeypatch.setattr(TrainStep, "__call__", step)
 
@@ -332,9 +332,9 @@ def test_a_stop_during_the_set_up_is_orderly(tmp_path, monkeypatch):
     import sensreg.train as train_module
     original = train_module.setup
 
-    def slow_setup(cfg):
+    def slow_setup(cfg, *args):
         signal.raise_signal(signal.SIGTERM)  # arrives while the data is being loaded
-        return original(cfg)
+        return original(cfg, *args)
 
     monkeypatch.setattr(train_module, "setup", slow_setup)
     with pytest.raises(Interrupted):

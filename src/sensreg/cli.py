@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -47,8 +49,10 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print a user-facing error and exit; no traceback."""
-    err_console.print(f"[bold red]error:[/bold red] {message}", markup=True)
+    """Print a user-facing error and exit; no traceback. Of the processes of a distributed run,
+    which all meet the same error, only the first prints it."""
+    if os.environ.get("RANK", "0") == "0":
+        err_console.print(f"[bold red]error:[/bold red] {message}", markup=True)
     raise SystemExit(code)
 
 
@@ -76,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
 def run_train(overrides: list[str]) -> None:
     import hydra
 
+    if os.environ.get("RANK", "0") != "0":
+        # A further process of a torchrun run: process 0 writes the run folder (Hydra's .hydra/ too).
+        overrides = [*overrides, "hydra.output_subdir=null"]
     # Hydra reads its arguments from sys.argv; the program name shows up in its --help.
     sys.argv = ["sensreg train", *overrides]
     hydra.main(config_path=CONFIG_PACKAGE, config_name="train", version_base="1.3")(train_task)()
@@ -84,40 +91,73 @@ def run_train(overrides: list[str]) -> None:
 def train_task(cfg) -> dict | None:
     """The Hydra task: composed config in, plain values and the run folder passed down."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from . import distributed
+    from .config import ConfigError, TrainConfig, resolve_device
+
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        dist = distributed.from_environment()
+        config = TrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+        # Every process checks the config first and meets the same problems, so none of them
+        # waits in the process group for one that has already given up.
+        dist = distributed.init(dist, resolve_device(config.trainer.device))
+    except (ConfigError, distributed.DistributedError) as err:
+        _remove_if_empty(hydra_dir)
+        fail(f"{err}\nNothing was trained. Fix the value(s) above on the command line or in the config.")
+    try:
+        return _train_in_folder(cfg, config, dist, hydra_dir)
+    finally:
+        distributed.shutdown(dist)
+
+
+def _train_in_folder(cfg, config, dist, hydra_dir: Path) -> dict | None:
+    """Choose the run folder (process 0 chooses for all), train, and turn failures into messages."""
+    from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     from . import run_folder
     from .checkpoint import CheckpointError
     from .compiling import CompileError
-    from .config import ConfigError, TrainConfig
+    from .config import ConfigError
     from .data import DatasetMissing
     from .interrupt import Interrupted
     from .report import write_atomic
     from .train import resume_state, train
 
-    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    chosen: tuple[Path, Path | None] | str
     try:
-        config = TrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
-        run_dir, resume_from = run_folder.resolve(hydra_dir, config.trainer.resume)
-    except (ConfigError, run_folder.RunFolderError) as err:
+        chosen = run_folder.resolve(hydra_dir, config.trainer.resume)
+    except run_folder.RunFolderError as err:
+        chosen = str(err)
+    # Each process's Hydra named its own folder (from its own clock); process 0's is the run's.
+    chosen = dist.broadcast_object(chosen)
+    if isinstance(chosen, str):
         _remove_if_empty(hydra_dir)
-        fail(f"{err}\nNothing was trained. Fix the value(s) above on the command line or in the config.")
+        fail(f"{chosen}\nNothing was trained. Fix the value(s) above on the command line or in the config.")
+    run_dir, resume_from = chosen
     if run_dir != hydra_dir:
-        _remove_if_empty(hydra_dir)  # resuming elsewhere: Hydra's fresh folder stays unused
+        _remove_if_empty(hydra_dir)  # resuming elsewhere, or not process 0: Hydra's folder stays unused
     try:
-        with run_folder.RunLock(run_dir):
+        with run_folder.RunLock(run_dir) if dist.is_main else nullcontext():
             saved = resume_state(config, resume_from)  # checked before anything is written
-            write_atomic(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
-            _setup_logging(run_dir / "train.log")
-            return train(config, run_dir, saved)
+            if dist.is_main:
+                write_atomic(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
+                _setup_logging(run_dir / "train.log")
+            else:
+                _silence_logging()
+            return train(config, run_dir, saved, dist)
     except (ConfigError, run_folder.RunFolderError) as err:
         fail(f"{err}\nNothing was trained.")
     except (DatasetMissing, CheckpointError, FloatingPointError, CompileError) as err:
         logging.getLogger("sensreg").error("run failed: %s", err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One diverging lambda must not cancel the rest of a sweep; its summary says failed.
-            err_console.print(f"[bold red]job failed, the sweep goes on:[/bold red] {err} (run folder: {run_dir})")
+            if dist.is_main:
+                err_console.print(f"[bold red]job failed, the sweep goes on:[/bold red] {err} "
+                                  f"(run folder: {run_dir})")
             return None
         fail(f"{err} (run folder: {run_dir})", code=1)
     except Interrupted as err:
@@ -144,6 +184,15 @@ def _remove_if_empty(run_dir: Path) -> None:
                 parent.rmdir()
             except OSError:
                 break
+
+
+def _silence_logging() -> None:
+    """A further process of a distributed run: process 0 reports for all (errors still show)."""
+    logger = logging.getLogger("sensreg")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.ERROR)
 
 
 def _setup_logging(log_file: Path) -> None:

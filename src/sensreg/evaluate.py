@@ -11,6 +11,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import Split, batches, load_test_split
+from .distributed import SINGLE, Dist
 from .models import build_model
 from .precision import autocast
 from .pruning import sparsity_stats
@@ -18,12 +19,14 @@ from .pruning import sparsity_stats
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
-             precision: str = "fp32") -> dict[str, float]:
+             precision: str = "fp32", dist: Dist = SINGLE) -> dict[str, float]:
     """Mean cross-entropy, top-1 error and (where there are more than 5 classes) top-5 error.
 
     Errors are counted exactly (integers), so the same model on the same data and device gives
     the same figures every time. ``precision``: the forward passes run under autocast in it
     (``precision.py``); the loss is computed in float32 and summed in float64 whatever it is.
+    ``dist``: several processes each evaluate their part of every batch and add up the sums,
+    so that all of them return the same figures.
     """
     was_training = model.training
     model.eval()
@@ -31,7 +34,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
     wrong1 = torch.zeros((), dtype=torch.long, device=split.y.device)
     wrong5 = torch.zeros((), dtype=torch.long, device=split.y.device)
     top5 = None
-    for x, y in batches(split, batch_size):
+    for x, y in batches(split, batch_size, shard=dist.shard):
         with autocast(split.x.device, precision):
             logits = model(x)
         loss_sum += F.cross_entropy(logits if precision == "fp32" else logits.float(), y, reduction="sum").double()
@@ -40,6 +43,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
             top5 = True
             wrong5 += (~(logits.topk(5, dim=1).indices == y[:, None]).any(dim=1)).sum()
     model.train(was_training)
+    dist.all_sum_([loss_sum, wrong1, wrong5])
     n = len(split)
     out = {"loss": float(loss_sum) / n, "error": int(wrong1) / n}
     if top5:

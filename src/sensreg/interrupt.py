@@ -63,6 +63,13 @@ class StopSignals:
             signal.signal(s, handler)
         self._previous.clear()
 
+    def agree(self) -> None:
+        """Another process of a distributed run was asked to stop: stop here too, at the same
+        step, as if this one had been sent SIGTERM."""
+        if self.requested is None:
+            self.requested = "SIGTERM (to another process of the run)"
+            self.exit_code = 128 + signal.SIGTERM
+
     def raise_if_requested(self) -> None:
         """Raise ``Interrupted`` if a stop was requested, after handing the signal on to the
         handler that was there before (a scheduler's requeue), if it was a Python function."""

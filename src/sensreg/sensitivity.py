@@ -15,16 +15,25 @@ Variants (``VARIANTS``):
 - ``l2``: no sensitivity; the regularizer treats every parameter as fully insensitive (plain
   decoupled weight decay).
 - ``none``: no sensitivity and no regularization (the control).
+
+Several processes (``distributed.py``): each holds part of the batch, takes its derivatives of
+its part's share of the batch mean (``total``: the whole batch's size) and passes the signed
+derivatives to ``reduce``, which sums them over the processes, before the absolute value: the
+absolute value of a sum is not the sum of absolute values, so this order is what makes the
+result that of a single process on the whole batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 OUTPUTS = ("logits", "probs")
+# Sums a list of tensors over the processes of a distributed run, in place.
+Reduce = Callable[[list[Tensor]], None]
 
 
 @dataclass(frozen=True)
@@ -64,26 +73,45 @@ def output_of(logits: Tensor, output: str) -> Tensor:
     raise ValueError(f"unknown sensitivity output {output!r}; known: {', '.join(OUTPUTS)}")
 
 
+def batch_mean(values: Tensor, total: int | None = None) -> Tensor:
+    """The mean of ``values`` over dimension 0, the batch; with ``total``, this part's share of
+    the mean over a batch of ``total`` items (its sum divided by ``total``)."""
+    return values.mean(dim=0) if total is None else values.sum(dim=0) / total
+
+
 def specific(logits: Tensor, targets: Tensor, params: list[Tensor], output: str = "logits",
-             retain_graph: bool = False) -> list[Tensor]:
+             retain_graph: bool = False, total: int | None = None,
+             reduce: Reduce | None = None) -> list[Tensor]:
     """S(w) = |d/dw mean_n o_{n, targets_n}| for every tensor in ``params``."""
-    o = output_of(logits, output).gather(1, targets[:, None]).mean()
+    derivatives = specific_derivatives(logits, targets, params, output, retain_graph, total)
+    if reduce is not None:
+        reduce(derivatives)
+    return [d.abs_() for d in derivatives]
+
+
+def specific_derivatives(logits: Tensor, targets: Tensor, params: list[Tensor], output: str = "logits",
+                         retain_graph: bool = False, total: int | None = None) -> list[Tensor]:
+    """d/dw mean_n o_{n, targets_n}, signed: the specific sensitivity before its absolute value."""
+    o = batch_mean(output_of(logits, output).gather(1, targets[:, None]).squeeze(1), total)
     grads = torch.autograd.grad(o, params, retain_graph=retain_graph, allow_unused=True)
-    return [_abs_or_zero(g, p) for g, p in zip(grads, params)]
+    return [_or_zero(g, p) for g, p in zip(grads, params)]
 
 
 def unspecific(logits: Tensor, params: list[Tensor], output: str = "logits",
                classes: int | None = None, generator: torch.Generator | None = None,
-               retain_graph: bool = False, batched: bool = True) -> list[Tensor]:
+               retain_graph: bool = False, batched: bool = True, total: int | None = None,
+               reduce: Reduce | None = None) -> list[Tensor]:
     """S(w) = (1/C) sum_k |d/dw mean_n o_{n, k}| for every tensor in ``params``.
 
     ``classes=None`` is exact: all C vector-Jacobian products, whose cost grows like C backward
     passes. ``classes=K`` draws K distinct classes uniformly at random (from ``generator``) and
     averages over them: an unbiased estimate of the exact value at the cost of K backward
     passes. ``batched=True`` does the VJPs in one batched autograd call, ``False`` one after
-    the other; same values, different speed (see ``batched_vjps_are_faster``).
+    the other; same values, different speed (see ``batched_vjps_are_faster``). With
+    ``reduce``, each class's signed derivative is summed over the processes before its
+    absolute value is taken (K sums, one call for the batched VJPs).
     """
-    o = output_of(logits, output).mean(dim=0)  # (C,)
+    o = batch_mean(output_of(logits, output), total)  # (C,)
     num_classes = o.shape[0]
     if classes is None or classes >= num_classes:
         rows = torch.arange(num_classes, device=o.device)
@@ -97,15 +125,22 @@ def unspecific(logits: Tensor, params: list[Tensor], output: str = "logits",
         basis[torch.arange(len(rows), device=o.device), rows] = 1.0
         grads = torch.autograd.grad(o, params, grad_outputs=basis, is_grads_batched=True,
                                     retain_graph=retain_graph, allow_unused=True)
-        return [g.abs().mean(dim=0) if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
-    total = [torch.zeros_like(p) for p in params]
+        grads = [g if g is not None else torch.zeros((len(rows), *p.shape), dtype=p.dtype, device=p.device)
+                 for g, p in zip(grads, params)]
+        if reduce is not None:
+            reduce(grads)
+        return [g.abs().mean(dim=0) for g in grads]
+    total_abs = [torch.zeros_like(p) for p in params]
     for i, k in enumerate(rows.tolist()):
         last = i == len(rows) - 1
         grads = torch.autograd.grad(o[k], params, retain_graph=retain_graph or not last, allow_unused=True)
-        for t, g in zip(total, grads):
+        if reduce is not None:
+            grads = [_or_zero(g, p) for g, p in zip(grads, params)]
+            reduce(grads)
+        for t, g in zip(total_abs, grads):
             if g is not None:
                 t.add_(g.abs())
-    return [t.div_(len(rows)) for t in total]
+    return [t.div_(len(rows)) for t in total_abs]
 
 
 # Modules whose backward has no batching rule in autograd's batched-gradient mode: PyTorch falls
@@ -132,6 +167,7 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
                               generator: torch.Generator | None = None,
                               batched: bool = True,
                               loss_scale: Tensor | float | None = None,
+                              total: int | None = None, reduce: Reduce | None = None,
                               ) -> tuple[list[Tensor], list[Tensor] | None]:
     """The loss gradient for ``params`` and, where the variant has one, their sensitivity.
 
@@ -144,6 +180,11 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
     ``GradScaler`` to unscale and check for overflow. The sensitivities are always returned
     unscaled: the loss-based one is divided by the scale here, and the output sensitivities are
     not scaled at all (see below).
+
+    ``total`` and ``reduce`` (several processes, each with part of a batch of ``total`` items):
+    ``loss`` must be this part's share of the batch mean, and the gradients and sensitivities
+    returned are those of the whole batch, the same on every process. The loss gradient and
+    the specific sensitivity's derivatives go through ``reduce`` together, in one call.
     """
     # Why the output sensitivities' backward passes are not scaled under float16: the shrink
     # uses the insensitivity max(0, 1 - S), so what matters is the error of S against 1, and
@@ -160,9 +201,15 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
     grads = [_or_zero(g, p) for g, p in zip(
         torch.autograd.grad(scaled, params, retain_graph=needs_extra_backward, allow_unused=True), params)]
     if variant.name == "spec":
-        return grads, specific(logits, targets, params, output)
+        derivatives = specific_derivatives(logits, targets, params, output, total=total)
+        if reduce is not None:
+            reduce(grads + derivatives)
+        return grads, [d.abs_() for d in derivatives]
+    if reduce is not None:
+        reduce(grads)
     if variant.name == "unspec":
-        return grads, unspecific(logits, params, output, classes, generator, batched=batched)
+        return grads, unspecific(logits, params, output, classes, generator, batched=batched,
+                                 total=total, reduce=reduce)
     if variant.name == "loss":
         sens = loss_based(grads)
         if loss_scale is not None:
@@ -176,5 +223,3 @@ def _or_zero(g: Tensor | None, p: Tensor) -> Tensor:
     return g if g is not None else torch.zeros_like(p)
 
 
-def _abs_or_zero(g: Tensor | None, p: Tensor) -> Tensor:
-    return _or_zero(g, p).abs()

@@ -26,7 +26,8 @@ from .checkpoint import (CheckpointError, load_init_state, load_training_state, 
                          save_training_state, set_rng_states)
 from .compiling import compile_error, compile_errors, compile_model, compiled_passes
 from .config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
-from .data import Dataset, batches, load_dataset, num_batches, random_crop_flip
+from .data import Dataset, batches, crop_flip, crop_flip_draws, load_dataset, num_batches, part_of
+from .distributed import SINGLE, Dist
 from .interrupt import Interrupted, StopSignals
 from .evaluate import evaluate
 from .models import build_model
@@ -46,12 +47,14 @@ class TrainStep:
     (``precision.py``); the weights, gradients and sensitivities stay float32. fp16 scales the
     loss with a GradScaler (``self.scaler``) and skips a step whose gradient overflowed.
     ``compile``: the forward pass goes through ``torch.compile(model)``.
+    ``dist``: one of several processes, each given its part of every batch (``distributed.py``);
+    the gradient, sensitivities and loss are summed over them, so each takes the same step.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, variant: Variant,
                  masks: Masks, regularized: list[str], output: str = "logits",
                  classes: int | None = None, generator: torch.Generator | None = None,
-                 precision: str = "fp32", compile: bool = False):
+                 precision: str = "fp32", compile: bool = False, dist: Dist = SINGLE):
         self.model, self.optimizer, self.variant, self.masks = model, optimizer, variant, masks
         self.output, self.classes, self.generator = output, classes, generator
         # Frozen parameters (requires_grad=False) are neither trained nor regularized.
@@ -62,6 +65,7 @@ class TrainStep:
         self.mask_index = [self.names.index(n) for n in masks.names]
         self.device = next(model.parameters()).device
         self.precision = precision
+        self.dist = dist
         self.scaler = grad_scaler(self.device, precision)
         self.compiled = compile
         self.forward = compile_model(model) if compile else model
@@ -70,21 +74,24 @@ class TrainStep:
         # one class after the other.
         self.batched = batched_vjps_are_faster(model) and not compile
 
-    def gradients(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
+    def gradients(self, x: Tensor, y: Tensor, total: int | None = None
+                  ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
         """The loss, its gradient and the sensitivity (or None) at the current weights.
 
         Under fp16 the gradient is that of the scaled loss (``GradScaler.unscale_`` divides it);
-        the loss and the sensitivities are never scaled.
+        the loss and the sensitivities are never scaled. ``total``: the size of the whole batch
+        of which (x, y) is this process's part (several processes only).
         """
         if not self.compiled:
-            return self._gradients(x, y)
+            return self._gradients(x, y, total)
         try:
             with compiled_passes():
-                return self._gradients(x, y)
+                return self._gradients(x, y, total)
         except compile_errors() as err:  # compilation happens in the first forward and backward
             raise compile_error(err) from err
 
-    def _gradients(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
+    def _gradients(self, x: Tensor, y: Tensor, total: int | None = None
+                   ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
         with autocast(self.device, self.precision):
             logits = self.forward(x)
         # The loss and the outputs that the sensitivities differentiate are formed in float32
@@ -93,15 +100,28 @@ class TrainStep:
         # (In fp32 there is nothing to cast: a float64 model stays float64.)
         if self.precision != "fp32":
             logits = logits.float()
-        loss = F.cross_entropy(logits, y)
+        if self.dist.enabled:
+            # This part's share of the batch mean: summed over the processes, the batch mean.
+            total = len(y) if total is None else total
+            loss = F.cross_entropy(logits, y, reduction="sum") / total
+            reported = loss.detach().clone()  # summed along with the first reduction of the step
+            summed = False
+
+            def reduce(tensors: list[Tensor]) -> None:
+                nonlocal summed
+                self.dist.all_sum_(tensors if summed else tensors + [reported])
+                summed = True
+        else:
+            total, loss, reduce = None, F.cross_entropy(logits, y), None
         # The scaler's factor as a tensor (scaling a one): no wait for the device, as get_scale() would.
         scale = None if self.scaler is None else self.scaler.scale(torch.ones((), device=self.device))
         grads, sens = gradients_and_sensitivity(self.variant, logits, loss, y, self.params, self.output,
-                                                self.classes, self.generator, self.batched, scale)
-        return loss.detach(), grads, sens
+                                                self.classes, self.generator, self.batched, scale,
+                                                total, reduce)
+        return (loss.detach() if reduce is None else reported), grads, sens
 
-    def __call__(self, x: Tensor, y: Tensor, lam: float) -> Tensor:
-        loss, grads, sens = self.gradients(x, y)
+    def __call__(self, x: Tensor, y: Tensor, lam: float, total: int | None = None) -> Tensor:
+        loss, grads, sens = self.gradients(x, y, total)
         if self.scaler is not None and not self._unscale_(grads):
             return loss
         if self.variant.regularizes and lam > 0:
@@ -155,9 +175,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def setup(cfg: TrainConfig) -> tuple[torch.device, Dataset, nn.Module]:
+def setup(cfg: TrainConfig, dist: Dist = SINGLE) -> tuple[torch.device, Dataset, nn.Module]:
     """Device, data and model for ``cfg``; raises on a missing dataset or a bad init checkpoint."""
-    device = resolve_device(cfg.trainer.device)
+    device = dist.device(resolve_device(cfg.trainer.device))
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
     data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed,
                         device if cfg.data.on_device else "cpu", **cfg.data.loader_options())
@@ -195,13 +215,17 @@ class LoopState:
     thresholds: list[dict[str, Any]] = field(default_factory=list)
 
 
-def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
+          dist: Dist = SINGLE) -> dict[str, Any]:
     """Train, regularize, prune and evaluate as ``cfg`` says; write the run folder; return the summary.
 
     ``saved``: the training state to continue from (``resume_state``), None for a fresh run.
+    ``dist``: this process's place among several (``distributed.py``); only process 0 writes
+    the run folder, every process returns the summary.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     summary: dict[str, Any] = {
         "status": "running", "config_hash": cfg.hash(), "seed": cfg.trainer.seed,
@@ -214,12 +238,15 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None) 
         summary["resumed"] = saved["summary"].get("resumed", []) + [
             {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "epoch": saved["loop"]["epoch"],
              "batch": saved["loop"]["batch"]}]
-    report.write_json(run_dir / "summary.json", summary)
+    if dist.enabled:
+        summary["processes"] = dist.world
+    write_summary = (lambda: report.write_json(run_dir / "summary.json", summary)) if dist.is_main else (lambda: None)
+    write_summary()
     loop = LoopState(**saved["loop"]) if saved is not None else LoopState()
     try:
         # Signals are caught from here on, so a stop during the set-up is orderly too.
         with StopSignals() as stop:
-            _train(cfg, run_dir, summary, loop, saved, stop)
+            _train(cfg, run_dir, summary, loop, saved, stop, dist)
     except BaseException as err:
         # SystemExit: a scheduler's signal handler (submitit's requeue) ended the process.
         interrupted = isinstance(err, (Interrupted, KeyboardInterrupt, SystemExit))
@@ -229,7 +256,7 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None) 
         summary["wall_time_s"] = loop.elapsed + time.time() - started
         if (run_dir / CHECKPOINT_NAME).exists():
             summary["checkpoint_to_resume"] = CHECKPOINT_NAME
-        report.write_json(run_dir / "summary.json", summary)
+        write_summary()
         raise
     return summary
 
@@ -255,12 +282,13 @@ def resume_state(cfg: TrainConfig, path: Path | None) -> dict[str, Any] | None:
 
 
 def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopState,
-           saved: dict[str, Any] | None, stop: StopSignals) -> None:
+           saved: dict[str, Any] | None, stop: StopSignals, dist: Dist = SINGLE) -> None:
     session_start = time.time()
-    device, data, model = setup(cfg)
+    device, data, model = setup(cfg, dist)
     summary["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-    log.info("run folder %s | %s on %s, sens=%s, device %s | train %d, val %d, test %d",
+    log.info("run folder %s | %s on %s, sens=%s, device %s%s | train %d, val %d, test %d",
              run_dir, cfg.model.name, cfg.data.name, cfg.sens.name, summary["device"],
+             f" x {dist.world} processes" if dist.enabled else "",
              len(data.train), len(data.val), len(data.test))
 
     optimizer = build_optimizer(cfg, model.parameters())
@@ -278,27 +306,30 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         class_gen.set_state(saved["class_generator"])
         if augment_gen is not None:  # the config check on resume makes sure the run augmented
             augment_gen.set_state(saved["augment_generator"])
-        set_rng_states(saved["rng"])
+        set_rng_states(saved["rng"])  # process 0's; the others draw nothing that matters from them
         log.info("resumed from %s at epoch %d%s", CHECKPOINT_NAME, loop.epoch + 1,
                  f", batch {loop.batch + 1}" if loop.batch else "")
     if loop.shuffle_state is not None:
         shuffle_gen.set_state(loop.shuffle_state)
+    dist.sync_model_(model)  # every process starts from process 0's weights
     t = cfg.trainer
     step = TrainStep(model, optimizer, variant, masks, prunable_names(model, cfg.sens.params),
-                     cfg.sens.output, cfg.sens.classes, class_gen, t.precision, t.compile)
+                     cfg.sens.output, cfg.sens.classes, class_gen, t.precision, t.compile, dist)
     if saved is not None and step.scaler is not None:  # fp16: the loss scale it had reached
         step.scaler.load_state_dict(saved["scaler"])
     warmup = t.warmup_epochs
     eta_at = build_schedule(**vars(cfg.eta_schedule))
     lam_at = lambda_schedule(vars(cfg.lam_schedule), vars(cfg.eta_schedule), t.epochs, warmup)
     eval_bs = cfg.data.eval_batch_size
-    show_progress = t.progress is True or (t.progress == "auto" and sys.stdout.isatty())
+    show_progress = dist.is_main and (t.progress is True or (t.progress == "auto" and sys.stdout.isatty()))
     checkpoint_path = run_dir / CHECKPOINT_NAME
 
     def elapsed() -> float:
         return loop.elapsed + time.time() - session_start  # loop.elapsed: earlier sessions
 
     def save_checkpoint() -> None:
+        if not dist.is_main:
+            return
         save_training_state(checkpoint_path, {
             "config": cfg.to_dict(), "config_hash": cfg.hash(),
             "model": model.state_dict(), "masks": masks.state_dict(),
@@ -324,13 +355,17 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         n_batches = num_batches(data.train, t.batch_size)
         loss_sum = torch.tensor(loop.loss_sum, device=device)
         with _progress(show_progress, f"epoch {epoch + 1}/{t.epochs}", n_batches, loop.batch) as advance:
-            for b, (x, y) in enumerate(batches(data.train, t.batch_size, shuffle=True,
-                                               generator=shuffle_gen, start=loop.batch), start=loop.batch):
-                if augment_gen is not None:
-                    x = random_crop_flip(x, augment_gen, fill=data.pad_value)
-                loss_sum += step(x, y, lam)
+            for b, (x, y) in enumerate(batches(data.train, t.batch_size, shuffle=True, generator=shuffle_gen,
+                                               start=loop.batch, shard=dist.shard), start=loop.batch):
+                # The whole batch's size: of which (x, y) is this process's part.
+                total = min(t.batch_size, len(data.train) - b * t.batch_size)
+                if augment_gen is not None:  # drawn for the whole batch, so the same on every process
+                    draws = [part_of(d, dist.shard) for d in crop_flip_draws(total, augment_gen)]
+                    x = crop_flip(x, draws, fill=data.pad_value)
+                loss_sum += step(x, y, lam, total)
                 advance()
-                if stop.requested:
+                if dist.any(stop.requested is not None):  # every process stops after the same step
+                    stop.agree()
                     loop.batch, loop.loss_sum = b + 1, float(loss_sum)
                     loop.epoch_seconds = time.time() - epoch_start
                     save_checkpoint()
@@ -349,7 +384,8 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
                 f"(eta {eta:g}, lam {lam:g}); {kept}. Lower sens.lam or optim.lr{bf16} and start again.")
         # Validation, and with it the threshold search, in the training precision (faster on
         # a GPU); the final test evaluation in float32, as `sensreg eval` recomputes it.
-        val = evaluate(model, data.val, eval_bs, t.precision)
+        dist.sync_buffers_(model)
+        val = evaluate(model, data.val, eval_bs, t.precision, dist)
 
         # Pruning decisions use the validation split only.
         if not dense and cfg.prune.start_epoch <= epoch + 1 <= (cfg.prune.stop_epoch or t.epochs):
@@ -360,18 +396,18 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
                     loop.stale += 1
                 if loop.stale >= cfg.prune.patience:
                     found = _search_and_prune(model, masks, optimizer, data, eval_bs, val["loss"],
-                                              cfg.prune.tolerance, epoch + 1, t.precision)
+                                              cfg.prune.tolerance, epoch + 1, t.precision, dist)
                     if found is not None:
                         loop.thresholds.append(found)
                         loop.threshold = found["threshold"]
-                        val = evaluate(model, data.val, eval_bs, t.precision)
+                        val = evaluate(model, data.val, eval_bs, t.precision, dist)
                     loop.best_val, loop.stale = val["loss"], 0
             elif cfg.prune.name == "fixed" and (epoch + 1 - cfg.prune.start_epoch) % cfg.prune.every == 0:
                 before = masks.remaining_pct()
                 pruned = masks.prune_below_(cfg.prune.threshold, optimizer)
                 if pruned:
                     loop.threshold = cfg.prune.threshold
-                    val_after = evaluate(model, data.val, eval_bs, t.precision)
+                    val_after = evaluate(model, data.val, eval_bs, t.precision, dist)
                     loop.thresholds.append({
                         "epoch": epoch + 1, "threshold": loop.threshold, "pruned": pruned,
                         "remaining_pct_before": before, "remaining_pct_after": masks.remaining_pct(),
@@ -385,8 +421,11 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         loop.rows.append(row)
         loop.epoch, loop.batch, loop.loss_sum, loop.epoch_seconds = epoch + 1, 0, 0.0, 0.0
         loop.shuffle_state = shuffle_gen.get_state()
-        report.write_metrics(run_dir / "metrics.csv", loop.rows)
+        if dist.is_main:
+            report.write_metrics(run_dir / "metrics.csv", loop.rows)
         log.info(report.epoch_line(row))
+        if dist.any(stop.requested is not None):
+            stop.agree()
         if stop.requested or (t.checkpoint_every and loop.epoch % t.checkpoint_every == 0) \
                 or loop.epoch == t.epochs:
             save_checkpoint()
@@ -395,10 +434,11 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
                      stop.requested, loop.epoch, run_dir)
             stop.raise_if_requested()
 
-    test = evaluate(model, data.test, eval_bs)
+    test = evaluate(model, data.test, eval_bs, dist=dist)
     stats = sparsity_stats(model, data.input_shape, masks.names)
-    save_model(run_dir / "model.pt", model, masks.state_dict(), model_name=cfg.model.name,
-               num_classes=data.num_classes, input_shape=data.input_shape, config=cfg.to_dict())
+    if dist.is_main:
+        save_model(run_dir / "model.pt", model, masks.state_dict(), model_name=cfg.model.name,
+                   num_classes=data.num_classes, input_shape=data.input_shape, config=cfg.to_dict())
     summary.pop("error", None)
     summary.pop("checkpoint_to_resume", None)
     summary.update({
@@ -410,9 +450,10 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         "remaining_pct_all": stats["all"]["remaining_pct"], "compression_all": stats["all"]["compression"],
         "sparsity": stats, "flops": stats["flops"], "thresholds": loop.thresholds,
         "wall_time_s": elapsed(), "checkpoint": "model.pt",
-        "checkpoint_bytes": (run_dir / "model.pt").stat().st_size,
     })
-    report.write_json(run_dir / "summary.json", summary)
+    if dist.is_main:
+        summary["checkpoint_bytes"] = (run_dir / "model.pt").stat().st_size
+        report.write_json(run_dir / "summary.json", summary)
     table = report.layer_table(stats)
     log.info("test error %.2f%%%s | remaining %.3f%% of prunable parameters (%.1fx), %.3f%% of all (%.1fx) "
              "| FLOPs left %.2f%%", 100 * test["error"],
@@ -424,7 +465,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
 
 def _search_and_prune(model: nn.Module, masks: Masks, optimizer, data: Dataset, eval_bs: int,
                       val_loss: float, tolerance: float, epoch: int,
-                      precision: str = "fp32") -> dict[str, Any] | None:
+                      precision: str = "fp32", dist: Dist = SINGLE) -> dict[str, Any] | None:
     """Find the largest global threshold within tolerance on the validation loss and apply it."""
     saved = [p.detach().clone() for p in masks.params]
 
@@ -432,7 +473,7 @@ def _search_and_prune(model: nn.Module, masks: Masks, optimizer, data: Dataset, 
     def loss_with(threshold: float) -> float:
         for p, s, m in zip(masks.params, saved, masks.masks):
             p.copy_(s * (m & (s.abs() >= threshold)))
-        loss = evaluate(model, data.val, eval_bs, precision)["loss"]
+        loss = evaluate(model, data.val, eval_bs, precision, dist)["loss"]
         for p, s in zip(masks.params, saved):
             p.copy_(s)
         return loss
