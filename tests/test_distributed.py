@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,7 @@ def _worker(rank: int, world: int, port: int, task: str, args: tuple, out: Path)
 
 def run_processes(tmp_path: Path, task: str, *args, world: int = 2) -> list:
     """Run TASKS[task](dist, *args) in ``world`` processes of one gloo group; their results."""
-    out = tmp_path / f"results_{task}"
-    out.mkdir()
+    out = Path(tempfile.mkdtemp(prefix=f"results_{task}_", dir=tmp_path))
     mp.spawn(_worker, args=(world, free_port(), task, args, out), nprocs=world, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
