@@ -109,6 +109,11 @@ def load_init_state(path: str | Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"trainer.init={path} is neither a sensreg model.pt nor a state dict.")
 
 
+def few_names(keys: list[str], shown: int = 4) -> str:
+    """The first ``shown`` names and how many more, for messages."""
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
 # --- training state: everything needed to continue a run exactly ------------------------------
 
 TRAIN_STATE_FORMAT = "sensreg-train-state"

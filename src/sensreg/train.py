@@ -265,7 +265,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
 
     optimizer = build_optimizer(cfg, model.parameters())
     variant = get_variant(cfg.sens.name)
-    masks = Masks(model, prunable_names(model, cfg.prune.params))
+    masks = Masks(model, prunable_names(model, cfg.prune.params, cfg.prune.batchnorm))
     shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed)
     class_gen = torch.Generator().manual_seed(cfg.trainer.seed + 1)
     # Crops and flips of training batches; like class_gen it is saved as it stands at a
@@ -284,7 +284,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
     if loop.shuffle_state is not None:
         shuffle_gen.set_state(loop.shuffle_state)
     t = cfg.trainer
-    step = TrainStep(model, optimizer, variant, masks, prunable_names(model, cfg.sens.params),
+    step = TrainStep(model, optimizer, variant, masks, prunable_names(model, cfg.sens.params, cfg.prune.batchnorm),
                      cfg.sens.output, cfg.sens.classes, class_gen, t.precision, t.compile)
     if saved is not None and step.scaler is not None:  # fp16: the loss scale it had reached
         step.scaler.load_state_dict(saved["scaler"])
