@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import report
-from .checkpoint import (CheckpointError, load_init_state, load_training_state, rng_states, save_model,
+from .checkpoint import (init_model_, load_training_state, rng_states, save_model,
                          save_training_state, set_rng_states)
 from .compiling import compile_error, compile_errors, compile_model, compiled_passes
 from .config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
@@ -168,12 +168,7 @@ def setup(cfg: TrainConfig) -> tuple[torch.device, Dataset, nn.Module]:
         # NHWC convolutions: on the CPU their backward pass is about twice as fast (LeNet-5).
         model = model.to(memory_format=torch.channels_last)
     if cfg.trainer.init:
-        state = load_init_state(cfg.trainer.init)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise CheckpointError(f"trainer.init={cfg.trainer.init} does not fit model "
-                                  f"{cfg.model.name}: {err}") from None
+        init_model_(model, cfg.trainer.init, cfg.model.name, data.num_classes, cfg.data.name)
     return device, data, model.to(device)
 
 
