@@ -195,7 +195,7 @@ def test_a_run_keeps_batch_norm_by_default_and_prunes_it_with_the_option(tmp_pat
     # below: whatever the regularizer and the pruning may touch ends at zero.
     cfg = config(model={"name": "resnet20"}, sens={"name": "l2", "lam": 0.5}, optim={"lr": 1e-12},
                  prune={"name": "fixed", "threshold": 0.05, "batchnorm": batchnorm},
-                 trainer={"epochs": 1, "channels_last": False})
+                 trainer={"epochs": 1})
     initial = {n: p.detach().clone() for n, p in setup(cfg)[2].named_parameters()}  # the run's own seed
     summary = train(cfg, tmp_path)
     final = load_checkpoint(tmp_path / "model.pt")
