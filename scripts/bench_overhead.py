@@ -34,11 +34,12 @@ TARGETS = {"loss": 1.1, "spec": 1.7, "unspec": 4.0}
 
 
 def make_step(cfg: TrainConfig, data, model, variant: str) -> TrainStep:
-    masks = Masks(model, prunable_names(model, cfg.prune.params))
+    masks = Masks(model, prunable_names(model, cfg.prune.params, cfg.prune.batchnorm))
     magnitudes = masks.kept_magnitudes()
     masks.prune_below_(float(magnitudes[len(magnitudes) // 2]))
     optimizer = build_optimizer(cfg, model.parameters())
-    return TrainStep(model, optimizer, get_variant(variant), masks, prunable_names(model, cfg.sens.params),
+    return TrainStep(model, optimizer, get_variant(variant), masks,
+                     prunable_names(model, cfg.sens.params, cfg.prune.batchnorm),
                      cfg.sens.output, cfg.sens.classes, torch.Generator().manual_seed(1),
                      cfg.trainer.precision, cfg.trainer.compile)
 

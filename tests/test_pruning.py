@@ -29,8 +29,10 @@ def data(n: int = 32, features: int = 6, classes: int = 3, seed: int = 0):
 
 def test_prunable_names():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3))
-    assert prunable_names(model, "all") == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"]
-    assert prunable_names(model, "weights") == ["0.weight", "3.weight"]
+    assert prunable_names(model, "all") == ["0.weight", "0.bias", "3.weight", "3.bias"]  # batch norm left out
+    assert prunable_names(model, "all", batchnorm=True) == ["0.weight", "0.bias", "1.weight", "1.bias",
+                                                            "3.weight", "3.bias"]
+    assert prunable_names(model, "weights") == prunable_names(model, "weights", batchnorm=True) == ["0.weight", "3.weight"]
     with pytest.raises(ValueError) as err:
         prunable_names(model, "kernels")
     assert "kernels" in str(err.value) and "all" in str(err.value) and "weights" in str(err.value)

@@ -37,7 +37,7 @@ NOT_COMPUTATION = (("trainer", "device"), ("trainer", "progress"), ("trainer", "
 # before the key existed), and a saved config that lacks it reads as having it (so such a run can
 # be resumed).
 LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False, ("trainer", "precision"): "fp32",
-                                           ("trainer", "compile"): False}
+                                           ("trainer", "compile"): False, ("prune", "batchnorm"): False}
 
 
 class ConfigError(ValueError):
@@ -111,6 +111,11 @@ class PruneConfig:
     start_epoch: int = 1
     stop_epoch: int | None = None
     every: int = 1
+    # whether the affine parameters of batch-norm (and other normalization) layers are
+    # regularized and pruned like the rest of `params`; false: they are trained, never shrunk
+    # or pruned (why: NORM_LAYERS in pruning.py). One key for both sets, as it is about which
+    # parameters the method touches at all.
+    batchnorm: bool = False
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import report
-from .checkpoint import (CheckpointError, load_init_state, load_training_state, rng_states, save_model,
+from .checkpoint import (init_model_, load_training_state, rng_states, save_model,
                          save_training_state, set_rng_states)
 from .compiling import compile_error, compile_errors, compile_model, compiled_passes
 from .config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
@@ -188,12 +188,7 @@ def setup(cfg: TrainConfig, dist: Dist = SINGLE) -> tuple[torch.device, Dataset,
         # NHWC convolutions: on the CPU their backward pass is about twice as fast (LeNet-5).
         model = model.to(memory_format=torch.channels_last)
     if cfg.trainer.init:
-        state = load_init_state(cfg.trainer.init)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise CheckpointError(f"trainer.init={cfg.trainer.init} does not fit model "
-                                  f"{cfg.model.name}: {err}") from None
+        init_model_(model, cfg.trainer.init, cfg.model.name, data.num_classes, cfg.data.name)
     return device, data, model.to(device)
 
 
@@ -293,7 +288,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
 
     optimizer = build_optimizer(cfg, model.parameters())
     variant = get_variant(cfg.sens.name)
-    masks = Masks(model, prunable_names(model, cfg.prune.params))
+    masks = Masks(model, prunable_names(model, cfg.prune.params, cfg.prune.batchnorm))
     shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed)
     class_gen = torch.Generator().manual_seed(cfg.trainer.seed + 1)
     # Crops and flips of training batches; like class_gen it is saved as it stands at a
@@ -313,7 +308,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         shuffle_gen.set_state(loop.shuffle_state)
     dist.sync_model_(model)  # every process starts from process 0's weights
     t = cfg.trainer
-    step = TrainStep(model, optimizer, variant, masks, prunable_names(model, cfg.sens.params),
+    step = TrainStep(model, optimizer, variant, masks, prunable_names(model, cfg.sens.params, cfg.prune.batchnorm),
                      cfg.sens.output, cfg.sens.classes, class_gen, t.precision, t.compile, dist)
     if saved is not None and step.scaler is not None:  # fp16: the loss scale it had reached
         step.scaler.load_state_dict(saved["scaler"])
