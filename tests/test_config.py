@@ -41,7 +41,7 @@ def test_every_experiment_preset_composes_and_validates(name):
     ("optim", ["sgd", "adam"]), ("prune", ["search", "fixed", "none"]),
     ("schedule@eta_schedule", ["constant", "step", "cosine"]),
     ("schedule@lam_schedule", ["constant", "step", "cosine", "follow_eta"]),
-    ("data", ["mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic"]),
+    ("data", ["mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic", "imagenet"]),
 ])
 def test_every_group_option_composes_and_validates(group, options):
     for option in options:

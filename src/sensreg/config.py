@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .data import INPUT_SHAPES, LOADERS, NUM_CLASSES
+from .data import FOLDER_DATASETS, LOADERS, NUM_CLASSES, input_shape
 from .models import MODELS, build_model
 from .precision import PRECISIONS
 from .regularizer import FOLLOW_ETA, SCHEDULES, lambda_schedule
@@ -31,13 +31,18 @@ PARAM_SETS = ("all", "weights")
 # Keys that say where and how a run executes, not what it computes: left out of the config hash
 # and free to change when a run is resumed.
 NOT_COMPUTATION = (("trainer", "device"), ("trainer", "progress"), ("trainer", "channels_last"),
-                   ("trainer", "checkpoint_every"), ("trainer", "resume"), ("data", "root"))
+                   ("trainer", "checkpoint_every"), ("trainer", "resume"), ("data", "root"),
+                   ("data", "num_workers"), ("data", "pin_memory"), ("data", "persistent_workers"),
+                   ("data", "prefetch_factor"))
 # Keys added after runs had been saved without them, each with the value that does what those
 # runs did: at that value a key is left out of the config hash (so a config keeps the hash it had
 # before the key existed), and a saved config that lacks it reads as having it (so such a run can
 # be resumed).
+# data.image_size and data.resize are read by folder datasets only, and no run on one predates
+# them: any value reproduces the older runs, and their defaults keep those runs' hashes.
 LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False, ("trainer", "precision"): "fp32",
-                                           ("trainer", "compile"): False, ("prune", "batchnorm"): False}
+                                           ("trainer", "compile"): False, ("prune", "batchnorm"): False,
+                                           ("data", "image_size"): 224, ("data", "resize"): 256}
 
 
 class ConfigError(ValueError):
@@ -60,12 +65,26 @@ class DataConfig:
     num_test: int = 512
     num_classes: int = 10
     noise: float = 1.0
+    # imagenet only (read from image files): the training crop's and the evaluation crop's
+    # side, and the side the shorter edge is resized to before the evaluation crop
+    image_size: int = 224
+    resize: int = 256
+    # imagenet only: DataLoader worker processes that decode the images, pinned host memory
+    # for the copies to a GPU, workers kept alive between passes, batches loaded ahead per worker
+    num_workers: int = 8
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
 
     def loader_options(self) -> dict[str, Any]:
         """Keyword arguments of the dataset loader beyond name and root."""
         if self.name == "synthetic":
             return {"num_train": self.num_train, "num_test": self.num_test,
                     "num_classes": self.num_classes, "noise": self.noise}
+        if self.name in FOLDER_DATASETS:
+            return {"image_size": self.image_size, "resize": self.resize, "augment": self.augment,
+                    "num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                    "persistent_workers": self.persistent_workers, "prefetch_factor": self.prefetch_factor}
         return {}
 
 
@@ -206,6 +225,19 @@ class TrainConfig:
             at_least("data.num_test", self.data.num_test, 1)
             at_least("data.num_classes", self.data.num_classes, 2)
             at_least("data.noise", self.data.noise, 0)
+        if self.data.name in FOLDER_DATASETS:
+            if self.data.on_device:
+                p.append(f"data.on_device=true cannot hold data.name={self.data.name}: its images are "
+                         f"decoded from files batch by batch, never held on the device as a whole; "
+                         f"set data.on_device=false.")
+            at_least("data.num_workers", self.data.num_workers, 0)
+            at_least("data.prefetch_factor", self.data.prefetch_factor, 1)
+            at_least("data.image_size", self.data.image_size, 1)
+            if _TYPES["int"][0](self.data.resize) and _TYPES["int"][0](self.data.image_size) \
+                    and self.data.resize < self.data.image_size:
+                p.append(f"data.resize={self.data.resize} is smaller than data.image_size={self.data.image_size}: "
+                         f"the evaluation crop would reach past the resized image. Set data.resize >= "
+                         f"data.image_size (ImageNet's usual pair: 256 and 224).")
         at_least("sens.lam", self.sens.lam, 0)
         if isinstance(self.sens.lam, (int, float)) and self.sens.lam >= 1:
             p.append(f"sens.lam={self.sens.lam!r} must be below 1 (it is the fraction of an insensitive "
@@ -260,7 +292,9 @@ class TrainConfig:
     def _model_data_problems(self) -> list[str]:
         """The model must accept the dataset's inputs (VGG-16 needs at least 32x32, say). It is
         built on the meta device: shapes only, no memory, no initialization cost."""
-        shape = INPUT_SHAPES[self.data.name]
+        shape = input_shape(self.data.name, self.data.image_size)
+        # (A folder dataset's classes are known once its folder is read; the count only sizes the
+        # last layer, which any count fits.)
         classes = NUM_CLASSES.get(self.data.name, self.data.num_classes)
         try:
             with torch.device("meta"):

@@ -3,6 +3,9 @@
 Small datasets (MNIST- and CIFAR-sized) are held on the training device as normalized float
 tensors and batched by indexing with a shuffled permutation: no DataLoader, no per-batch host
 work. Training batches can be augmented on the device (random crop and flip, ``augment``).
+ImageNet is read from image files instead (``imagefolder.py``), through a DataLoader fed with
+the same index batches. Both kinds of split have ``len()``, ``device``, ``targets``,
+``input_shape``, ``to(device)`` and ``subset(idx)``, and ``batches`` takes either.
 """
 
 from __future__ import annotations
@@ -32,6 +35,23 @@ class Split:
     def to(self, device: torch.device | str) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
 
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    @property
+    def targets(self) -> Tensor:
+        return self.y
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def subset(self, idx: Tensor, evaluation: bool = False) -> "Split":
+        """The samples at ``idx`` (``evaluation`` matters to folder splits only: augmentation of
+        tensor splits is applied by the training loop, not by the split)."""
+        return Split(self.x[idx], self.y[idx])
+
 
 @dataclass
 class Dataset:
@@ -43,6 +63,9 @@ class Dataset:
     # Each channel's value of a black pixel after normalization: what the padding of a random
     # crop is filled with, as when the crop is taken from the raw image before normalizing it.
     pad_value: tuple[float, ...] = (0.0,)
+    # The training split augments its images as it decodes them (folder datasets): the training
+    # loop adds no crop and flip of its own.
+    augmented_in_loader: bool = False
 
 
 # --- loaders ------------------------------------------------------------------------------------
@@ -166,13 +189,23 @@ def _torchvision_cifar(name: str, root: Path) -> tuple[Split, Split]:
     return normalized(train), normalized(test)
 
 
+def _imagenet(root: Path, image_size: int = 224, resize: int = 256, augment: bool = True,
+              **options):
+    from .imagefolder import LoaderOptions, load_imagefolder  # imagefolder imports this module
+
+    return load_imagefolder(root, image_size, resize, augment, LoaderOptions(**options))
+
+
 LOADERS: dict[str, Callable[..., tuple[Split, Split]]] = {
     "mnist": lambda root, **_: _torchvision_mnist("mnist", Path(root)),
     "fashion_mnist": lambda root, **_: _torchvision_mnist("fashion_mnist", Path(root)),
     "cifar10": lambda root, **_: _torchvision_cifar("cifar10", Path(root)),
     "cifar100": lambda root, **_: _torchvision_cifar("cifar100", Path(root)),
     "synthetic": lambda root, **kw: _synthetic(**kw),
+    "imagenet": lambda root, **kw: _imagenet(Path(root), **kw),
 }
+# Datasets read from image folders, batch by batch: never held on the device.
+FOLDER_DATASETS = ("imagenet",)
 
 # The shape of one input of each dataset, known before loading it: the config check builds the
 # chosen model for it, so that a network that cannot take these inputs is refused up front.
@@ -182,8 +215,14 @@ INPUT_SHAPES: dict[str, tuple[int, ...]] = {"mnist": (1, 28, 28), "fashion_mnist
                                             "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
                                             "synthetic": (1, 28, 28)}
 
+
+def input_shape(name: str, image_size: int = 224) -> tuple[int, ...]:
+    """One input of dataset ``name``; a folder dataset's images are cropped to ``image_size``."""
+    return (3, image_size, image_size) if name in FOLDER_DATASETS else INPUT_SHAPES[name]
+
+
 # The number of classes of each dataset with a fixed label set (a few files may not show every
-# label); the synthetic dataset's is an option of its loader.
+# label); the synthetic dataset's is an option of its loader, a folder dataset's its class folders.
 NUM_CLASSES: dict[str, int] = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
@@ -193,7 +232,7 @@ def split_train_val(train: Split, val_fraction: float, split_seed: int) -> tuple
     n_val = max(1, round(n * val_fraction))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
-    return Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx], train.y[val_idx])
+    return train.subset(train_idx), train.subset(val_idx, evaluation=True)
 
 
 def load_dataset(name: str, root: str | Path = "data", val_fraction: float = 0.1, split_seed: int = 0,
@@ -204,19 +243,21 @@ def load_dataset(name: str, root: str | Path = "data", val_fraction: float = 0.1
     full_train, test = LOADERS[name](root=root, **options)
     train, val = split_train_val(full_train, val_fraction, split_seed)
     return Dataset(train.to(device), val.to(device), test.to(device), _num_classes(name, full_train, test, options),
-                   tuple(full_train.x.shape[1:]), pad_value(name))
+                   full_train.input_shape, pad_value(name), augmented_in_loader=name in FOLDER_DATASETS)
 
 
 def load_test_split(name: str, root: str | Path = "data", device: torch.device | str = "cpu",
                     **options) -> tuple[Split, int, tuple[int, ...]]:
     """The test split alone (for re-evaluating a saved model)."""
     full_train, test = LOADERS[name](root=root, **options)
-    return test.to(device), _num_classes(name, full_train, test, options), tuple(test.x.shape[1:])
+    return test.to(device), _num_classes(name, full_train, test, options), test.input_shape
 
 
 def _num_classes(name: str, train: Split, test: Split, options: dict) -> int:
     if name in NUM_CLASSES:
         return NUM_CLASSES[name]
+    if name in FOLDER_DATASETS:
+        return len(train.classes)
     return int(options.get("num_classes", int(max(train.y.max(), test.y.max())) + 1))
 
 
@@ -233,14 +274,22 @@ def pad_value(name: str) -> tuple[float, ...]:
 def batches(split: Split, batch_size: int, shuffle: bool = False,
             generator: torch.Generator | None = None, start: int = 0,
             shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor]]:
-    """Minibatches of a device-resident split, shuffled by a random index permutation.
+    """Minibatches of a split, shuffled by a random index permutation.
 
     The permutation is drawn on the CPU from ``generator`` so that the order is the same on
     every device; only the index tensor travels. ``start`` skips that many batches of the same
     order (to continue an epoch that was stopped part-way). ``shard=(rank, world)``: of each
     batch, the part that process ``rank`` of ``world`` takes (``part_of``); together the parts
-    are the batch a single process would take.
+    are the batch a single process would take. A folder split (``imagefolder.FolderSplit``)
+    takes the same index batches (``index_batches``) and decodes their images in its DataLoader.
     """
+    if not isinstance(split, Split):
+        return split.batches(index_batches(len(split), batch_size, shuffle, generator, start, shard))
+    return _device_batches(split, batch_size, shuffle, generator, start, shard)
+
+
+def _device_batches(split: Split, batch_size: int, shuffle: bool, generator: torch.Generator | None,
+                    start: int, shard: tuple[int, int]) -> Iterator[tuple[Tensor, Tensor]]:
     n = len(split)
     order = torch.randperm(n, generator=generator).to(split.y.device) if shuffle else None
     for begin in range(start * batch_size, n, batch_size):
@@ -250,6 +299,15 @@ def batches(split: Split, batch_size: int, shuffle: bool = False,
         else:
             idx = part_of(order[begin:begin + batch_size], shard)
             yield split.x[idx], split.y[idx]
+
+
+def index_batches(n: int, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                  start: int = 0, shard: tuple[int, int] = (0, 1)) -> Iterator[Tensor]:
+    """The indices (CPU) of each batch ``batches`` takes of ``n`` items, drawn as it draws them:
+    one permutation from ``generator`` when the first batch is asked for."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for begin in range(start * batch_size, n, batch_size):
+        yield part_of(order[begin:begin + batch_size], shard)
 
 
 def part_bounds(n: int, shard: tuple[int, int]) -> tuple[int, int]:

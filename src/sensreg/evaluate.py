@@ -30,12 +30,12 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
     """
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=split.y.device)
-    wrong1 = torch.zeros((), dtype=torch.long, device=split.y.device)
-    wrong5 = torch.zeros((), dtype=torch.long, device=split.y.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.device)
+    wrong1 = torch.zeros((), dtype=torch.long, device=split.device)
+    wrong5 = torch.zeros((), dtype=torch.long, device=split.device)
     top5 = None
     for x, y in batches(split, batch_size, shard=dist.shard):
-        with autocast(split.x.device, precision):
+        with autocast(split.device, precision):
             logits = model(x)
         loss_sum += F.cross_entropy(logits if precision == "fp32" else logits.float(), y, reduction="sum").double()
         wrong1 += (logits.argmax(dim=1) != y).sum()

@@ -293,7 +293,9 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
     class_gen = torch.Generator().manual_seed(cfg.trainer.seed + 1)
     # Crops and flips of training batches; like class_gen it is saved as it stands at a
     # checkpoint, so a resumed run draws what the uninterrupted run would have drawn next.
-    augment_gen = torch.Generator().manual_seed(cfg.trainer.seed + 2) if cfg.data.augment else None
+    # (A folder dataset augments as it decodes, with its loader's own random draws.)
+    augment_gen = torch.Generator().manual_seed(cfg.trainer.seed + 2) \
+        if cfg.data.augment and not data.augmented_in_loader else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         masks.load_state_dict(saved["masks"])
