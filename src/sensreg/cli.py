@@ -77,15 +77,34 @@ def main(argv: list[str] | None = None) -> None:
 
 # --- train -------------------------------------------------------------------------------------
 
+SUBMITIT_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
+
+
 def run_train(overrides: list[str]) -> None:
     import hydra
 
+    _check_launcher_plugin(overrides)
     if os.environ.get("RANK", "0") != "0":
         # A further process of a torchrun run: process 0 writes the run folder (Hydra's .hydra/ too).
         overrides = [*overrides, "hydra.output_subdir=null"]
     # Hydra reads its arguments from sys.argv; the program name shows up in its --help.
     sys.argv = ["sensreg train", *overrides]
     hydra.main(config_path=CONFIG_PACKAGE, config_name="train", version_base="1.3")(train_task)()
+
+
+def _check_launcher_plugin(overrides: list[str]) -> None:
+    """The submitit launchers come from an optional plugin; without it Hydra would only say that
+    the config hydra/launcher/submitit_slurm is not found."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") == "hydra/launcher" and value in SUBMITIT_LAUNCHERS:
+            try:
+                import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+            except ImportError:
+                from rich.markup import escape  # fail() prints rich markup; "[slurm]" is text
+
+                fail(escape(f"{o} needs Hydra's submitit launcher plugin, which is not installed: "
+                            f"pip install -e '.[slurm]' (or pip install 'hydra-submitit-launcher>=1.2,<1.3')."))
 
 
 def train_task(cfg) -> dict | None:
