@@ -13,6 +13,8 @@ Variants are timed in interleaved rounds so that drift in machine load hits all 
     python scripts/bench_overhead.py --classes 3          # unspec estimated over 3 sampled classes
     python scripts/bench_overhead.py --precision bf16     # forward under autocast (fp16: CUDA only)
     python scripts/bench_overhead.py --compile            # torch.compile'd forward (compiled in the warm-up)
+    python scripts/bench_overhead.py --models resnet32 --data synthetic --shape 3 32 32 \
+        --batch-size 128 --variants none spec loss          # ResNet-32 on CIFAR-shaped data: images/s
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first")
     ap.add_argument("--data", default="mnist")
     ap.add_argument("--root", default="data")
+    ap.add_argument("--shape", type=int, nargs=3, default=[1, 28, 28], metavar=("C", "H", "W"),
+                    help="--data synthetic: the shape of one image (3 32 32: like CIFAR)")
+    ap.add_argument("--num-train", type=int, default=10000, help="--data synthetic: training images")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output", default="logits", choices=["logits", "probs"])
     ap.add_argument("--batch-size", type=int, default=100)
@@ -88,7 +93,9 @@ def main() -> None:
           f"unspec over {'all classes' if args.classes is None else f'{args.classes} sampled classes'}")
     for model_name in args.models:
         cfg = TrainConfig.from_dict({
-            "data": {"name": args.data, "root": args.root}, "model": {"name": model_name},
+            "data": {"name": args.data, "root": args.root,
+                     **({"shape": args.shape, "num_train": args.num_train} if args.data == "synthetic" else {})},
+            "model": {"name": model_name},
             "sens": {"output": args.output, "classes": args.classes},
             "trainer": {"device": args.device, "batch_size": args.batch_size, "precision": args.precision,
                         "compile": args.compile}})
@@ -109,12 +116,13 @@ def main() -> None:
         base = statistics.median(times["none"]) if "none" in times else None
         print(f"\n{model_name} on {args.data} ({device}): {per_round * args.rounds} steps per variant "
               f"({per_round * args.rounds / steps_per_epoch:.2f} epochs)")
-        print(f"{'variant':<8} {'ms/step':>9} {'s/epoch':>9} {'x none':>8} {'target':>8}")
+        print(f"{'variant':<8} {'ms/step':>9} {'images/s':>9} {'s/epoch':>9} {'x none':>8} {'target':>8}")
         for v in args.variants:
             t = statistics.median(times[v])
             ratio = f"{t / base:.2f}" if base else "-"
             target = f"<= {TARGETS[v]}" if v in TARGETS else ""
-            print(f"{v:<8} {1e3 * t:>9.2f} {t * steps_per_epoch:>9.2f} {ratio:>8} {target:>8}")
+            print(f"{v:<8} {1e3 * t:>9.2f} {args.batch_size / t:>9.0f} {t * steps_per_epoch:>9.2f} {ratio:>8} "
+                  f"{target:>8}")
 
 
 if __name__ == "__main__":

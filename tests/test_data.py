@@ -43,6 +43,16 @@ def test_synthetic_dataset_is_fixed_and_shaped_like_mnist():
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
 
 
+def test_synthetic_dataset_can_be_shaped_like_cifar():
+    d = load_dataset("synthetic", num_train=200, num_test=50, shape=(3, 32, 32))
+    assert d.input_shape == (3, 32, 32) and d.train.x.shape == (180, 3, 32, 32)
+    # Each class has its own prototype: the class means differ far more than noise / sqrt(n).
+    means = torch.stack([d.train.x[d.train.y == k].mean(dim=0) for k in range(2)])
+    assert (means[0] - means[1]).abs().mean() > 0.3
+    # The channels are not copies of one another.
+    assert not torch.equal(d.train.x[:, 0], d.train.x[:, 1])
+
+
 def test_unknown_dataset_lists_the_known_ones():
     with pytest.raises(KeyError, match="mnist.*fashion_mnist.*synthetic"):
         load_dataset("cifar7")

@@ -42,7 +42,8 @@ NOT_COMPUTATION = (("trainer", "device"), ("trainer", "progress"), ("trainer", "
 # them: any value reproduces the older runs, and their defaults keep those runs' hashes.
 LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False, ("trainer", "precision"): "fp32",
                                            ("trainer", "compile"): False, ("prune", "batchnorm"): False,
-                                           ("data", "image_size"): 224, ("data", "resize"): 256}
+                                           ("data", "image_size"): 224, ("data", "resize"): 256,
+                                           ("data", "shape"): [1, 28, 28]}
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,7 @@ class DataConfig:
     num_test: int = 512
     num_classes: int = 10
     noise: float = 1.0
+    shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # of one image: C, H, W
     # imagenet only (read from image files): the training crop's and the evaluation crop's
     # side, and the side the shorter edge is resized to before the evaluation crop
     image_size: int = 224
@@ -80,7 +82,7 @@ class DataConfig:
         """Keyword arguments of the dataset loader beyond name and root."""
         if self.name == "synthetic":
             return {"num_train": self.num_train, "num_test": self.num_test,
-                    "num_classes": self.num_classes, "noise": self.noise}
+                    "num_classes": self.num_classes, "noise": self.noise, "shape": tuple(self.shape)}
         if self.name in FOLDER_DATASETS:
             return {"image_size": self.image_size, "resize": self.resize, "augment": self.augment,
                     "num_workers": self.num_workers, "pin_memory": self.pin_memory,
@@ -225,6 +227,10 @@ class TrainConfig:
             at_least("data.num_test", self.data.num_test, 1)
             at_least("data.num_classes", self.data.num_classes, 2)
             at_least("data.noise", self.data.noise, 0)
+            if not (isinstance(self.data.shape, (list, tuple)) and len(self.data.shape) == 3
+                    and all(_TYPES["int"][0](v) and v >= 1 for v in self.data.shape)):
+                p.append(f"data.shape={self.data.shape!r} must be three positive integers, channels, height "
+                         f"and width of one image, e.g. [1,28,28] (like MNIST) or [3,32,32] (like CIFAR).")
         if self.data.name in FOLDER_DATASETS:
             if self.data.on_device:
                 p.append(f"data.on_device=true cannot hold data.name={self.data.name}: its images are "
@@ -292,7 +298,7 @@ class TrainConfig:
     def _model_data_problems(self) -> list[str]:
         """The model must accept the dataset's inputs (VGG-16 needs at least 32x32, say). It is
         built on the meta device: shapes only, no memory, no initialization cost."""
-        shape = input_shape(self.data.name, self.data.image_size)
+        shape = input_shape(self.data.name, self.data.image_size, self.data.shape)
         # (A folder dataset's classes are known once its folder is read; the count only sizes the
         # last layer, which any count fits.)
         classes = NUM_CLASSES.get(self.data.name, self.data.num_classes)

@@ -124,16 +124,18 @@ def _torchvision_mnist(name: str, root: Path) -> tuple[Split, Split]:
 
 
 def _synthetic(num_train: int = 1024, num_test: int = 512, num_classes: int = 10,
-               noise: float = 1.0, seed: int = 1234) -> tuple[Split, Split]:
-    """Class prototypes (smooth random 28x28 images) plus Gaussian noise: learnable in a few
-    epochs, the same for every run (its own seed), and shaped like MNIST."""
+               noise: float = 1.0, shape: Sequence[int] = (1, 28, 28), seed: int = 1234) -> tuple[Split, Split]:
+    """Class prototypes (smooth random images) plus Gaussian noise: learnable in a few epochs,
+    the same for every run (its own seed), and shaped like MNIST unless ``shape`` (C, H, W) says
+    otherwise (3, 32, 32: like CIFAR, for the CIFAR networks)."""
+    c, h, w = shape
     g = torch.Generator().manual_seed(seed)
-    coarse = torch.randn(num_classes, 1, 7, 7, generator=g)
-    prototypes = torch.nn.functional.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=False)
+    coarse = torch.randn(num_classes, c, 7, 7, generator=g)
+    prototypes = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
 
     def draw(n: int) -> Split:
         y = torch.randint(num_classes, (n,), generator=g)
-        x = prototypes[y] + noise * torch.randn(n, 1, 28, 28, generator=g)
+        x = prototypes[y] + noise * torch.randn(n, c, h, w, generator=g)
         return Split(x, y)
 
     return draw(num_train), draw(num_test)
@@ -216,9 +218,12 @@ INPUT_SHAPES: dict[str, tuple[int, ...]] = {"mnist": (1, 28, 28), "fashion_mnist
                                             "synthetic": (1, 28, 28)}
 
 
-def input_shape(name: str, image_size: int = 224) -> tuple[int, ...]:
-    """One input of dataset ``name``; a folder dataset's images are cropped to ``image_size``."""
-    return (3, image_size, image_size) if name in FOLDER_DATASETS else INPUT_SHAPES[name]
+def input_shape(name: str, image_size: int = 224, synthetic_shape: Sequence[int] = (1, 28, 28)) -> tuple[int, ...]:
+    """One input of dataset ``name``; a folder dataset's images are cropped to ``image_size``,
+    the synthetic dataset's are ``synthetic_shape``."""
+    if name in FOLDER_DATASETS:
+        return (3, image_size, image_size)
+    return tuple(synthetic_shape) if name == "synthetic" else INPUT_SHAPES[name]
 
 
 # The number of classes of each dataset with a fixed label set (a few files may not show every
