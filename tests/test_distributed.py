@@ -224,3 +224,22 @@ def test_torchrun_writes_one_run_folder_with_one_summary(tmp_path):
     assert [p for p in (tmp_path / "outputs").rglob("*") if p.is_dir() and run_dir not in (p, *p.parents)
             and p not in run_dir.parents] == []
     assert proc.stdout.count("test error") == 1  # one process reports
+
+
+@pytest.mark.slow
+def test_a_sweep_of_two_task_jobs_through_submitit_trains_each_point_on_two_processes(tmp_path):
+    """What `hydra/launcher=slurm hydra.launcher.tasks_per_node=2` does on a cluster, with
+    submitit's local executor: each sweep point is one job of two tasks, which form one run."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from test_cli import TINY, run_dirs, sensreg
+
+    sweep_dir = tmp_path / "sweep"
+    out = sensreg("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                  f"hydra.sweep.dir={sweep_dir}", *TINY, "trainer.epochs=1", "sens.lam=0,1e-4", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    runs = run_dirs(sweep_dir)
+    assert [r.name for r in runs] == ["0_lenet300_spec", "1_lenet300_spec"]
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["processes"] == 2
+        assert (run / "train.log").read_text().count("test error") == 1  # written by one task

@@ -131,22 +131,12 @@ SINGLE = Dist()
 
 def from_environment(env: dict[str, str] | None = None) -> Dist:
     """This process's place, from what its launcher set: torchrun's ``RANK``, ``WORLD_SIZE`` and
-    ``LOCAL_RANK``, or a Slurm job with several tasks started by submitit (Hydra's submitit
-    launcher with ``tasks_per_node`` > 1), whose task numbers it exports in torchrun's terms.
-    A plain process is rank 0 of 1."""
+    ``LOCAL_RANK``, or a job with several tasks started by submitit (Hydra's submitit launcher
+    with ``tasks_per_node`` > 1, on Slurm or locally), whose task numbers are exported in
+    torchrun's terms. A plain process is rank 0 of 1."""
     env = os.environ if env is None else env
-    if "WORLD_SIZE" not in env and env.get("SUBMITIT_EXECUTOR") == "slurm" \
-            and int(env.get("SLURM_NTASKS", "1")) > 1:
-        try:
-            import submitit
-            # Sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR (the first node) and MASTER_PORT.
-            submitit.helpers.TorchDistributedEnvironment().export()
-        except Exception as err:  # an old submitit without the helper, or no job environment
-            raise DistributedError(
-                f"this Slurm job has {env.get('SLURM_NTASKS')} tasks, but their distributed set-up "
-                f"could not be read from submitit ({type(err).__name__}: {err}). Install "
-                f"submitit >= 1.4 (pip install -e '.[slurm]'), or run one task per job "
-                f"(hydra.launcher.tasks_per_node=1).") from None
+    if "WORLD_SIZE" not in env and env.get("SUBMITIT_EXECUTOR"):
+        _export_submitit_tasks()
     try:
         world = int(env.get("WORLD_SIZE", "1"))
         rank = int(env.get("RANK", "0"))
@@ -160,6 +150,22 @@ def from_environment(env: dict[str, str] | None = None) -> Dist:
         raise DistributedError(f"RANK={rank} does not lie in 0..WORLD_SIZE-1 (WORLD_SIZE={world}); start "
                                f"several processes with `torchrun --nproc-per-node N -m sensreg train ...`.")
     return Dist(rank, world, local_rank)
+
+
+def _export_submitit_tasks() -> None:
+    """In a submitit job of several tasks, set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR (the
+    first node) and MASTER_PORT from its job environment. Every task keeps seeing all of the
+    node's GPUs and takes the one of its local rank, as under torchrun."""
+    try:
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    except Exception as err:  # an old submitit without the helper, or a broken job environment
+        raise DistributedError(
+            f"this submitit job's distributed set-up could not be read ({type(err).__name__}: {err}). "
+            f"Install submitit >= 1.4 (pip install -e '.[slurm]'), or run one task per job "
+            f"(hydra.launcher.tasks_per_node=1).") from None
 
 
 def init(d: Dist, device: torch.device) -> Dist:
