@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checkpoint import few_names
 from .data import DatasetMissing
 
 # The per-channel mean and std of ImageNet's training pixels that torchvision's models use.
@@ -236,8 +237,5 @@ def _classes(root: Path, part: str, name: str) -> list[str]:
     return classes
 
 
-def _few(what: str, names: list[str], shown: int = 5) -> str:
-    if not names:
-        return ""
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return f"{what}: {', '.join(names[:shown])}{more}"
+def _few(what: str, names: list[str]) -> str:
+    return f"{what}: {few_names(names, shown=5)}" if names else ""
