@@ -260,6 +260,8 @@ def test_compare_writes_csv_markdown_and_plot_into_the_first_folder(tree):
     assert float(table["0_loss_s0"]["test_error_pct"]) == pytest.approx(1.8)
     assert table["2_loss_running"]["status"] == "running" and table["2_loss_running"]["test_error_pct"] == ""
     assert table["3_unspec_failed"]["status"] == "failed"
+    # run folders below the csv's folder are given relative to it
+    assert table["a_spec_s0"]["path"] == "runs/2026-01-01/a_spec_s0"
 
     md = (tree / "compare.md").read_text()
     assert "| ★ | runs/2026-01-01/a_spec_s0 |" in md.replace(os.sep, "/")
@@ -281,6 +283,8 @@ def test_grouped_files_and_out_dir(tree, tmp_path):
     assert [(r["config_hash"], r["n"], r["seed"]) for r in lines] == [
         ("hB", "2", "0 1 2"), ("hA", "3", "0 1 2"), ("hC", "0", "0")]
     assert float(lines[1]["test_error_pct_std"]) == pytest.approx(0.2)
+    # elsewhere: the run folders keep their absolute paths
+    assert all(Path(p).is_absolute() and Path(p).is_dir() for p in lines[0]["path"].split(";"))
     assert "2.20 ± 0.20" in (out / "compare.md").read_text()
     assert_png(out / "compare_lenet300_mnist.png")
 
