@@ -188,6 +188,18 @@ def test_a_busy_run_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
         assert lock.held
 
 
+def test_a_requeued_slurm_job_takes_over_the_lock_its_earlier_run_left_on_another_node(tmp_path, monkeypatch):
+    (tmp_path / ".lock").write_text("4242 node-17 slurm-job-123\n")  # another host: liveness unknown
+    monkeypatch.setenv("SLURM_JOB_ID", "124")
+    with pytest.raises(RunFolderError, match="in use by process 4242 on node-17"):
+        with RunLock(tmp_path):
+            pass
+    monkeypatch.setenv("SLURM_JOB_ID", "123")  # the same job, requeued: its earlier run is over
+    with RunLock(tmp_path) as lock:
+        assert lock.held
+        assert (tmp_path / ".lock").read_text().split()[2] == "slurm-job-123"
+
+
 def test_taking_the_lock_removes_what_a_killed_writer_left_half_written(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"complete")
     (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"half")  # SIGKILL during write_atomic

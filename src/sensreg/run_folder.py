@@ -49,7 +49,9 @@ def resolve(hydra_dir: Path, resume: bool | str) -> tuple[Path, Path | None]:
 class RunLock:
     """An exclusive lock file in the run folder, held while a process writes there.
 
-    A lock left behind by a process that no longer exists on this host is taken over.
+    A lock left behind by a process that no longer exists on this host is taken over, and so is
+    one left by an earlier run of this very Slurm job: a requeued job keeps its job id and may
+    start on another node, after Slurm has ended the process that held the lock.
     """
 
     def __init__(self, folder: Path):
@@ -58,7 +60,7 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{os.getpid()} {socket.gethostname()}\n"
+        me = f"{os.getpid()} {socket.gethostname()}{_job_suffix()}\n"
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -85,7 +87,7 @@ class RunLock:
             self.held = False
 
     def _owner(self) -> str:
-        pid, host = _read_lock(self.path)
+        pid, host, _ = _read_lock(self.path)
         return f"process {pid} on {host}" if pid else "another process"
 
 
@@ -97,16 +99,24 @@ def writer_gone(folder: Path) -> bool:
     return not path.exists() or _lock_is_stale(path)
 
 
-def _read_lock(path: Path) -> tuple[int | None, str]:
+def _job_suffix() -> str:
+    job = os.environ.get("SLURM_JOB_ID")
+    return f" slurm-job-{job}" if job else ""
+
+
+def _read_lock(path: Path) -> tuple[int | None, str, str]:
+    """The pid and host of a lock's owner, and its Slurm job (\"\" outside Slurm)."""
     try:
-        pid, host = path.read_text().split()
-        return int(pid), host
+        pid, host, *job = path.read_text().split()
+        return int(pid), host, " ".join(job)
     except (OSError, ValueError):
-        return None, ""
+        return None, "", ""
 
 
 def _lock_is_stale(path: Path) -> bool:
-    pid, host = _read_lock(path)
+    pid, host, job = _read_lock(path)
+    if job and f" {job}" == _job_suffix():
+        return True  # this job's earlier run, before Slurm requeued it: that process is gone
     if pid is None or host != socket.gethostname():
         return False  # unreadable, or another machine's: we cannot tell, so it is not ours to take
     try:
