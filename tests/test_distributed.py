@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,6 +178,8 @@ def test_a_stop_sent_to_one_process_stops_all_at_the_same_step_and_resumes_exact
     assert (state["loop"]["epoch"], state["loop"]["batch"]) == (1, 4)  # 8 steps an epoch: step 12
     assert json.loads((cut[0] / "summary.json").read_text())["status"] == "interrupted"
 
+    alone = tmp_path / "alone"  # the same checkpoint, continued by a single process
+    shutil.copytree(cut[0], alone)
     run_processes(tmp_path, "train_run", [str(p) for p in cut], "spec", "lenet300", True)
     a, masks_a = final_state(whole[0])
     b, masks_b = final_state(cut[0])
@@ -184,6 +187,14 @@ def test_a_stop_sent_to_one_process_stops_all_at_the_same_step_and_resumes_exact
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0)
     for name in masks_a:
         assert torch.equal(masks_a[name], masks_b[name])
+
+    cfg = run_config("spec", "lenet300")
+    train(cfg, alone, resume_state(cfg, alone / "last.pt"))
+    c, masks_c = final_state(alone)
+    for name in a:
+        torch.testing.assert_close(c[name], a[name], rtol=1e-4, atol=1e-6)
+    for name in masks_a:
+        assert torch.equal(masks_a[name], masks_c[name])
 
 
 TASKS = {"gradients_of_part": gradients_of_part, "train_run": train_run}
