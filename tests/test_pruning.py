@@ -293,6 +293,44 @@ def test_search_prunes_everything_when_loss_never_grows():
     assert result.threshold > float(mags[-1])
 
 
+def test_search_never_tries_a_threshold_above_the_limit():
+    mags = sorted_magnitudes(50)
+    limit = float(mags[30])
+    loss = Counted(lambda T: 1.0)  # nothing ever hurts: only the limit stops the search
+    result = search_threshold(mags, loss, 1.0, tolerance=0.0, limit=limit)
+    assert count_pruned(mags, result.threshold) == 30  # everything below the limit, nothing more
+    assert all(T <= limit for T in loss.calls)
+
+
+def test_a_chance_level_network_is_never_pruned_to_an_empty_layer(tmp_path):
+    """An untrained network is no better than chance, so pruning hardly changes its loss; the
+    search must still keep every weight tensor connected."""
+    from sensreg.train import train
+    from test_train import config
+
+    cfg = config(model={"name": "lenet300"}, optim={"lr": 1e-7},  # it stays at its random start
+                 trainer={"epochs": 2}, prune={"name": "search", "patience": 0, "tolerance": 0.5})
+    summary = train(cfg, tmp_path)
+    assert summary["thresholds"]  # the search pruned
+    layers = {l["name"]: l for l in summary["sparsity"]["layers"]}
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        assert layers[name]["remaining_pct"] > 0, name
+
+
+def test_masks_emptying_threshold_is_the_smallest_largest_weight():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(0.5)
+        model[0].weight[0, 0] = 2.0
+        model[1].weight.fill_(0.1)
+        model[1].weight[1, 2] = -0.7
+        model[1].bias.fill_(0.01)  # vectors do not count: an empty bias cuts nothing off
+    masks = Masks(model, prunable_names(model, "all"))
+    assert masks.emptying_threshold() == pytest.approx(0.7)
+    masks.prune_below_(0.6)  # keeps 2.0 in the first layer and -0.7 in the second
+    assert masks.emptying_threshold() == pytest.approx(0.7)
+
+
 def test_search_returns_zero_when_any_pruning_hurts():
     mags = sorted_magnitudes(30)
     loss = Counted(lambda T: 1.0 if T <= float(mags[0]) else 1.0 + 1e-9)

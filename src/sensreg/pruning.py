@@ -140,6 +140,16 @@ class Masks:
         values = torch.cat([p.detach()[m].abs().flatten().float().cpu() for p, m in zip(self.params, self.masks)])
         return values.sort().values
 
+    @torch.no_grad()
+    def emptying_threshold(self) -> float:
+        """The highest global threshold that leaves every weight tensor (two or more dimensions)
+        an entry: the smallest of their largest kept |w| (a threshold prunes the entries below
+        it). A higher one cuts the network's output off from its input; a network no better
+        than chance, whose loss that hardly changes, would otherwise let the search prune it all."""
+        largest = [float(p.detach()[m].abs().max()) for p, m in zip(self.params, self.masks)
+                   if p.dim() > 1 and bool(m.any())]
+        return min(largest, default=float("inf"))
+
 
 @dataclass
 class SearchResult:
@@ -150,7 +160,8 @@ class SearchResult:
 
 
 def search_threshold(magnitudes: Tensor, loss_with_threshold: Callable[[float], float],
-                     loss_before: float, tolerance: float, max_evaluations: int = 40) -> SearchResult:
+                     loss_before: float, tolerance: float, max_evaluations: int = 40,
+                     limit: float = float("inf")) -> SearchResult:
     """Bisection for the largest global threshold T with loss(T) <= (1 + tolerance) * loss_before.
 
     ``magnitudes`` are the sorted |w| of the kept prunable entries; the candidate thresholds are
@@ -158,6 +169,8 @@ def search_threshold(magnitudes: Tensor, loss_with_threshold: Callable[[float], 
     aside) plus one just above the largest. ``loss_with_threshold(T)`` returns the validation
     loss with every entry |w| < T pruned, leaving the model unchanged. Bisection assumes that
     the loss grows with T, which holds for the magnitude ordering in all but pathological cases.
+    A threshold above ``limit`` counts as unacceptable without being tried (see
+    ``Masks.emptying_threshold``).
     """
     bound = (1.0 + tolerance) * loss_before
     n = magnitudes.numel()
@@ -174,6 +187,9 @@ def search_threshold(magnitudes: Tensor, loss_with_threshold: Callable[[float], 
     best_loss = loss_before
     while hi - lo > 1 and evaluations < max_evaluations:
         mid = (lo + hi) // 2
+        if threshold_at(mid) > limit:
+            hi = mid
+            continue
         loss = loss_with_threshold(threshold_at(mid))
         evaluations += 1
         if loss <= bound:

@@ -476,7 +476,8 @@ def _search_and_prune(model: nn.Module, masks: Masks, optimizer, data: Dataset, 
         return loss
 
     before = masks.remaining_pct()
-    result = search_threshold(masks.kept_magnitudes(), loss_with, val_loss, tolerance)
+    result = search_threshold(masks.kept_magnitudes(), loss_with, val_loss, tolerance,
+                              limit=masks.emptying_threshold())
     if result.threshold <= 0.0:
         return None
     pruned = masks.prune_below_(result.threshold, optimizer)
