@@ -124,8 +124,11 @@ def test_python_dash_m_entry_point(tmp_path):
     ("trainer.batch_size=1.5", ["trainer.batch_size=1.5", "integer"]),
     ("trainer.deterministic=maybe", ["trainer.deterministic='maybe'", "true or false"]),
     ("data.num_train=1", ["data.num_train=1", ">= 2"]),
+    ("hydra.run.dir=README.md/run", ["hydra.run.dir=README.md/run", "is a file"]),
+    ("hydra.run.dir=/proc/1/sensreg_run", ["hydra.run.dir", "not writable"]),
 ])
 def test_bad_input_is_a_short_message_before_any_training(tmp_path, override, must_mention):
+    (tmp_path / "README.md").write_text("a file where a folder is asked for\n")
     out = sensreg("train", *TINY, override, cwd=tmp_path)
     assert out.returncode != 0
     text = out.stdout + out.stderr

@@ -84,12 +84,32 @@ def run_train(overrides: list[str]) -> None:
     import hydra
 
     _check_launcher_plugin(overrides)
+    _check_output_folders(overrides)
     if os.environ.get("RANK", "0") != "0":
         # A further process of a torchrun run: process 0 writes the run folder (Hydra's .hydra/ too).
         overrides = [*overrides, "hydra.output_subdir=null"]
     # Hydra reads its arguments from sys.argv; the program name shows up in its --help.
     sys.argv = ["sensreg train", *overrides]
     hydra.main(config_path=CONFIG_PACKAGE, config_name="train", version_base="1.3")(train_task)()
+
+
+def _check_output_folders(overrides: list[str]) -> None:
+    """A run or sweep folder given on the command line must be creatable: Hydra makes it before
+    the task starts and would answer a path under a file, or in a folder without write
+    permission, with a traceback. (Paths built from ${...} are Hydra's to resolve; not checked.)"""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+            continue
+        existing = Path(value).expanduser().absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            fail(f"{o}: {existing} is a file, so no folder can be made there. Choose another path "
+                 f"for {key.lstrip('+')}.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            fail(f"{o}: {existing} is not writable here, so the run folder cannot be made. Choose a "
+                 f"path you can write to for {key.lstrip('+')}.")
 
 
 def _check_launcher_plugin(overrides: list[str]) -> None:
