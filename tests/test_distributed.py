@@ -109,15 +109,16 @@ def test_two_processes_give_the_gradients_and_sensitivities_of_the_whole_batch(
 
 # --- whole runs -----------------------------------------------------------------------------
 
-def run_config(sens: str = "spec", model: str = "lenet300", **trainer):
+def run_config(sens: str = "spec", model: str = "lenet300", augment: bool = False):
     return config(model={"name": model}, sens={"name": sens, "lam": 1e-3},
-                  data={"num_train": 330, "num_test": 100},  # 297 training images: a short last batch
-                  trainer={"epochs": 3, "batch_size": 40, "deterministic": True, **trainer},
+                  # 297 training images: a short last batch
+                  data={"num_train": 330, "num_test": 100, "augment": augment},
+                  trainer={"epochs": 3, "batch_size": 40, "deterministic": True},
                   prune={"name": "search", "patience": 0, "tolerance": 0.2})
 
 
-def train_run(d, run_dirs, sens, model, resume=False, stop_at=None):
-    cfg = run_config(sens, model)
+def train_run(d, run_dirs, sens, model, resume=False, stop_at=None, augment=False):
+    cfg = run_config(sens, model, augment)
     if stop_at is not None and d.rank == 1:  # SIGTERM to process 1 alone, during step stop_at
         original, calls = TrainStep.__call__, {"n": 0}
 
@@ -139,12 +140,16 @@ def final_state(run_dir: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sens, model", [("spec", "lenet300"), ("unspec", "lenet5")])
-def test_a_two_process_run_equals_a_one_process_run(tmp_path, sens, model):
+@pytest.mark.parametrize("sens, model, augment", [
+    ("spec", "lenet300", False),
+    ("unspec", "lenet5", False),
+    ("loss", "lenet300", True),  # random crops and flips drawn for the whole batch, then divided
+])
+def test_a_two_process_run_equals_a_one_process_run(tmp_path, sens, model, augment):
     one = tmp_path / "one"
-    train(run_config(sens, model), one)
+    train(run_config(sens, model, augment), one)
     two = [tmp_path / "two", tmp_path / "two_rank1"]  # process 1 is told another folder
-    results = run_processes(tmp_path, "train_run", [str(p) for p in two], sens, model)
+    results = run_processes(tmp_path, "train_run", [str(p) for p in two], sens, model, False, None, augment)
 
     assert not two[1].exists()  # only process 0 writes
     state_1, masks_1 = final_state(one)
