@@ -202,7 +202,43 @@ def test_a_stop_sent_to_one_process_stops_all_at_the_same_step_and_resumes_exact
         assert torch.equal(masks_a[name], masks_c[name])
 
 
-TASKS = {"gradients_of_part": gradients_of_part, "train_run": train_run}
+def imagenet_run_config(root: str):
+    from test_data_imagenet import imagenet_config
+
+    # No augmentation: its crops are drawn in each process's loader, not shared.
+    return imagenet_config(Path(root), "model=lenet300", "data.augment=false", "data.num_workers=0",
+                           "trainer.epochs=2", "trainer.deterministic=true", "sens.lam=1e-3",
+                           "prune.patience=0", "prune.tolerance=0.5")
+
+
+def train_imagenet_run(d, run_dirs, root):
+    return {"summary": train(imagenet_run_config(root), Path(run_dirs[d.rank]), None, d)}
+
+
+@pytest.mark.slow
+def test_two_processes_on_an_image_folder_dataset_equal_one(tmp_path):
+    """Each process decodes only its part of every batch; the result is that of one process."""
+    from test_data_imagenet import write_imagenet
+
+    root = write_imagenet(tmp_path / "imagenet")
+    one = tmp_path / "one"
+    train(imagenet_run_config(str(root)), one)
+    two = [tmp_path / "two", tmp_path / "two_rank1"]
+    run_processes(tmp_path, "train_imagenet_run", [str(p) for p in two], str(root))
+    assert not two[1].exists()
+    state_1, masks_1 = final_state(one)
+    state_2, masks_2 = final_state(two[0])
+    for name in masks_1:
+        assert torch.equal(masks_1[name], masks_2[name]), name
+    for name in state_1:
+        torch.testing.assert_close(state_2[name], state_1[name], rtol=1e-4, atol=1e-6)
+    s1, s2 = (json.loads((run / "summary.json").read_text()) for run in (one, two[0]))
+    assert s1["remaining_pct"] < 100 and s2["remaining_pct"] == s1["remaining_pct"]
+    assert s2["test_error"] == s1["test_error"]
+
+
+TASKS = {"gradients_of_part": gradients_of_part, "train_run": train_run,
+         "train_imagenet_run": train_imagenet_run}
 
 
 # --- the launchers' environment --------------------------------------------------------------
