@@ -84,15 +84,20 @@ def step_for(model: nn.Module, sens: str, batchnorm: bool) -> TrainStep:
                      prunable_names(model, "all", batchnorm))
 
 
-@pytest.mark.parametrize("sens", ["l2", "spec"])
-def test_the_shrink_leaves_batch_norm_alone_by_default(sens):
+def one_shrink(sens: str, batchnorm: bool) -> tuple[dict, dict]:
+    """The parameters of a fresh network before and after one step with lambda 0.5."""
     model = conv_bn_net()
     with torch.no_grad():  # gains and offsets away from 1 and 0, so that a shrink shows
         model[1].weight.uniform_(0.5, 1.5)
         model[1].bias.uniform_(0.5, 1.5)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    step_for(model, sens, batchnorm=False)(*batch(), lam=0.5)
-    after = dict(model.named_parameters())
+    step_for(model, sens, batchnorm)(*batch(), lam=0.5)
+    return before, dict(model.named_parameters())
+
+
+@pytest.mark.parametrize("sens", ["l2", "spec"])
+def test_the_shrink_leaves_batch_norm_alone_by_default(sens):
+    before, after = one_shrink(sens, batchnorm=False)
     for n in BN:
         assert torch.equal(after[n], before[n]), n  # exactly: not shrunk at all
     if sens == "l2":
@@ -105,13 +110,7 @@ def test_the_shrink_leaves_batch_norm_alone_by_default(sens):
 
 @pytest.mark.parametrize("sens", ["l2", "spec"])
 def test_with_the_option_batch_norm_is_shrunk(sens):
-    model = conv_bn_net()
-    with torch.no_grad():
-        model[1].weight.uniform_(0.5, 1.5)
-        model[1].bias.uniform_(0.5, 1.5)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    step_for(model, sens, batchnorm=True)(*batch(), lam=0.5)
-    after = dict(model.named_parameters())
+    before, after = one_shrink(sens, batchnorm=True)
     for n in BN:
         assert bool((after[n].abs() < before[n].abs()).any()), n
         if sens == "l2":
