@@ -93,31 +93,36 @@ def run_train(overrides: list[str]) -> None:
     hydra.main(config_path=CONFIG_PACKAGE, config_name="train", version_base="1.3")(train_task)()
 
 
+def _key_values(overrides: list[str]):
+    """(override, key without Hydra's + / ++ prefix, value) for each key=value override."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        yield o, key.lstrip("+"), value
+
+
 def _check_output_folders(overrides: list[str]) -> None:
     """A run or sweep folder given on the command line must be creatable: Hydra makes it before
     the task starts and would answer a path under a file, or in a folder without write
     permission, with a traceback. (Paths built from ${...} are Hydra's to resolve; not checked.)"""
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+    for o, key, value in _key_values(overrides):
+        if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
             continue
         existing = Path(value).expanduser().absolute()
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
         if not existing.is_dir():
             fail(f"{o}: {existing} is a file, so no folder can be made there. Choose another path "
-                 f"for {key.lstrip('+')}.")
+                 f"for {key}.")
         if not os.access(existing, os.W_OK | os.X_OK):
             fail(f"{o}: {existing} is not writable here, so the run folder cannot be made. Choose a "
-                 f"path you can write to for {key.lstrip('+')}.")
+                 f"path you can write to for {key}.")
 
 
 def _check_launcher_plugin(overrides: list[str]) -> None:
     """The submitit launchers come from an optional plugin; without it Hydra would only say that
     the config hydra/launcher/submitit_slurm is not found."""
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key.lstrip("+") == "hydra/launcher" and value in SUBMITIT_LAUNCHERS:
+    for o, key, value in _key_values(overrides):
+        if key == "hydra/launcher" and value in SUBMITIT_LAUNCHERS:
             try:
                 import hydra_plugins.hydra_submitit_launcher  # noqa: F401
             except ImportError:
@@ -184,9 +189,7 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path) -> dict | None:
             saved = resume_state(config, resume_from)  # checked before anything is written
             if dist.is_main:
                 write_atomic(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
-                _setup_logging(run_dir / "train.log")
-            else:
-                _silence_logging()
+            _setup_logging(run_dir / "train.log" if dist.is_main else None)
             return train(config, run_dir, saved, dist)
     except (ConfigError, run_folder.RunFolderError) as err:
         fail(f"{err}\nNothing was trained.")
@@ -225,21 +228,17 @@ def _remove_if_empty(run_dir: Path) -> None:
                 break
 
 
-def _silence_logging() -> None:
-    """A further process of a distributed run: process 0 reports for all (errors still show)."""
+def _setup_logging(log_file: Path | None) -> None:
+    """One line per event on stdout and in the run's train.log (reset for each job of a sweep).
+    ``None``: a further process of a distributed run, for which process 0 reports; only errors
+    show."""
     logger = logging.getLogger("sensreg")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    logger.setLevel(logging.ERROR)
-
-
-def _setup_logging(log_file: Path) -> None:
-    """One line per event on stdout and in the run's train.log (reset for each job of a sweep)."""
-    logger = logging.getLogger("sensreg")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    if log_file is None:
+        logger.setLevel(logging.ERROR)
+        return
     logger.setLevel(logging.INFO)
     logger.propagate = False
     # Hydra configures logging again for each job of a sweep (dictConfig with
