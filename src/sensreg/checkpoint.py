@@ -151,8 +151,8 @@ def init_model_(model: nn.Module, path: str | Path, model_name: str, num_classes
               f"torchvision's {model_name} weights), or set model.name to the network the file was saved from.")
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
     if mismatched:
-        shapes = "; ".join(f"{k}: {_shape(state[k])} in the file, {_shape(own[k])} in the model"
-                           for k in mismatched[:4]) + (f"; and {len(mismatched) - 4} more" if len(mismatched) > 4 else "")
+        shapes = few_names([f"{k}: {_shape(state[k])} in the file, {_shape(own[k])} in the model"
+                            for k in mismatched], sep="; ")
         # Only the classifier's output layer differs, in its first dimension: another number of classes.
         file_classes = {int(state[k].shape[0]) for k in mismatched if state[k].dim() and own[k].dim()
                         and own[k].shape[0] == num_classes and state[k].shape[1:] == own[k].shape[1:]}
@@ -176,9 +176,9 @@ def _shape(t: torch.Tensor) -> str:
     return "x".join(map(str, t.shape)) or "scalar"
 
 
-def few_names(keys: list[str], shown: int = 4) -> str:
+def few_names(keys: list[str], shown: int = 4, sep: str = ", ") -> str:
     """The first ``shown`` names and how many more, for messages."""
-    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+    return sep.join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 # --- training state: everything needed to continue a run exactly ------------------------------
