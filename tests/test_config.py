@@ -127,3 +127,17 @@ def test_a_value_of_the_wrong_type_is_named_once(override, message):
     assert message in text
     key = override.split("=")[0]
     assert text.count(f"{key}=") == 1  # the range check does not repeat it
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sens.reduction=mean"], "sens.reduction='mean' is not one of: batch, sample."),
+    (["sens.scale=log"], "sens.scale='log' is not one of: none, gamma, max."),
+    (["sens.scale_over=layer"], "sens.scale_over='layer' is not one of: tensor, all."),
+    (["sens.gamma=0"], "sens.gamma=0 must be a positive, finite number"),
+    (["sens.gamma=inf"], "sens.gamma=inf must be a positive, finite number"),
+    (["sens.reduction=sample", "trainer.compile=true"], "set trainer.compile=false or sens.reduction=batch"),
+])
+def test_bad_sensitivity_reduction_and_scale_are_refused(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict(composed(*overrides))
+    assert message in str(err.value)

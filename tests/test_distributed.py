@@ -65,11 +65,11 @@ def _step(model_name: str):
     return model, x, y
 
 
-def gradients_of_part(d, model_name, sens, classes, batched):
+def gradients_of_part(d, model_name, sens, classes, batched, reduction):
     model, x, y = _step(model_name)
     names = prunable_names(model, "all")
     step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), get_variant(sens), Masks(model, names),
-                     names, "logits", classes, torch.Generator().manual_seed(5), dist=d)
+                     names, "logits", classes, torch.Generator().manual_seed(5), dist=d, reduction=reduction)
     if batched is not None:
         step.batched = batched
     part = slice(0, 4) if d.rank == 0 else slice(4, 7)
@@ -77,21 +77,26 @@ def gradients_of_part(d, model_name, sens, classes, batched):
     return {"loss": loss, "grads": grads, "sens": sens_values}
 
 
-@pytest.mark.parametrize("model_name, sens, classes, batched", [
-    ("lenet300", "spec", None, None),
-    ("lenet300", "unspec", None, True),   # one batched VJP call, one reduction of (C, ...) tensors
-    ("lenet300", "unspec", None, False),  # a VJP and a reduction per class
-    ("lenet5", "unspec", 3, None),        # sampled classes: the same draw on every process
-    ("lenet5", "spec", None, None),
-    ("lenet5", "loss", None, None),
+@pytest.mark.parametrize("model_name, sens, classes, batched, reduction", [
+    ("lenet300", "spec", None, None, "batch"),
+    ("lenet300", "unspec", None, True, "batch"),   # one batched VJP call, one reduction of (C, ...) tensors
+    ("lenet300", "unspec", None, False, "batch"),  # a VJP and a reduction per class
+    ("lenet5", "unspec", 3, None, "batch"),        # sampled classes: the same draw on every process
+    ("lenet5", "spec", None, None, "batch"),
+    ("lenet5", "loss", None, None, "batch"),
+    # per-sample sensitivities: each process sums its samples' absolute values, then one sum
+    ("lenet300", "spec", None, None, "sample"),
+    ("lenet300", "unspec", None, None, "sample"),
+    ("lenet5", "unspec", 3, None, "sample"),
+    ("lenet5", "spec", None, None, "sample"),
 ])
 def test_two_processes_give_the_gradients_and_sensitivities_of_the_whole_batch(
-        tmp_path, model_name, sens, classes, batched):
-    parts = run_processes(tmp_path, "gradients_of_part", model_name, sens, classes, batched)
+        tmp_path, model_name, sens, classes, batched, reduction):
+    parts = run_processes(tmp_path, "gradients_of_part", model_name, sens, classes, batched, reduction)
     model, x, y = _step(model_name)
     names = prunable_names(model, "all")
     step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), get_variant(sens), Masks(model, names),
-                     names, "logits", classes, torch.Generator().manual_seed(5))
+                     names, "logits", classes, torch.Generator().manual_seed(5), reduction=reduction)
     if batched is not None:
         step.batched = batched
     loss, grads, sens_values = step.gradients(x, y)

@@ -10,7 +10,8 @@ from torch import nn
 from torch.testing import assert_close
 
 from sensreg.pruning import Masks, prunable_names
-from sensreg.regularizer import SCHEDULES, build_schedule, constant, cosine, insensitivity, shrink_, step
+from sensreg.regularizer import (SCHEDULES, build_schedule, constant, cosine, insensitivity, insensitivity_stats,
+                                 rescale_, shrink_, step)
 from sensreg.sensitivity import get_variant
 from sensreg.train import TrainStep
 
@@ -45,6 +46,31 @@ def test_shrink_by_hand():
     assert_close(w.detach(), expected, rtol=0, atol=1e-14)
     assert_close(m.detach(), expected_m, rtol=0, atol=1e-14)
     assert w.grad is None and w.requires_grad
+
+
+def test_rescale_by_hand():
+    a, b, z = t(0.1, 0.4, 0.2), t(2.0, 0.5), t(0.0, 0.0)
+    rescale_(x := [a.clone(), b.clone()], "none")
+    assert torch.equal(x[0], a) and torch.equal(x[1], b)
+    rescale_(x := [a.clone(), b.clone()], "gamma", gamma=30.0)
+    assert_close(x[0], t(3.0, 12.0, 6.0)) and assert_close(x[1], t(60.0, 15.0))
+    rescale_(x := [a.clone(), b.clone(), z.clone()], "max", over="tensor")
+    assert_close(x[0], t(0.25, 1.0, 0.5)) and assert_close(x[1], t(1.0, 0.25))
+    assert torch.equal(x[2], z)  # an all-zero tensor stays zero (no 0/0)
+    rescale_(x := [a.clone(), b.clone()], "max", over="all")
+    assert_close(x[0], t(0.05, 0.2, 0.1)) and assert_close(x[1], t(1.0, 0.25))
+    with pytest.raises(ValueError, match="known: none, gamma, max"):
+        rescale_([a.clone()], "log")
+
+
+def test_insensitivity_stats_by_hand():
+    # insensitivities 1, 0.7, 0.4, 0 | 0.9, 0.2 ; the third entry of the first tensor is pruned
+    sens = [t(0.0, 0.3, 0.6, 1.5), t(0.1, 0.8)]
+    kept = [t(1.0, 1.0, 0.0, 1.0), None]
+    stats = insensitivity_stats(sens, kept)
+    assert stats["insens_mean"] == pytest.approx((1 + 0.7 + 0 + 0.9 + 0.2) / 5)
+    assert stats["insens_below_half"] == pytest.approx(2 / 5)
+    assert insensitivity_stats(None, kept) == {"insens_mean": 1.0, "insens_below_half": 0.0}
 
 
 def test_shrink_lam_zero_is_identity():

@@ -40,6 +40,31 @@ def test_every_variant_trains_on_every_model(tmp_path, model, sens):
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.parametrize("model", ["lenet300", "lenet5"])
+def test_a_per_sample_scaled_run_reports_its_insensitivity(tmp_path, model):
+    cfg = config(model={"name": model},
+                 sens={"name": "spec", "lam": 1e-3, "reduction": "sample", "scale": "max"},
+                 prune={"name": "search", "patience": 0})
+    summary = train(cfg, tmp_path / "spec")
+    assert summary["status"] == "completed"
+    for row in metrics(tmp_path / "spec"):
+        mean, below = float(row["insens_mean"]), float(row["insens_below_half"])
+        assert 0.0 <= mean < 1.0 and 0.0 < below <= 1.0  # S / max S: the most sensitive is protected
+    train(config(sens={"name": "l2", "lam": 1e-3}), tmp_path / "l2")
+    assert {(r["insens_mean"], r["insens_below_half"]) for r in metrics(tmp_path / "l2")} == {("1.0", "0.0")}
+    train(config(sens={"name": "none"}), tmp_path / "none")
+    assert {(r["insens_mean"], r["insens_below_half"]) for r in metrics(tmp_path / "none")} == {("", "")}
+
+
+def test_the_epoch_line_shows_the_insensitivity_where_there_is_one():
+    from sensreg.report import epoch_line
+
+    row = {"epoch": 3, "eta": 0.05, "lam": 1e-3, "train_loss": 0.1, "val_loss": 0.2, "val_error": 0.02,
+           "remaining_pct": 5.0, "threshold": 0.01, "seconds": 2.0}
+    assert "insens" not in epoch_line(row)
+    assert "insens 0.614 (<0.5: 37.5%)" in epoch_line({**row, "insens_mean": 0.6142, "insens_below_half": 0.375})
+
+
 def test_pruned_weights_are_exactly_zero_in_the_saved_model(tmp_path):
     cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"epochs": 3},
                  prune={"name": "fixed", "threshold": 5e-3, "start_epoch": 1, "every": 1})

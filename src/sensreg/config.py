@@ -22,11 +22,13 @@ import torch
 from .data import FOLDER_DATASETS, LOADERS, NUM_CLASSES, input_shape
 from .models import MODELS, build_model
 from .precision import PRECISIONS
-from .regularizer import FOLLOW_ETA, SCHEDULES, lambda_schedule
-from .sensitivity import OUTPUTS, VARIANTS
+from .per_sample import LayerTape, PerSampleError
+from .regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, lambda_schedule
+from .sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
 
 OPTIMIZERS = ("sgd", "adam")
 PRUNE_SCHEDULES = ("search", "fixed", "none")
+PRUNE_SCOPES = ("global", "layer")  # one threshold on |w|, or τ·σ_l per tensor (pruning.Masks.scales)
 PARAM_SETS = ("all", "weights")
 # Keys that say where and how a run executes, not what it computes: left out of the config hash
 # and free to change when a run is resumed.
@@ -42,8 +44,11 @@ NOT_COMPUTATION = (("trainer", "device"), ("trainer", "progress"), ("trainer", "
 # them: any value reproduces the older runs, and their defaults keep those runs' hashes.
 LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False, ("trainer", "precision"): "fp32",
                                            ("trainer", "compile"): False, ("prune", "batchnorm"): False,
+                                           ("prune", "scope"): "global",
                                            ("data", "image_size"): 224, ("data", "resize"): 256,
-                                           ("data", "shape"): [1, 28, 28]}
+                                           ("data", "shape"): [1, 28, 28], ("sens", "reduction"): "batch",
+                                           ("sens", "scale"): "none", ("sens", "gamma"): 1.0,
+                                           ("sens", "scale_over"): "tensor"}
 
 
 class ConfigError(ValueError):
@@ -102,6 +107,13 @@ class SensConfig:
     output: str = "logits"
     params: str = "all"
     classes: int | None = None
+    # batch: |d mean_n o_n / dw|; sample: mean_n |d o_n / dw| (per_sample.py)
+    reduction: str = "batch"
+    # how S is brought to the scale of the bound at 1: none, gamma (S * gamma), max (S / max S
+    # per tensor or over all regularized tensors: scale_over); regularizer.SCALES
+    scale: str = "none"
+    gamma: float = 1.0
+    scale_over: str = "tensor"
 
 
 @dataclass
@@ -137,6 +149,10 @@ class PruneConfig:
     # or pruned (why: NORM_LAYERS in pruning.py). One key for both sets, as it is about which
     # parameters the method touches at all.
     batchnorm: bool = False
+    # global: one threshold on |w| for every prunable tensor; layer: the threshold (search:
+    # the bisected value; fixed: prune.threshold) is τ, and tensor l prunes |w| < τ·σ_l, σ_l the
+    # standard deviation of its kept entries (Han et al. 2015; pruning.Masks.scales)
+    scope: str = "global"
 
 
 @dataclass
@@ -212,11 +228,22 @@ class TrainConfig:
         choice("sens.name", self.sens.name, list(VARIANTS))
         choice("sens.output", self.sens.output, OUTPUTS)
         choice("sens.params", self.sens.params, PARAM_SETS)
+        choice("sens.reduction", self.sens.reduction, REDUCTIONS)
+        choice("sens.scale", self.sens.scale, SCALES)
+        choice("sens.scale_over", self.sens.scale_over, SCALE_OVER)
+        if not (isinstance(self.sens.gamma, (int, float)) and 0 < self.sens.gamma < float("inf")):
+            p.append(f"sens.gamma={self.sens.gamma!r} must be a positive, finite number (the factor on S "
+                     f"under sens.scale=gamma; weights with S >= 1/gamma are not shrunk).")
+        if self.sens.reduction == "sample" and self.trainer.compile:
+            p.append("sens.reduction=sample records each layer's input and output with module hooks, "
+                     "which trainer.compile=true would compile away; set trainer.compile=false or "
+                     "sens.reduction=batch.")
         choice("optim.name", self.optim.name, OPTIMIZERS)
         choice("eta_schedule.name", self.eta_schedule.name, list(SCHEDULES))
         choice("lam_schedule.name", self.lam_schedule.name, [*SCHEDULES, FOLLOW_ETA])
         choice("prune.name", self.prune.name, PRUNE_SCHEDULES)
         choice("prune.params", self.prune.params, PARAM_SETS)
+        choice("prune.scope", self.prune.scope, PRUNE_SCOPES)
         choice("trainer.precision", self.trainer.precision, PRECISIONS)
 
         if not (isinstance(self.data.val_fraction, (int, float)) and 0 < self.data.val_fraction < 1):
@@ -304,10 +331,15 @@ class TrainConfig:
         classes = NUM_CLASSES.get(self.data.name, self.data.num_classes)
         try:
             with torch.device("meta"):
-                build_model(self.model.name, classes, shape)
+                model = build_model(self.model.name, classes, shape)
         except ValueError as err:
             return [f"model.name={self.model.name} cannot train on data.name={self.data.name} "
                     f"(inputs {'x'.join(map(str, shape))}): {err}. Choose a model made for this dataset."]
+        if self.sens.reduction == "sample" and VARIANTS[self.sens.name].uses_sensitivity:
+            try:
+                LayerTape(model, [p for p in model.parameters() if p.requires_grad])
+            except PerSampleError as err:
+                return [f"model.name={self.model.name}: {err}"]
         return []
 
     def _lambda_schedule_problems(self) -> list[str]:

@@ -24,6 +24,58 @@ def insensitivity(sens: Tensor) -> Tensor:
     return (1.0 - sens).clamp_(min=0.0)
 
 
+# How S is brought to the scale of the bound at 1 before the insensitivity is taken
+# (config key sens.scale), and what lambda then means:
+# - none: S as computed. lambda is the per-step shrink rate of a weight with S = 0, and of every
+#   weight within a factor 1 - S of it; where S << 1 for all weights, plain weight decay.
+# - gamma: S times the constant sens.gamma. Weights with S >= 1/gamma are not shrunk at all;
+#   lambda keeps its meaning for the insensitive ones, but fewer weights are shrunk at the full rate.
+# - max: S divided by its largest value, per tensor or over all regularized tensors
+#   (sens.scale_over; the LOBSTER code's "rescaled"). The most sensitive weight is never shrunk
+#   and S is on [0, 1] whatever the network; lambda is the rate at S = 0, and the mean shrink of
+#   a tensor depends on how its S is spread below the maximum.
+SCALES = ("none", "gamma", "max")
+SCALE_OVER = ("tensor", "all")
+
+
+@torch.no_grad()
+def rescale_(sens: list[Tensor], scale: str, gamma: float = 1.0, over: str = "tensor") -> None:
+    """Bring the sensitivities ``sens`` (scratch tensors) to the scale of the bound at 1, in place."""
+    if scale == "none" or not sens:
+        return
+    if scale == "gamma":
+        torch._foreach_mul_(sens, gamma)
+        return
+    if scale != "max":
+        raise ValueError(f"unknown sensitivity scale {scale!r}; known: {', '.join(SCALES)}")
+    # The maxima stay on the device (no wait for it); an all-zero tensor keeps its zeros.
+    maxima = [m.clamp_(min=torch.finfo(m.dtype).tiny) for m in torch._foreach_norm(sens, float("inf"))]
+    if over == "all":
+        top = torch.stack(maxima).max()
+        torch._foreach_div_(sens, top)
+    elif over == "tensor":
+        torch._foreach_div_(sens, maxima)
+    else:
+        raise ValueError(f"unknown sens.scale_over {over!r}; known: {', '.join(SCALE_OVER)}")
+
+
+@torch.no_grad()
+def insensitivity_stats(sens: list[Tensor] | None, kept: list[Tensor | None]) -> dict[str, float]:
+    """Mean insensitivity max(0, 1 - S) of the kept entries and the share of them below 0.5 (whose
+    shrink the sensitivity cuts by more than half). ``sens`` None: no sensitivity (l2), every
+    insensitivity 1. ``kept``: per tensor, the float mask of kept entries, or None (all kept)."""
+    if sens is None:
+        return {"insens_mean": 1.0, "insens_below_half": 0.0}
+    count = total = below = 0.0
+    for s, k in zip(sens, kept):
+        bar = insensitivity(s.double())
+        weight = torch.ones_like(bar) if k is None else k.double()
+        count += float(weight.sum())
+        total += float((bar * weight).sum())
+        below += float(((bar < 0.5).double() * weight).sum())
+    return {"insens_mean": total / max(count, 1.0), "insens_below_half": below / max(count, 1.0)}
+
+
 @torch.no_grad()
 def shrink_(params: Sequence[Tensor], sens: Sequence[Tensor] | None, lam: float) -> None:
     """w <- w * (1 - lam * max(0, 1 - S)) in place, for each parameter with its sensitivity.

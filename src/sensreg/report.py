@@ -20,8 +20,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+# insens_mean, insens_below_half: the mean insensitivity max(0, 1 - S) of the kept regularized
+# weights at the epoch's last step, and the share of them below 0.5 (blank without a regularizer).
 METRIC_COLUMNS = ("epoch", "eta", "lam", "train_loss", "val_loss", "val_error", "remaining_pct",
-                  "threshold", "seconds")
+                  "threshold", "insens_mean", "insens_below_half", "seconds")
 
 
 def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
@@ -72,7 +74,10 @@ def epoch_line(row: dict[str, Any]) -> str:
     return (f"epoch {row['epoch']:>3}  eta {row['eta']:.3g}  lam {row['lam']:.3g}  "
             f"train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
             f"val_err {100 * row['val_error']:.2f}%  remaining {row['remaining_pct']:.2f}%  "
-            f"T {row['threshold']:.3g}  {row['seconds']:.1f}s")
+            f"T {row['threshold']:.3g}  "
+            + (f"insens {row['insens_mean']:.3f} (<0.5: {100 * row['insens_below_half']:.1f}%)  "
+               if row.get("insens_mean") is not None else "")
+            + f"{row['seconds']:.1f}s")
 
 
 def versions() -> dict[str, str]:

@@ -2,8 +2,10 @@
 
 The sensitivity of parameter w is S(w) = sum_k alpha_k |d o_k / d w|, where o is the network
 output chosen by ``output``: the logits z, or the probabilities y = softmax(z). On a minibatch
-the derivative is taken of the batch mean of the output (one backward pass per output
-component, not one per sample), and the absolute value is applied to that mean derivative.
+the ``batch`` reduction takes the derivative of the batch mean of the output (one backward pass
+per output component, not one per sample) and applies the absolute value to that mean
+derivative; the ``sample`` reduction (``per_sample``, ``per_sample.py``) takes the mean over the
+samples of each sample's absolute derivative, in which samples cannot cancel each other.
 
 Variants (``VARIANTS``):
 
@@ -29,9 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .per_sample import LayerTape
+
 OUTPUTS = ("logits", "probs")
+REDUCTIONS = ("batch", "sample")  # |d mean_n o_n / dw|, or mean_n |d o_n / dw| (per_sample.py)
 # Sums a list of tensors over the processes of a distributed run, in place.
 Reduce = Callable[[list[Tensor]], None]
 
@@ -113,13 +119,7 @@ def unspecific(logits: Tensor, params: list[Tensor], output: str = "logits",
     """
     o = batch_mean(output_of(logits, output), total)  # (C,)
     num_classes = o.shape[0]
-    if classes is None or classes >= num_classes:
-        rows = torch.arange(num_classes, device=o.device)
-    else:
-        if classes < 1:
-            raise ValueError(f"classes must be >= 1, got {classes}")
-        # Sampled on the CPU (``generator`` is a CPU generator) so runs agree across devices.
-        rows = torch.randperm(num_classes, generator=generator)[:classes].to(o.device)
+    rows = class_rows(num_classes, classes, generator, o.device)
     if batched:
         basis = torch.zeros(len(rows), num_classes, dtype=o.dtype, device=o.device)
         basis[torch.arange(len(rows), device=o.device), rows] = 1.0
@@ -141,6 +141,43 @@ def unspecific(logits: Tensor, params: list[Tensor], output: str = "logits",
             if g is not None:
                 t.add_(g.abs())
     return [t.div_(len(rows)) for t in total_abs]
+
+
+def class_rows(num_classes: int, classes: int | None, generator: torch.Generator | None,
+               device: torch.device) -> Tensor:
+    """The classes the unspecific sensitivity averages over: all of them, or ``classes`` distinct
+    ones drawn uniformly at random from ``generator``."""
+    if classes is None or classes >= num_classes:
+        return torch.arange(num_classes, device=device)
+    if classes < 1:
+        raise ValueError(f"classes must be >= 1, got {classes}")
+    # Sampled on the CPU (``generator`` is a CPU generator) so runs agree across devices.
+    return torch.randperm(num_classes, generator=generator)[:classes].to(device)
+
+
+def per_sample(variant: Variant, tape: LayerTape, logits: Tensor, targets: Tensor, output: str = "logits",
+               classes: int | None = None, generator: torch.Generator | None = None,
+               total: int | None = None, retain_graph: bool = False) -> list[Tensor]:
+    """The ``sample`` reduction: S(w) = mean_n |d o_n / d w| (``per_sample.py``).
+
+    ``logits`` must come from the forward pass that ``tape`` recorded. spec: o_n = o_{n, t_n};
+    unspec: (1/C) sum_k over the (sampled) classes of mean_n |d o_{n,k} / dw|; loss:
+    mean_n |d L_n / dw|. With ``total`` (one of several processes), each process's part of the
+    sum over the samples of the batch divided by ``total``: summed over the processes, the
+    whole batch's value. (The absolute values are taken per sample, before that sum.)
+    """
+    if variant.name == "loss":
+        n = len(targets) if total is None else total
+        return tape.abs_grad_sums([F.cross_entropy(logits, targets, reduction="sum") / n], retain_graph)
+    o = output_of(logits, output)
+    if variant.name == "spec":
+        return tape.abs_grad_sums([batch_mean(o.gather(1, targets[:, None]).squeeze(1), total)], retain_graph)
+    if variant.name != "unspec":
+        raise ValueError(f"variant {variant.name!r} has no sensitivity to reduce per sample")
+    means = batch_mean(o, total)  # (C,): each a sum of per-sample terms
+    rows = class_rows(means.shape[0], classes, generator, means.device)
+    sums = tape.abs_grad_sums([means[k] for k in rows.tolist()], retain_graph)
+    return list(torch._foreach_div(sums, len(rows)))
 
 
 # Modules whose backward has no batching rule in autograd's batched-gradient mode: PyTorch falls
@@ -168,6 +205,7 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
                               batched: bool = True,
                               loss_scale: Tensor | float | None = None,
                               total: int | None = None, reduce: Reduce | None = None,
+                              tape: LayerTape | None = None, sens_logits: Tensor | None = None,
                               ) -> tuple[list[Tensor], list[Tensor] | None]:
     """The loss gradient for ``params`` and, where the variant has one, their sensitivity.
 
@@ -185,6 +223,11 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
     ``loss`` must be this part's share of the batch mean, and the gradients and sensitivities
     returned are those of the whole batch, the same on every process. The loss gradient and
     the specific sensitivity's derivatives go through ``reduce`` together, in one call.
+
+    ``tape`` (the ``sample`` reduction): the sensitivity is mean_n |d o_n / dw| (``per_sample``)
+    instead of the absolute value of the batch-mean derivative, for spec, unspec and loss alike.
+    ``sens_logits``: the logits of the forward pass the tape recorded, where that is not the
+    pass of ``loss`` (a network with batch norm: ``per_sample.held_batch_statistics``).
     """
     # Why the output sensitivities' backward passes are not scaled under float16: the shrink
     # uses the insensitivity max(0, 1 - S), so what matters is the error of S against 1, and
@@ -196,6 +239,16 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
     # norm) than bfloat16 (0.2-1.4 %); at most 22 of LeNet-5's 431,080 entries underflowed to
     # zero, each with a float32 sensitivity below 1e-5. A scale of 1024 left the relative error
     # unchanged (to 1e-4) and would risk overflow (S above 64), which would need its own check.
+    if tape is not None and variant.uses_sensitivity:
+        scaled = loss if loss_scale is None else loss * loss_scale
+        separate = sens_logits is not None and sens_logits is not logits
+        grads = [_or_zero(g, p) for g, p in zip(
+            torch.autograd.grad(scaled, params, retain_graph=not separate, allow_unused=True), params)]
+        sens = per_sample(variant, tape, logits if sens_logits is None else sens_logits, targets, output,
+                          classes, generator, total)
+        if reduce is not None:  # per-sample absolute values add up over the processes' samples
+            reduce(grads + sens)
+        return grads, sens
     needs_extra_backward = variant.name in ("spec", "unspec")
     scaled = loss if loss_scale is None else loss * loss_scale
     grads = [_or_zero(g, p) for g, p in zip(

@@ -33,7 +33,8 @@ from .evaluate import evaluate
 from .models import build_model
 from .precision import autocast, grad_scaler
 from .pruning import Masks, prunable_names, search_threshold, sparsity_stats
-from .regularizer import build_schedule, lambda_schedule, shrink_
+from .per_sample import LayerTape, has_batch_statistics, held_batch_statistics
+from .regularizer import build_schedule, insensitivity_stats, lambda_schedule, rescale_, shrink_
 from .run_folder import CHECKPOINT_NAME
 from .sensitivity import Variant, batched_vjps_are_faster, get_variant, gradients_and_sensitivity
 
@@ -54,7 +55,9 @@ class TrainStep:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, variant: Variant,
                  masks: Masks, regularized: list[str], output: str = "logits",
                  classes: int | None = None, generator: torch.Generator | None = None,
-                 precision: str = "fp32", compile: bool = False, dist: Dist = SINGLE):
+                 precision: str = "fp32", compile: bool = False, dist: Dist = SINGLE,
+                 reduction: str = "batch", scale: str = "none", gamma: float = 1.0,
+                 scale_over: str = "tensor"):
         self.model, self.optimizer, self.variant, self.masks = model, optimizer, variant, masks
         self.output, self.classes, self.generator = output, classes, generator
         # Frozen parameters (requires_grad=False) are neither trained nor regularized.
@@ -73,6 +76,15 @@ class TrainStep:
         # autograd's batched-gradient mode, which then fails: compiled, the unspecific VJPs go
         # one class after the other.
         self.batched = batched_vjps_are_faster(model) and not compile
+        # The sample reduction records each layer's input and output in the forward pass; with
+        # batch norm, the sensitivity has a forward pass of its own, with the batch's statistics
+        # held constant, so that each sample's output depends on that sample alone.
+        self.tape = LayerTape(model, self.params) if reduction == "sample" and variant.uses_sensitivity else None
+        self.held_statistics = self.tape is not None and has_batch_statistics(model)
+        self.scale, self.gamma, self.scale_over = scale, gamma, scale_over
+        # Kept-entry masks of the regularized tensors (None: not prunable), for insensitivity_stats.
+        self.reg_kept = [masks.factors[masks.names.index(n)] if n in masks.names else None for n in regularized]
+        self.insensitivity: dict[str, float] | None = None  # of the last step called with measure=True
 
     def gradients(self, x: Tensor, y: Tensor, total: int | None = None
                   ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
@@ -92,14 +104,24 @@ class TrainStep:
 
     def _gradients(self, x: Tensor, y: Tensor, total: int | None = None
                    ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
+        sens_logits = None
         with autocast(self.device, self.precision):
-            logits = self.forward(x)
+            if self.tape is None:
+                logits = self.forward(x)
+            elif self.held_statistics:
+                logits = self.forward(x)
+                with self.tape.record(), held_batch_statistics(self.model):
+                    sens_logits = self.forward(x)
+            else:
+                with self.tape.record():
+                    logits = self.forward(x)
         # The loss and the outputs that the sensitivities differentiate are formed in float32
         # from the (bf16/fp16) logits; the cast is part of the graph, so the loss gradient and
         # the sensitivities' backward passes all run back through the same autocast forward.
         # (In fp32 there is nothing to cast: a float64 model stays float64.)
         if self.precision != "fp32":
             logits = logits.float()
+            sens_logits = None if sens_logits is None else sens_logits.float()
         if self.dist.enabled:
             # This part's share of the batch mean: summed over the processes, the batch mean.
             total = len(y) if total is None else total
@@ -117,16 +139,23 @@ class TrainStep:
         scale = None if self.scaler is None else self.scaler.scale(torch.ones((), device=self.device))
         grads, sens = gradients_and_sensitivity(self.variant, logits, loss, y, self.params, self.output,
                                                 self.classes, self.generator, self.batched, scale,
-                                                total, reduce)
+                                                total, reduce, self.tape, sens_logits)
         return (loss.detach() if reduce is None else reported), grads, sens
 
-    def __call__(self, x: Tensor, y: Tensor, lam: float, total: int | None = None) -> Tensor:
+    def __call__(self, x: Tensor, y: Tensor, lam: float, total: int | None = None,
+                 measure: bool = False) -> Tensor:
+        """One step; ``measure``: also keep the insensitivity figures of this step in
+        ``self.insensitivity`` (a wait for the device: once an epoch, not every step)."""
         loss, grads, sens = self.gradients(x, y, total)
         if self.scaler is not None and not self._unscale_(grads):
             return loss
+        reg_sens = None if sens is None else [sens[i] for i in self.reg_index]
+        if reg_sens is not None:
+            rescale_(reg_sens, self.scale, self.gamma, self.scale_over)
+        if measure and self.variant.regularizes:
+            self.insensitivity = insensitivity_stats(reg_sens, self.reg_kept)
         if self.variant.regularizes and lam > 0:
-            reg_params = [self.params[i] for i in self.reg_index]
-            shrink_(reg_params, None if sens is None else [sens[i] for i in self.reg_index], lam)
+            shrink_([self.params[i] for i in self.reg_index], reg_sens, lam)
         self.masks.mask_([grads[i] for i in self.mask_index])
         for p, g in zip(self.params, grads):
             p.grad = g
@@ -311,7 +340,8 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
     dist.sync_model_(model)  # every process starts from process 0's weights
     t = cfg.trainer
     step = TrainStep(model, optimizer, variant, masks, prunable_names(model, cfg.sens.params, cfg.prune.batchnorm),
-                     cfg.sens.output, cfg.sens.classes, class_gen, t.precision, t.compile, dist)
+                     cfg.sens.output, cfg.sens.classes, class_gen, t.precision, t.compile, dist,
+                     cfg.sens.reduction, cfg.sens.scale, cfg.sens.gamma, cfg.sens.scale_over)
     if saved is not None and step.scaler is not None:  # fp16: the loss scale it had reached
         step.scaler.load_state_dict(saved["scaler"])
     warmup = t.warmup_epochs
@@ -359,7 +389,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
                 if augment_gen is not None:  # drawn for the whole batch, so the same on every process
                     draws = [part_of(d, dist.shard) for d in crop_flip_draws(total, augment_gen)]
                     x = crop_flip(x, draws, fill=data.pad_value)
-                loss_sum += step(x, y, lam, total)
+                loss_sum += step(x, y, lam, total, measure=b == n_batches - 1)
                 advance()
                 if dist.any(stop.requested is not None):  # every process stops after the same step
                     stop.agree()
@@ -393,7 +423,8 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
                     loop.stale += 1
                 if loop.stale >= cfg.prune.patience:
                     found = _search_and_prune(model, masks, optimizer, data, eval_bs, val["loss"],
-                                              cfg.prune.tolerance, epoch + 1, t.precision, dist)
+                                              cfg.prune.tolerance, epoch + 1, t.precision, dist,
+                                              cfg.prune.scope)
                     if found is not None:
                         loop.thresholds.append(found)
                         loop.threshold = found["threshold"]
@@ -401,12 +432,15 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
                     loop.best_val, loop.stale = val["loss"], 0
             elif cfg.prune.name == "fixed" and (epoch + 1 - cfg.prune.start_epoch) % cfg.prune.every == 0:
                 before = masks.remaining_pct()
-                pruned = masks.prune_below_(cfg.prune.threshold, optimizer)
+                # scope=layer: prune.threshold is τ, each tensor's threshold τ·σ_l (Masks.scales)
+                per_tensor = masks.scaled_thresholds(cfg.prune.threshold, masks.scales(cfg.prune.scope))
+                pruned = masks.prune_below_(per_tensor, optimizer)
                 if pruned:
                     loop.threshold = cfg.prune.threshold
                     val_after = evaluate(model, data.val, eval_bs, t.precision, dist)
                     loop.thresholds.append({
-                        "epoch": epoch + 1, "threshold": loop.threshold, "pruned": pruned,
+                        "epoch": epoch + 1, "threshold": loop.threshold,
+                        **_scope_record(cfg.prune.scope, masks, per_tensor), "pruned": pruned,
                         "remaining_pct_before": before, "remaining_pct_after": masks.remaining_pct(),
                         "val_loss_before": val["loss"], "val_loss_after": val_after["loss"]})
                     val = val_after
@@ -414,7 +448,7 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         row = {"epoch": epoch + 1, "eta": eta, "lam": lam, "train_loss": train_loss,
                "val_loss": val["loss"], "val_error": val["error"],
                "remaining_pct": masks.remaining_pct(), "threshold": loop.threshold,
-               "seconds": time.time() - epoch_start}
+               **(step.insensitivity or {}), "seconds": time.time() - epoch_start}
         loop.rows.append(row)
         loop.epoch, loop.batch, loop.loss_sum, loop.epoch_seconds = epoch + 1, 0, 0.0, 0.0
         loop.shuffle_state = shuffle_gen.get_state()
@@ -462,29 +496,46 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
 
 def _search_and_prune(model: nn.Module, masks: Masks, optimizer, data: Dataset, eval_bs: int,
                       val_loss: float, tolerance: float, epoch: int,
-                      precision: str = "fp32", dist: Dist = SINGLE) -> dict[str, Any] | None:
-    """Find the largest global threshold within tolerance on the validation loss and apply it."""
+                      precision: str = "fp32", dist: Dist = SINGLE,
+                      scope: str = "global") -> dict[str, Any] | None:
+    """Find the largest threshold within tolerance on the validation loss and apply it: one
+    global T on |w| (scope ``global``), or one τ pruning |w| < τ·σ_l in each tensor (``layer``).
+
+    σ_l is taken once, before the search, from the weights (the same on every process), and held
+    for every τ tried and for the one applied: the pruning applied is the one evaluated."""
     saved = [p.detach().clone() for p in masks.params]
+    scales = masks.scales(scope)  # 1.0 each for global
+    normalized = scales if scope == "layer" else None  # global: the search on |w| as it always was
 
     @torch.no_grad()
     def loss_with(threshold: float) -> float:
-        for p, s, m in zip(masks.params, saved, masks.masks):
-            p.copy_(s * (m & (s.abs() >= threshold)))
+        for p, s, m, t in zip(masks.params, saved, masks.masks, masks.scaled_thresholds(threshold, scales)):
+            p.copy_(s * (m & (s.abs() >= t)))
         loss = evaluate(model, data.val, eval_bs, precision, dist)["loss"]
         for p, s in zip(masks.params, saved):
             p.copy_(s)
         return loss
 
     before = masks.remaining_pct()
-    result = search_threshold(masks.kept_magnitudes(), loss_with, val_loss, tolerance,
-                              limit=masks.emptying_threshold())
+    result = search_threshold(masks.kept_magnitudes(normalized), loss_with, val_loss, tolerance,
+                              limit=masks.emptying_threshold(normalized))
     if result.threshold <= 0.0:
         return None
-    pruned = masks.prune_below_(result.threshold, optimizer)
-    return {"epoch": epoch, "threshold": result.threshold, "pruned": pruned,
+    per_tensor = masks.scaled_thresholds(result.threshold, scales)
+    pruned = masks.prune_below_(per_tensor, optimizer)
+    return {"epoch": epoch, "threshold": result.threshold, **_scope_record(scope, masks, per_tensor),
+            "pruned": pruned,
             "remaining_pct_before": before, "remaining_pct_after": masks.remaining_pct(),
             "val_loss_before": result.loss_before, "val_loss_after": result.loss_after,
             "evaluations": result.evaluations}
+
+
+def _scope_record(scope: str, masks: Masks, per_tensor: list[float]) -> dict[str, Any]:
+    """The scope of a threshold decision and, for ``layer``, each tensor's own threshold τ·σ_l
+    (0.0 for a tensor the rule leaves alone: Masks.scales)."""
+    if scope == "global":
+        return {"scope": scope}
+    return {"scope": scope, "layer_thresholds": dict(zip(masks.names, per_tensor))}
 
 
 def _progress(enabled: bool, description: str, total: int, completed: int = 0):
