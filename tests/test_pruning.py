@@ -522,3 +522,328 @@ def test_lenet_sizes_and_dense_flops(name, params, weights, flops, layer_flops):
     positions = layer_macs_per_weight(model, (1, 28, 28))
     assert stats["flops"]["remaining"] == sum(
         positions[n] * int(m.sum()) for n, m in zip(masks.names, masks.masks))
+
+
+# --- prune.scope=layer: thresholds τ·σ_l per tensor -----------------------------------------------
+
+def pstdev(values) -> float:
+    """The population standard deviation, the plain Python way (shares nothing with torch.std)."""
+    values = [float(v) for v in values]
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+
+
+def two_scales(seed: int = 0) -> nn.Module:
+    """Two weight tensors of very different scales: ~N(0, 1) and ~N(0, 0.01²)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(40, 50, bias=False), nn.Linear(50, 30, bias=False))
+    with torch.no_grad():
+        model[0].weight.normal_(0.0, 1.0)
+        model[1].weight.normal_(0.0, 0.01)
+    return model
+
+
+def test_global_scope_is_one_threshold_and_unchanged():
+    model = small_net()
+    masks = Masks(model, prunable_names(model, "all"))
+    assert masks.scales("global") == [1.0] * 4
+    assert masks.scaled_thresholds(0.2, masks.scales("global")) == [0.2] * 4
+    other = Masks(small_net(), prunable_names(model, "all"))
+    assert masks.prune_below_(0.2) == other.prune_below_([0.2] * 4) > 0  # a list of equal ones: the same
+    assert all(torch.equal(a, b) for a, b in zip(masks.masks, other.masks))
+    with pytest.raises(ValueError, match="3 thresholds for 4 tensors"):
+        masks.prune_below_([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="unknown threshold scope 'bogus'; known: global, layer"):
+        masks.scales("bogus")
+
+
+def test_layer_scope_prunes_each_tensor_below_tau_times_its_own_std():
+    model = two_scales()
+    weights = [model[0].weight.detach().clone(), model[1].weight.detach().clone()]
+    sigmas = [pstdev(w.flatten().tolist()) for w in weights]
+    assert sigmas[0] == pytest.approx(1.0, rel=0.05) and sigmas[1] == pytest.approx(0.01, rel=0.05)
+
+    # A global threshold that suits the large tensor removes nearly all of the small one.
+    masks = Masks(two_scales(), prunable_names(model, "weights"))
+    masks.prune_below_(0.05)
+    gone = [1 - float(m.float().mean()) for m in masks.masks]
+    assert gone[0] < 0.06 and gone[1] > 0.99
+
+    # The same τ·σ rule per tensor: the fraction each tensor loses is its own, predicted entry by
+    # entry from |w| < τ·std(kept entries), and about P(|z| < τ) = 38 % for a normal at τ = 0.5.
+    masks = Masks(model, prunable_names(model, "weights"))
+    scales = masks.scales("layer")
+    assert scales == pytest.approx(sigmas, rel=1e-12)
+    tau = 0.5
+    thresholds = masks.scaled_thresholds(tau, scales)
+    assert thresholds == pytest.approx([tau * s for s in sigmas], rel=1e-12)
+    expected = [w.abs() < tau * s for w, s in zip(weights, sigmas)]
+    assert masks.prune_below_(thresholds) == sum(int(e.sum()) for e in expected)
+    for m, e, w, p in zip(masks.masks, expected, weights, masks.params):
+        assert torch.equal(m, ~e)
+        assert bool((p[e] == 0).all()) and torch.equal(p[~e], w[~e])
+        assert float(e.float().mean()) == pytest.approx(0.383, abs=0.04)
+
+
+def test_layer_scales_use_only_the_kept_entries():
+    model = two_scales()
+    original = [p.detach().clone() for p in model.parameters()]
+    masks = Masks(model, prunable_names(model, "weights"))
+    masks.prune_below_([0.8, 0.0])  # the first tensor loses its entries below 0.8, the second none
+    kept = [p.detach()[m] for p, m in zip(masks.params, masks.masks)]
+    assert 0.4 < 1 - kept[0].numel() / masks.params[0].numel() < 0.65
+    sigma_kept = pstdev(kept[0].tolist())
+    sigma_all = pstdev(masks.params[0].detach().flatten().tolist())  # with the pruned zeros
+    assert sigma_kept > 1.2 * sigma_all  # the difference the rule must see
+    scales = masks.scales("layer")
+    assert scales == pytest.approx([sigma_kept, pstdev(kept[1].tolist())], rel=1e-12)
+    # the candidate values: |w| / σ of the kept entries only
+    normalized = masks.kept_magnitudes(scales)
+    assert normalized.dtype == torch.float64 and normalized.numel() == masks.kept()
+    assert torch.allclose(normalized, torch.cat([k.abs().double() / s for k, s in zip(kept, scales)]).sort().values,
+                          rtol=1e-15, atol=0)
+
+    before = [m.clone() for m in masks.masks]
+    tau = 1.0
+    masks.prune_below_(masks.scaled_thresholds(tau, scales))
+    for w, m0, m, s in zip(original, before, masks.masks, (sigma_kept, scales[1])):
+        assert torch.equal(m, m0 & ~(w.abs() < tau * s))
+    assert int((before[0] & ~masks.masks[0]).sum()) > 0  # entries above 0.8 but below σ_kept went too
+
+
+def test_layer_scope_leaves_tensors_without_spread_alone():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(12.0).view(3, 4) - 5.5)
+        model[0].bias.fill_(0.3)  # all equal: σ = 0
+        model[1].weight.fill_(0.01)
+        model[1].weight[0, 0] = 0.9  # one entry survives the first cut
+        model[1].bias.zero_()  # a bias at its initial zero: σ = 0 too
+    masks = Masks(model, prunable_names(model, "all"))
+    masks.prune_below_([0.0, 0.0, 0.5, 0.0, 1e9, 1e9])  # 1.weight keeps 0.9 only; 2.* lose everything
+    assert [int(m.sum()) for m in masks.masks] == [12, 3, 1, 2, 0, 0]
+    scales = masks.scales("layer")
+    assert scales[0] == pytest.approx(pstdev(range(12)), rel=1e-12)
+    assert scales[1:] == [0.0] * 5  # equal entries, one entry, or none: no spread, and no nan
+    before = [p.detach().clone() for p in masks.params]
+    assert masks.prune_below_(masks.scaled_thresholds(1e9, scales)) == 12  # only the tensor with spread
+    assert torch.equal(masks.params[1], before[1]) and torch.equal(masks.params[2], before[2])
+    assert torch.equal(masks.params[3], before[3])
+    assert masks.kept_magnitudes(masks.scales("layer")).numel() == 0  # nothing left to search over
+    assert masks.emptying_threshold(masks.scales("layer")) == float("inf")
+
+
+def scope_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(10, 12), nn.Tanh(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
+    with torch.no_grad():
+        for layer, scale in zip(model[::2], (1.0, 0.05, 3.0)):
+            layer.weight.mul_(scale)
+    return model
+
+
+def brute_force_layer_search(weights: list[Tensor], is_matrix: list[bool], loss_of_pruned, bound: float):
+    """Every candidate τ (the sorted |w|/σ_l, σ_l the population std in plain Python), pruning
+    the entries with |w|/σ_l < τ, none above the smallest largest |w|/σ_l of the matrices; the
+    largest τ whose loss is within bound, and what it prunes (False: pruned)."""
+    sigmas = [pstdev(w.flatten().tolist()) for w in weights]
+    normalized = [w.abs().double() / s for w, s in zip(weights, sigmas)]
+    limit = min(float(v.max()) for v, matrix in zip(normalized, is_matrix) if matrix)
+    candidates = sorted(float(x) for v in normalized for x in v.flatten())
+    best, best_kept = 0.0, [torch.ones_like(w, dtype=torch.bool) for w in weights]
+    for tau in candidates:
+        if tau > limit:
+            break
+        kept = [v >= tau for v in normalized]
+        if loss_of_pruned(kept) <= bound:
+            best, best_kept = tau, kept
+    return best, best_kept, sigmas
+
+
+def fake_validation(monkeypatch, model: nn.Module, names: list[str]):
+    """Replace the validation pass of ``_search_and_prune`` by a loss that grows with every entry
+    pruned (a zero where ``model`` had none), at a different cost per tensor; returns that loss
+    as a function of the kept masks, the original weights and the list of evaluations."""
+    import sensreg.train as train_module
+
+    original = [p.detach().clone() for n, p in model.named_parameters() if n in names]
+    cost = [3.0, 1.0, 40.0, 5.0, 0.5, 2.0]  # per tensor, per unit of |w| pruned
+    evaluated = []
+
+    def loss_of_pruned(kept):
+        return 1.0 + sum(c * float(w.abs()[~k].double().sum()) for c, w, k in zip(cost, original, kept))
+
+    def fake_evaluate(model_, split, batch_size, precision="fp32", dist=None):
+        evaluated.append(1)
+        params = dict(model_.named_parameters())
+        return {"loss": loss_of_pruned([params[n].detach() != 0 for n in names]), "error": 0.0}
+
+    monkeypatch.setattr(train_module, "evaluate", fake_evaluate)
+    return loss_of_pruned, original, evaluated
+
+
+@pytest.mark.parametrize("tolerance", [0.02, 0.2, 1e6])
+def test_layer_search_finds_the_largest_tau_within_tolerance(monkeypatch, tolerance):
+    """``_search_and_prune`` with scope=layer, its validation loss faked from what it pruned,
+    against a brute-force scan over every candidate τ."""
+    from types import SimpleNamespace
+
+    from sensreg.train import _search_and_prune
+
+    model = scope_net()
+    masks = Masks(model, prunable_names(model, "all"))
+    loss_of_pruned, original, evaluated = fake_validation(monkeypatch, model, masks.names)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    found = _search_and_prune(model, masks, opt, SimpleNamespace(val=None), 100, 1.0, tolerance,
+                              epoch=3, scope="layer")
+    tau, kept, sigmas = brute_force_layer_search(original, [p.dim() > 1 for p in original], loss_of_pruned,
+                                                 (1 + tolerance) * 1.0)
+    assert tau > 0 and found is not None
+    assert found["threshold"] == pytest.approx(tau, rel=1e-12)
+    assert found["scope"] == "layer" and found["epoch"] == 3
+    assert list(found["layer_thresholds"]) == masks.names
+    assert list(found["layer_thresholds"].values()) == pytest.approx([found["threshold"] * s for s in sigmas],
+                                                                      rel=1e-12)
+    for m, k in zip(masks.masks, kept):
+        assert torch.equal(m, k)  # it pruned exactly what the brute force found best
+    for p, m, w in zip(masks.params, masks.masks, original):
+        assert bool((p[~m] == 0).all()) and torch.equal(p[m], w[m])
+    assert found["pruned"] == sum(int((~k).sum()) for k in kept) > 0
+    assert found["val_loss_after"] == pytest.approx(loss_of_pruned(kept), rel=1e-12)  # applied = evaluated
+    assert found["val_loss_after"] <= (1 + tolerance) * 1.0
+    assert found["evaluations"] == len(evaluated) <= masks.total().bit_length() + 1
+    if tolerance == 1e6:  # nothing hurts enough: only the rule that never empties a matrix stops it
+        assert min(int(m.sum()) for m, p in zip(masks.masks, masks.params) if p.dim() > 1) == 1
+    # and the same with scope=global: a different decision, recorded without layer thresholds
+    fresh = scope_net()
+    fresh_masks = Masks(fresh, prunable_names(fresh, "all"))
+    fake_validation(monkeypatch, fresh, fresh_masks.names)
+    found_global = _search_and_prune(fresh, fresh_masks, None, SimpleNamespace(val=None), 100, 1.0, tolerance,
+                                     epoch=3)
+    assert found_global["scope"] == "global" and "layer_thresholds" not in found_global
+    assert any(not torch.equal(a, b) for a, b in zip(fresh_masks.masks, kept))
+
+
+def test_layer_candidates_prune_exactly_the_smaller_entries():
+    """For float32 weights the i-th candidate τ_i = |w_i| / σ_l (``kept_magnitudes``), turned
+    into the thresholds τ_i·σ per tensor, prunes exactly the i entries of smaller |w|/σ: the
+    entries of tensor l below w_i, never w_i itself."""
+    model = scope_net(seed=3)
+    masks = Masks(model, prunable_names(model, "all"))
+    scales = masks.scales("layer")
+    candidates = masks.kept_magnitudes(scales)
+    assert candidates.numel() == masks.total() and bool((candidates[1:] > candidates[:-1]).all())  # no ties
+    for i, tau in enumerate(candidates.tolist()):
+        pruned = sum(int((p.detach().abs() < t).sum())
+                     for p, t in zip(masks.params, masks.scaled_thresholds(tau, scales)))
+        assert pruned == i
+
+
+def test_layer_search_never_empties_a_weight_tensor():
+    model = scope_net(seed=1)
+    masks = Masks(model, prunable_names(model, "all"))
+    for _ in range(3):  # searches in a row; a loss that nothing hurts
+        scales = masks.scales("layer")
+        limit = masks.emptying_threshold(scales)
+        ratios = [float(p.detach()[m].abs().max()) / s for p, m, s in zip(masks.params, masks.masks, scales)
+                  if p.dim() > 1 and s > 0]
+        assert limit == pytest.approx(min(ratios, default=float("inf")), rel=1e-12)
+        loss = Counted(lambda tau: 1.0)
+        result = search_threshold(masks.kept_magnitudes(scales), loss, 1.0, 0.0, limit=limit)
+        assert all(tau <= limit for tau in loss.calls)
+        masks.prune_below_(masks.scaled_thresholds(result.threshold, scales))
+        assert all(int(m.sum()) >= 1 for m, p in zip(masks.masks, masks.params) if p.dim() > 1)
+    # The tensor that set the limit keeps its largest entry alone, and then has no spread left.
+    assert sorted(int(m.sum()) for m, p in zip(masks.masks, masks.params) if p.dim() > 1)[0] == 1
+    assert 0.0 in masks.scales("layer")
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_layer_scope_with_and_without_batch_norm(batchnorm):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([1.0, 0.2, 1.5, 0.9]))
+        model[1].bias.copy_(torch.tensor([0.05, -0.4, 0.3, -0.01]))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    names = prunable_names(model, "all", batchnorm=batchnorm)
+    assert ("1.weight" in names) == ("1.bias" in names) == batchnorm
+    masks = Masks(model, names)
+    scales = masks.scales("layer")
+    assert scales == pytest.approx([pstdev(before[n].flatten().tolist()) for n in names], rel=1e-12)
+    tau = 0.9
+    masks.prune_below_(masks.scaled_thresholds(tau, scales))
+    params = dict(model.named_parameters())
+    for n in before:
+        if n in names:  # each by its own σ
+            pruned = before[n].abs() < tau * pstdev(before[n].flatten().tolist())
+            assert torch.equal(params[n] == 0, pruned), n
+        else:
+            assert torch.equal(params[n], before[n]), n
+    if batchnorm:  # σ(gain) = 0.47: 0.2 goes; σ(offset) = 0.27: 0.05 and -0.01 go
+        assert params["1.weight"].tolist() == pytest.approx([1.0, 0.0, 1.5, 0.9])
+        assert params["1.bias"].tolist() == pytest.approx([0.0, -0.4, 0.3, 0.0])
+    # Fresh batch norm: gains all 1, offsets all 0, no spread: the rule leaves them alone.
+    fresh = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3))
+    fresh_masks = Masks(fresh, prunable_names(fresh, "all", batchnorm=True))
+    fresh_masks.prune_below_(fresh_masks.scaled_thresholds(100.0, fresh_masks.scales("layer")))
+    assert bool((fresh[1].weight == 1).all()) and not bool(fresh[0].weight.any())
+
+
+def test_a_run_with_layer_thresholds(tmp_path):
+    from sensreg.checkpoint import load_checkpoint
+    from sensreg.train import train
+    from test_train import config
+
+    cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"epochs": 2},
+                 prune={"name": "search", "patience": 0, "tolerance": 0.3, "scope": "layer"})
+    summary = train(cfg, tmp_path)
+    assert summary["status"] == "completed"
+    assert summary["thresholds"], "the search never ran"
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    for decision in summary["thresholds"]:
+        assert decision["scope"] == "layer"
+        layer = decision["layer_thresholds"]
+        assert list(layer) == list(ckpt["masks"])
+        assert all(t >= 0 for t in layer.values()) and len(set(layer.values())) > 1  # per tensor
+        assert decision["val_loss_after"] <= 1.3 * decision["val_loss_before"] + 1e-12
+    assert summary["remaining_pct"] < 100.0
+    for name, mask in ckpt["masks"].items():
+        weights = ckpt["state_dict"][name]
+        assert torch.equal(weights[~mask], torch.zeros_like(weights[~mask])), name
+    assert sum(int((~m).sum()) for m in ckpt["masks"].values()) > 0
+
+
+def test_a_fixed_schedule_with_layer_thresholds_prunes_the_same_fraction_everywhere(tmp_path):
+    from sensreg.train import train
+    from test_train import config
+
+    # Weights hardly move from their initialization (uniform on [-a, a], σ = a/√3), so τ = 0.5
+    # prunes P(|w| < 0.5 a/√3) = 0.5/√3 = 28.9 % of every weight matrix, whatever its a.
+    cfg = config(sens={"name": "none"}, optim={"lr": 1e-9}, trainer={"epochs": 1},
+                 prune={"name": "fixed", "threshold": 0.5, "scope": "layer"})
+    summary = train(cfg, tmp_path)
+    (decision,) = summary["thresholds"]
+    assert decision["threshold"] == 0.5 and decision["scope"] == "layer"
+    rows = {r["name"]: r for r in summary["sparsity"]["layers"]}
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        assert 100 - rows[name]["remaining_pct"] == pytest.approx(100 * 0.5 / 3 ** 0.5, abs=3.0), name
+    assert decision["layer_thresholds"]["fc1.weight"] < decision["layer_thresholds"]["fc3.weight"]
+
+
+def test_the_scope_key():
+    from importlib import resources
+
+    import yaml
+
+    from sensreg.config import LATER_KEYS, ConfigError, TrainConfig
+    from test_train import config
+
+    assert TrainConfig().prune.scope == "global" and LATER_KEYS[("prune", "scope")] == "global"
+    folder = resources.files("sensreg.configs") / "prune"
+    for name in ("search", "fixed", "none"):
+        assert yaml.safe_load((folder / f"{name}.yaml").read_text())["scope"] == "global", name
+    assert config(prune={"scope": "layer"}).prune.scope == "layer"
+    assert config(prune={"scope": "layer"}).hash() != config().hash()
+    with pytest.raises(ConfigError, match=r"prune.scope='bogus' is not one of: global, layer\."):
+        config(prune={"scope": "bogus"})

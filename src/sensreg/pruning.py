@@ -3,11 +3,16 @@
 A pruned parameter is held at exactly zero for the rest of training: its gradient is masked
 before the optimizer step, its optimizer state (momentum, Adam moments) is zeroed when it is
 pruned, and the parameter itself is multiplied by its mask after every step.
+
+A threshold has a scope (config key prune.scope): ``global``, one threshold T on |w| for every
+prunable tensor; or ``layer``, one dimensionless τ that prunes, in each tensor l, the entries with
+|w| < τ·σ_l, σ_l the standard deviation of the tensor's kept entries (Han et al. 2015, "Learning
+both weights and connections"); see ``Masks.scales``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -92,11 +97,54 @@ class Masks:
 
     # -- pruning ------------------------------------------------------------------------------
     @torch.no_grad()
-    def prune_below_(self, threshold: float, optimizer: torch.optim.Optimizer | None = None) -> int:
-        """Prune every entry with |w| < threshold; returns how many entries were newly pruned."""
-        newly = 0
+    def scales(self, scope: str) -> list[float]:
+        """The unit of each tensor's threshold, in the order of ``names``: a threshold τ prunes,
+        in tensor l, the entries with |w| < τ·scales[l] (``scaled_thresholds``).
+
+        ``global``: 1.0 for every tensor. ``layer``: σ_l, the population standard deviation
+        (divisor n, not n - 1) of the signed values of the tensor's kept entries, pruned entries
+        left out, computed in float64 from the tensor itself (so every process, holding the same
+        weights, gets the same). It changes as the tensor is pruned, so a search takes it once
+        and keeps it for all the thresholds it tries. A tensor with fewer than two kept entries,
+        or whose kept entries are all equal (σ_l = 0: a batch-norm gain still at its initial 1, a
+        bias at 0), gets 0: its threshold τ·0 = 0 prunes nothing at any τ, so the rule never
+        empties it (it has no spread to measure; |w|/σ_l would be infinite or undefined). The
+        population σ is at most the largest kept |w| (σ² = mean(w²) - mean(w)² <= max w²), so
+        τ <= 1 never empties a tensor either; ``emptying_threshold`` bounds τ from above.
+        """
+        if scope == "global":
+            return [1.0] * len(self.params)
+        if scope != "layer":
+            raise ValueError(f"unknown threshold scope {scope!r}; known: global, layer")
+        out = []
         for p, m in zip(self.params, self.masks):
-            drop = (p.abs() < threshold) & m
+            kept = p.detach()[m].double()
+            sigma = float(kept.std(correction=0)) if kept.numel() >= 2 else 0.0
+            out.append(sigma if sigma > 0 and sigma != float("inf") else 0.0)  # also nan
+        return out
+
+    @staticmethod
+    def scaled_thresholds(threshold: float, scales: Sequence[float]) -> list[float]:
+        """The per-tensor thresholds threshold·scale (``scales``); with the global scales 1.0,
+        ``threshold`` itself for every tensor."""
+        return [threshold * s for s in scales]
+
+    @torch.no_grad()
+    def prune_below_(self, threshold: float | Sequence[float],
+                     optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Prune every entry with |w| < threshold; returns how many entries were newly pruned.
+
+        ``threshold``: one number for every tensor, or a list or tuple of one per tensor in the
+        order of ``names`` (``scaled_thresholds``)."""
+        if isinstance(threshold, (list, tuple)):
+            if len(threshold) != len(self.params):
+                raise ValueError(f"{len(threshold)} thresholds for {len(self.params)} tensors")
+            thresholds = list(threshold)
+        else:
+            thresholds = [threshold] * len(self.params)
+        newly = 0
+        for p, m, t in zip(self.params, self.masks, thresholds):
+            drop = (p.abs() < t) & m
             newly += int(drop.sum())
             m &= ~drop
         if newly:
@@ -135,19 +183,44 @@ class Masks:
     def remaining_pct(self) -> float:
         return 100.0 * self.kept() / max(1, self.total())
 
-    def kept_magnitudes(self) -> Tensor:
-        """|w| of every kept prunable entry, flattened, on the CPU, sorted ascending."""
-        values = torch.cat([p.detach()[m].abs().flatten().float().cpu() for p, m in zip(self.params, self.masks)])
+    @torch.no_grad()
+    def _kept_normalized(self, scales: Sequence[float]) -> Iterator[tuple[Tensor, Tensor]]:
+        """(parameter, |w| / scale of its kept entries: float64, flattened, on the CPU) for every
+        tensor of non-zero scale; a tensor of scale 0 has nothing any threshold prunes.
+
+        float64, so that for float32 weights the candidate τ_i = |w_i| / σ_l gives back
+        exactly |w_i| as the float32 threshold τ_i·σ_l: it prunes the entries below w_i, not w_i."""
+        for p, m, s in zip(self.params, self.masks, scales):
+            if s > 0:
+                yield p, p.detach()[m].abs().flatten().cpu().double() / s
+
+    def kept_magnitudes(self, scales: Sequence[float] | None = None) -> Tensor:
+        """|w| of every kept prunable entry, flattened, on the CPU, sorted ascending.
+
+        With ``scales`` (``scales("layer")``): |w| / σ_l instead, in float64, the candidate
+        values of τ; tensors of scale 0 are left out."""
+        if scales is None:
+            values = torch.cat([p.detach()[m].abs().flatten().float().cpu() for p, m in zip(self.params, self.masks)])
+        else:
+            values = torch.cat([v for _, v in self._kept_normalized(scales)]
+                               or [torch.empty(0, dtype=torch.float64)])
         return values.sort().values
 
     @torch.no_grad()
-    def emptying_threshold(self) -> float:
+    def emptying_threshold(self, scales: Sequence[float] | None = None) -> float:
         """The highest global threshold that leaves every weight tensor (two or more dimensions)
         an entry: the smallest of their largest kept |w| (a threshold prunes the entries below
         it). A higher one cuts the network's output off from its input; a network no better
-        than chance, whose loss that hardly changes, would otherwise let the search prune it all."""
-        largest = [float(p.detach()[m].abs().max()) for p, m in zip(self.params, self.masks)
-                   if p.dim() > 1 and bool(m.any())]
+        than chance, whose loss that hardly changes, would otherwise let the search prune it all.
+
+        With ``scales``: the same in the units of τ, the smallest largest kept |w| / σ_l, computed
+        as ``kept_magnitudes(scales)`` computes its values; tensors of scale 0 do not count (no τ
+        prunes them)."""
+        if scales is None:
+            largest = [float(p.detach()[m].abs().max()) for p, m in zip(self.params, self.masks)
+                       if p.dim() > 1 and bool(m.any())]
+        else:
+            largest = [float(v.max()) for p, v in self._kept_normalized(scales) if p.dim() > 1 and v.numel()]
         return min(largest, default=float("inf"))
 
 
@@ -171,6 +244,10 @@ def search_threshold(magnitudes: Tensor, loss_with_threshold: Callable[[float], 
     the loss grows with T, which holds for the magnitude ordering in all but pathological cases.
     A threshold above ``limit`` counts as unacceptable without being tried (see
     ``Masks.emptying_threshold``).
+
+    Per-layer thresholds (prune.scope=layer) use the same search on the normalized magnitudes
+    |w| / σ_l (``Masks.kept_magnitudes(scales)``): T is then τ, and ``loss_with_threshold(τ)``
+    prunes |w| < τ·σ_l in each tensor.
     """
     bound = (1.0 + tolerance) * loss_before
     n = magnitudes.numel()
