@@ -3,8 +3,9 @@
 
 Times the real training step (``sensreg.train.TrainStep``: forward, loss gradient, sensitivity,
 shrink, optimizer step, masks) for LeNet-300-100 and LeNet-5 on MNIST, for sens none, loss,
-spec and unspec, side by side in one process on one machine, and prints the ratio of each to
-``none``. Half of the prunable weights are pruned first so that the masking work is included.
+spec and unspec, each also with the per-sample reduction (``spec/sample``: sens.reduction=sample),
+side by side in one process on one machine, and prints the ratio of each to ``none`` and of each
+per-sample variant to its batch reduction. Half of the prunable weights are pruned first so that the masking work is included.
 Variants are timed in interleaved rounds so that drift in machine load hits all of them alike.
 
     python scripts/bench_overhead.py                      # 200 steps per variant and model
@@ -15,6 +16,8 @@ Variants are timed in interleaved rounds so that drift in machine load hits all 
     python scripts/bench_overhead.py --compile            # torch.compile'd forward (compiled in the warm-up)
     python scripts/bench_overhead.py --models resnet32 --data synthetic --shape 3 32 32 \
         --batch-size 128 --variants none spec loss          # ResNet-32 on CIFAR-shaped data: images/s
+    python scripts/bench_overhead.py --models resnet20 --data synthetic --shape 3 32 32 \
+        --batch-size 128 --variants none spec spec/sample   # the per-sample cost with batch norm
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from sensreg.pruning import Masks, prunable_names
 from sensreg.sensitivity import get_variant
 from sensreg.train import TrainStep, build_optimizer, setup
 
-VARIANTS = ("none", "loss", "spec", "unspec")
+VARIANTS = ("none", "loss", "spec", "unspec", "spec/sample", "unspec/sample")
 TARGETS = {"loss": 1.1, "spec": 1.7, "unspec": 4.0}
 
 
 def make_step(cfg: TrainConfig, data, model, variant: str) -> TrainStep:
+    """The training step of ``variant`` (a sens.name, or NAME/sample for sens.reduction=sample)."""
+    variant, _, reduction = variant.partition("/")
     masks = Masks(model, prunable_names(model, cfg.prune.params, cfg.prune.batchnorm))
     magnitudes = masks.kept_magnitudes()
     masks.prune_below_(float(magnitudes[len(magnitudes) // 2]))
@@ -43,7 +48,7 @@ def make_step(cfg: TrainConfig, data, model, variant: str) -> TrainStep:
     return TrainStep(model, optimizer, get_variant(variant), masks,
                      prunable_names(model, cfg.sens.params, cfg.prune.batchnorm),
                      cfg.sens.output, cfg.sens.classes, torch.Generator().manual_seed(1),
-                     cfg.trainer.precision, cfg.trainer.compile)
+                     cfg.trainer.precision, cfg.trainer.compile, reduction=reduction or "batch")
 
 
 def time_steps(step: TrainStep, data, batch_size: int, n_steps: int, device: torch.device,
@@ -116,13 +121,16 @@ def main() -> None:
         base = statistics.median(times["none"]) if "none" in times else None
         print(f"\n{model_name} on {args.data} ({device}): {per_round * args.rounds} steps per variant "
               f"({per_round * args.rounds / steps_per_epoch:.2f} epochs)")
-        print(f"{'variant':<8} {'ms/step':>9} {'images/s':>9} {'s/epoch':>9} {'x none':>8} {'target':>8}")
+        print(f"{'variant':<14} {'ms/step':>9} {'images/s':>9} {'s/epoch':>9} {'x none':>8} {'target':>8} "
+              f"{'x batch':>8}")
         for v in args.variants:
             t = statistics.median(times[v])
             ratio = f"{t / base:.2f}" if base else "-"
             target = f"<= {TARGETS[v]}" if v in TARGETS else ""
-            print(f"{v:<8} {1e3 * t:>9.2f} {args.batch_size / t:>9.0f} {t * steps_per_epoch:>9.2f} {ratio:>8} "
-                  f"{target:>8}")
+            batch = v.partition("/")[0]  # NAME/sample against NAME
+            vs_batch = f"{t / statistics.median(times[batch]):.2f}" if "/" in v and batch in times else ""
+            print(f"{v:<14} {1e3 * t:>9.2f} {args.batch_size / t:>9.0f} {t * steps_per_epoch:>9.2f} {ratio:>8} "
+                  f"{target:>8} {vs_batch:>8}")
 
 
 if __name__ == "__main__":

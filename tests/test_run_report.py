@@ -21,7 +21,8 @@ from sensreg.run_report import ReportError, _sensitivity, write_report
 from sensreg.sensitivity import specific
 from sensreg.train import train
 
-PLOTS = ("epochs.png", "thresholds.png", "layers.png", "weights_hist.png", "sensitivity_hist.png")
+PLOTS = ("epochs.png", "thresholds.png", "layers.png", "weights_hist.png", "sensitivity_hist.png",
+         "insensitivity_hist.png")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_sensitivity_is_the_runs_own_variant_on_its_training_batches(finished_ru
     cfg = yaml.safe_load((finished_run / "config.yaml").read_text())
     model = build_model(ckpt["model_name"], ckpt["num_classes"], tuple(ckpt["input_shape"]))
     model.load_state_dict(ckpt["state_dict"])
-    got, variant = _sensitivity(model, cfg, 1, None)
+    got, insens, variant = _sensitivity(model, cfg, 1, None)
     assert variant == "spec"
 
     data = load_dataset("synthetic", num_train=400, num_test=100)
@@ -102,13 +103,47 @@ def test_sensitivity_is_the_runs_own_variant_on_its_training_batches(finished_ru
     expected = specific(model(x), y, params, "logits")
     for (name, s), e in zip(got.items(), expected):
         torch.testing.assert_close(s, e, msg=name)
+        torch.testing.assert_close(insens[name], (1 - e).clamp(min=0), msg=name)  # sens.scale=none
 
 
-def test_missing_dataset_leaves_out_only_the_sensitivity_plot(finished_run, tmp_path):
+def test_insensitivity_is_per_sample_and_scaled_as_the_run_trained(finished_run, tmp_path):
+    """sens.reduction=sample, sens.scale=gamma: the report's insensitivity per tensor is
+    max(0, 1 - gamma * mean_n |d o_n/dw|) on the first shuffled batch, and its table and plot show it."""
+    from sensreg.per_sample import LayerTape
+    from sensreg.sensitivity import get_variant, per_sample
+
+    run = copy_run(finished_run, tmp_path / "run", sens={"name": "spec", "reduction": "sample", "scale": "gamma",
+                                                         "gamma": 50.0})
+    ckpt = load_checkpoint(run / "model.pt")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    model = build_model(ckpt["model_name"], ckpt["num_classes"], tuple(ckpt["input_shape"]))
+    model.load_state_dict(ckpt["state_dict"])
+    _, insens, _ = _sensitivity(model, cfg, 1, None)
+    data = load_dataset("synthetic", num_train=400, num_test=100)
+    x, y = next(batches(data.train, 50, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    params = list(model.parameters())
+    tape = LayerTape(model, params)
+    with tape.record():
+        logits = model(x)
+    expected = per_sample(get_variant("spec"), tape, logits, y)
+    for (name, bar), e in zip(insens.items(), expected):
+        torch.testing.assert_close(bar, (1 - 50.0 * e).clamp(min=0), msg=name)
+    result = write_report(run, batches=1)
+    assert "insensitivity_hist.png" in {p.name for p in result.images}
+    assert_png(run / "insensitivity_hist.png")
+    text = result.path.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| fc1.weight |") and "%" in line
+               and line.count("|") == 6)
+    masks = ckpt["masks"]["fc1.weight"].bool()
+    kept = insens["fc1.weight"][masks]
+    assert f"{100 * float((kept < 0.5).double().mean()):.1f} %" in row
+
+
+def test_missing_dataset_leaves_out_only_the_sensitivity_plots(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path / "run", data={"name": "mnist", "root": str(tmp_path / "no-data")})
     result = write_report(run, batches=2)
     names = {p.name for p in result.images}
-    assert names == set(PLOTS) - {"sensitivity_hist.png"}
+    assert names == set(PLOTS) - {"sensitivity_hist.png", "insensitivity_hist.png"}
     assert not (run / "sensitivity_hist.png").exists()
     md = result.path.read_text()
     assert "## Notes" in md and "dataset could not be loaded" in md and "--data-root" in md
@@ -117,7 +152,7 @@ def test_missing_dataset_leaves_out_only_the_sensitivity_plot(finished_run, tmp_
 def test_variant_without_sensitivity_is_a_note(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path / "run", sens={"name": "l2"})
     result = write_report(run)
-    assert "sensitivity_hist.png" not in {p.name for p in result.images}
+    assert {"sensitivity_hist.png", "insensitivity_hist.png"}.isdisjoint(p.name for p in result.images)
     assert "'l2' has no sensitivity" in result.path.read_text()
 
 

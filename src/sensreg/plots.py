@@ -22,14 +22,15 @@ _REF_MARKERS = ("D", "^", "s", "v", "P", "X")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _figure(width: float, height: float, rows: int = 1, sharex: bool = False):
+def _figure(width: float, height: float, rows: int = 1, sharex: bool = False, cols: int = 1):
+    """A figure on matplotlib's Agg canvas and its axes, row by row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, 1, sharex=sharex, squeeze=False)[:, 0]
-    return fig, list(axes)
+    axes = fig.subplots(rows, cols, sharex=sharex, squeeze=False)
+    return fig, list(axes.flatten())
 
 
 def _save(fig, path: Path) -> Path:
@@ -253,4 +254,28 @@ def histogram_plot(values, path: Path, xlabel: str, title: str, marker: float | 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
     ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def insensitivity_plot(per_tensor: dict[str, Any], path: Path, title: str, most: int = 16) -> Path:
+    """Small multiples: the histogram of the insensitivity on [0, 1] of each tensor (the first
+    ``most``), with the mean and the share below 0.5 in each panel's title."""
+    import numpy as np
+
+    names = list(per_tensor)[:most]
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = _figure(3.2 * cols, 2.4 * rows + 0.6, rows=rows, cols=cols)
+    bins = np.linspace(0.0, 1.0, 41)
+    for ax, name in zip(axes, names):
+        v = np.asarray(per_tensor[name], dtype=np.float64)
+        ax.hist(v, bins=bins, color="tab:green", alpha=0.85)
+        ax.axvline(0.5, color="tab:red", ls="--", lw=1)
+        ax.set_title(f"{name}: mean {v.mean():.2f}, <0.5 {100 * (v < 0.5).mean():.0f}%", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    more = len(per_tensor) - len(names)
+    fig.suptitle(title + (f" ({more} more tensors not shown)" if more else ""), fontsize=10)
     return _save(fig, path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
              out / "sensitivity_hist.png", xlabel="sensitivity S of kept prunable parameters (log scale)",
              title=f"sensitivity ({final['variant']}) at the end, mean over {final['batches']} batches",
              marker=1.0, marker_label="S = 1: not shrunk at or above")
+    if final.get("insensitivity"):
+        draw("insensitivity", "insensitivity histograms", plots.insensitivity_plot, final["insensitivity"],
+             out / "insensitivity_hist.png",
+             title=f"insensitivity max(0, 1 - S) of the kept regularized entries, mean over {final['batches']} batches")
 
     result.images = list(images.values())
     text = _markdown(run_dir, out, summary, config, rows, decisions, sparsity, images, final, notes)
@@ -186,11 +191,14 @@ def _final_state(run_dir: Path, config: dict, batches: int, data_root: str | Non
         notes.append("sensitivity histogram: not asked for (--batches 0).")
         return state
     try:
-        sens, variant = _sensitivity(model, cfg, batches, data_root)
+        sens, insens, variant = _sensitivity(model, cfg, batches, data_root)
     except _Skip as why:
         notes.append(f"sensitivity histogram: {why}")
         return state
-    state.update(sensitivity=kept(sens).double().numpy(), variant=variant, batches=batches)
+    # Per regularized tensor, the insensitivity of its kept entries (all entries where not pruned).
+    per_layer = {n: (v[masks[n]] if n in masks else v.flatten()).double().numpy() for n, v in insens.items()}
+    state.update(sensitivity=kept(sens).double().numpy(), variant=variant, batches=batches,
+                 insensitivity={n: v for n, v in per_layer.items() if v.size})
     return state
 
 
@@ -205,6 +213,9 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
 
     from .config import DataConfig
     from .data import DatasetMissing, batches, load_dataset
+    from .per_sample import LayerTape, PerSampleError
+    from .pruning import prunable_names
+    from .regularizer import insensitivity, rescale_
     from .sensitivity import batched_vjps_are_faster, get_variant, gradients_and_sensitivity
 
     sens_cfg = cfg.get("sens") or {}
@@ -229,20 +240,39 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
     order, classes = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
+    prune_cfg = cfg.get("prune") or {}
+    regularized = [names.index(n) for n in prunable_names(model, sens_cfg.get("params", "all"),
+                                                         bool(prune_cfg.get("batchnorm", False)))]
     total = [torch.zeros_like(p) for p in params]
+    total_bar = [torch.zeros_like(params[i]) for i in regularized]
     model.eval()  # no dropout or batch statistics: S of the network as it will be used
+    try:
+        tape = LayerTape(model, params) if sens_cfg.get("reduction", "batch") == "sample" else None
+    except PerSampleError as err:
+        raise _Skip(str(err)) from None
     done = 0
     for x, y in batches(ds.train, batch_size, shuffle=True, generator=order):
-        logits = model(x)
+        if tape is None:
+            logits = model(x)
+        else:
+            with tape.record():
+                logits = model(x)
         _, s = gradients_and_sensitivity(variant, logits, F.cross_entropy(logits, y), y, params,
                                          sens_cfg.get("output", "logits"), sens_cfg.get("classes"),
-                                         classes, batched_vjps_are_faster(model))
+                                         classes, batched_vjps_are_faster(model), tape=tape)
         for t, v in zip(total, s):
             t += v.detach()
+        # The insensitivity as the training step takes it: of each batch's S, brought to scale.
+        scaled = [s[i].detach().clone() for i in regularized]
+        rescale_(scaled, sens_cfg.get("scale", "none"), float(sens_cfg.get("gamma", 1.0)),
+                 sens_cfg.get("scale_over", "tensor"))
+        for t, v in zip(total_bar, scaled):
+            t += insensitivity(v)
         done += 1
         if done == num_batches:
             break
-    return {n: t / max(1, done) for n, t in zip(names, total)}, variant.name
+    return ({n: t / max(1, done) for n, t in zip(names, total)},
+            {names[i]: t / max(1, done) for i, t in zip(regularized, total_bar)}, variant.name)
 
 
 # --- report.md ---------------------------------------------------------------------------------
@@ -301,9 +331,11 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
                      f"{len(rows)} epoch(s) in metrics.csv.")
     if rows:
         lines += ["", "## Per epoch", ""]
-        lines += _table(["epoch", "λ", "train loss", "val loss", "val error", "remaining", "threshold", "time"], [[
+        lines += _table(["epoch", "λ", "train loss", "val loss", "val error", "remaining", "threshold",
+                         "mean insensitivity", "below 0.5", "time"], [[
             str(r["epoch"]), _f(r.get("lam")), _f(r.get("train_loss"), ".4f"), _f(r.get("val_loss"), ".4f"),
             _pct(r.get("val_error")), _f(r.get("remaining_pct"), ".3g", " %"), _f(r.get("threshold")),
+            _f(_finite(r.get("insens_mean")), ".3f"), _pct(_finite(r.get("insens_below_half"))),
             _f(r.get("seconds"), ".1f", " s")] for r in rows])
         lines += image("epochs", "validation error and remaining parameters per epoch")
     lines += ["", "## Threshold decisions", ""]
@@ -334,9 +366,21 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
                       f"training batches: median {_f(float(_median(sv)))}; {100 * float((sv >= 1).mean()):.2f} % of "
                       f"the kept parameters have S ≥ 1 (insensitivity 0: not shrunk)."]
             lines += image("sensitivity", "histogram of the sensitivity")
+        if final.get("insensitivity"):
+            lines += ["", "Insensitivity max(0, 1 − S) per regularized tensor, S brought to scale as in training "
+                      "(`sens.scale`): the factor on λ in each weight's shrink. A mean near 1 with nothing below "
+                      "0.5 means the shrink is plain weight decay.", ""]
+            lines += _table(["tensor", "kept", "mean insensitivity", "below 0.5", "zero (S ≥ 1)"], [[
+                name, f"{v.size:,}", _f(float(v.mean())), f"{100 * float((v < 0.5).mean()):.1f} %",
+                f"{100 * float((v <= 0).mean()):.1f} %"] for name, v in final["insensitivity"].items()])
+            lines += image("insensitivity", "insensitivity histogram per tensor")
     if notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
+
+
+def _finite(v: Any) -> Any:
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 def _median(values) -> float:
