@@ -55,7 +55,7 @@ def test_train_writes_run_folder_and_eval_reproduces_it(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert set(rows[0]) == {"epoch", "eta", "lam", "train_loss", "val_loss", "val_error",
-                            "remaining_pct", "threshold", "seconds"}
+                            "remaining_pct", "threshold", "insens_mean", "insens_below_half", "seconds"}
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed"

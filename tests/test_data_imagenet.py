@@ -292,11 +292,11 @@ def test_an_interrupted_run_resumes_the_same_order(root, tmp_path, monkeypatch):
     original, seen = TrainStep.__call__, {"full": [], "cut": []}
 
     def recording(run: str, stop_at: int | None):
-        def step(self, x, y, lam, total=None):
+        def step(self, x, y, lam, total=None, **kwargs):
             seen[run].append(y.tolist())
             if len(seen[run]) == stop_at:
                 signal.raise_signal(signal.SIGINT)
-            return original(self, x, y, lam, total)
+            return original(self, x, y, lam, total, **kwargs)
         return step
 
     monkeypatch.setattr(TrainStep, "__call__", recording("full", None))

@@ -127,11 +127,11 @@ def train_run(d, run_dirs, sens, model, resume=False, stop_at=None, augment=Fals
     if stop_at is not None and d.rank == 1:  # SIGTERM to process 1 alone, during step stop_at
         original, calls = TrainStep.__call__, {"n": 0}
 
-        def step(self, *args):
+        def step(self, *args, **kwargs):
             calls["n"] += 1
             if calls["n"] == stop_at:
                 signal.raise_signal(signal.SIGTERM)
-            return original(self, *args)
+            return original(self, *args, **kwargs)
         TrainStep.__call__ = step
     run_dir = Path(run_dirs[d.rank])
     saved = resume_state(cfg, Path(run_dirs[0]) / "last.pt") if resume else None

@@ -63,11 +63,11 @@ def stop_at_step(monkeypatch, n: int, signum=signal.SIGINT) -> None:
     original = TrainStep.__call__
     calls = {"n": 0}
 
-    def step(self, x, y, lam, total=None):
+    def step(self, x, y, lam, total=None, **kwargs):
         calls["n"] += 1
         if calls["n"] == n:
             signal.raise_signal(signum)
-        return original(self, x, y, lam, total)
+        return original(self, x, y, lam, total, **kwargs)
 
     monkeypatch.setattr(TrainStep, "__call__", step)
 

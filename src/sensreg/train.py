@@ -236,6 +236,9 @@ class LoopState:
     best_val: float = float("inf")
     stale: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
+    # the insensitivity figures of the current epoch's last step, once it has run (a stop right
+    # after that step resumes with no step left to measure)
+    insensitivity: dict[str, float] | None = None
     thresholds: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -390,6 +393,8 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
                     draws = [part_of(d, dist.shard) for d in crop_flip_draws(total, augment_gen)]
                     x = crop_flip(x, draws, fill=data.pad_value)
                 loss_sum += step(x, y, lam, total, measure=b == n_batches - 1)
+                if b == n_batches - 1:
+                    loop.insensitivity = step.insensitivity
                 advance()
                 if dist.any(stop.requested is not None):  # every process stops after the same step
                     stop.agree()
@@ -448,9 +453,10 @@ def _train(cfg: TrainConfig, run_dir: Path, summary: dict[str, Any], loop: LoopS
         row = {"epoch": epoch + 1, "eta": eta, "lam": lam, "train_loss": train_loss,
                "val_loss": val["loss"], "val_error": val["error"],
                "remaining_pct": masks.remaining_pct(), "threshold": loop.threshold,
-               **(step.insensitivity or {}), "seconds": time.time() - epoch_start}
+               **(loop.insensitivity or {}), "seconds": time.time() - epoch_start}
         loop.rows.append(row)
         loop.epoch, loop.batch, loop.loss_sum, loop.epoch_seconds = epoch + 1, 0, 0.0, 0.0
+        loop.insensitivity = None
         loop.shuffle_state = shuffle_gen.get_state()
         if dist.is_main:
             report.write_metrics(run_dir / "metrics.csv", loop.rows)
