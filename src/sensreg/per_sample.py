@@ -50,7 +50,6 @@ class PerSampleError(ValueError):
 
 @dataclass
 class _Call:
-    module: nn.Module
     input: Tensor
     output: Tensor
 
@@ -99,7 +98,7 @@ class LayerTape:
                     f"sens.reduction=sample: the layer {type(module).__name__} is called more than once "
                     f"in one forward pass (shared weights), so its per-sample gradients are not the sum "
                     f"this module computes. Use sens.reduction=batch for this network.")
-            self.calls[module] = _Call(module, inputs[0], output)
+            self.calls[module] = _Call(inputs[0], output)
 
         handles = [m.register_forward_hook(hook) for m in self.modules]
         try:
