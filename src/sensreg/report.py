@@ -1,134 +1,390 @@
-"""What a run writes: metrics.csv, summary.json, the per-layer table, environment facts.
+"""`sensreg report RUN_DIR`: report.md and PNGs for one run folder.
 
-Every file is written atomically (temporary file in the same folder, fsync, rename), so a
-reader never sees a half-written file and a crash leaves the previous version intact.
+What a run folder holds is read as it is: a running, failed or interrupted run gets a report of
+what it has so far, and every plot that cannot be drawn (no metrics yet, no checkpoint, the
+dataset not on disk) is left out with a note in report.md saying why, never a crash.
+
+The sensitivity histogram recomputes the run's own sensitivity variant on the final model:
+the model is rebuilt from model.pt, the run's dataset is loaded (its config's data section),
+and S is averaged over a few shuffled training batches.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
-import os
-import platform
-import subprocess
-import tempfile
-from collections.abc import Callable
+import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+import yaml
 
-# insens_mean, insens_below_half: the mean insensitivity max(0, 1 - S) of the kept regularized
-# weights at the epoch's last step, and the share of them below 0.5 (blank without a regularizer).
-METRIC_COLUMNS = ("epoch", "eta", "lam", "train_loss", "val_loss", "val_error", "remaining_pct",
-                  "threshold", "insens_mean", "insens_below_half", "seconds")
+from . import plots
+from .errors import UserError
+from .report import write_atomic
+
+REPORT_NAME = "report.md"
+RUN_FILES = ("summary.json", "metrics.csv", "config.yaml", "model.pt")
 
 
-def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class ReportError(UserError, ValueError):
+    """RUN_DIR is not something a report can be made of; the message says why."""
+
+
+@dataclass
+class RunReport:
+    path: Path  # report.md
+    images: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # plots left out, and why
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches: int = 10,
+                 data_root: str | None = None) -> RunReport:
+    """Write report.md and its PNGs for ``run_dir`` into ``out_dir`` (default: the run folder).
+
+    ``batches``: how many training batches the end-of-run sensitivity is averaged over (0: no
+    sensitivity histogram). ``data_root`` replaces the data.root of the run's config.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir} is not a folder; give a run folder, e.g. "
+                          f"`sensreg report outputs/runs/<date>/<run>`.")
+    if not any((run_dir / f).exists() for f in RUN_FILES):
+        raise ReportError(f"{run_dir} is not a run folder (it has none of {', '.join(RUN_FILES)}); "
+                          f"`sensreg compare {run_dir}` lists the run folders below it.")
+    out = Path(out_dir) if out_dir is not None else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    result = RunReport(out / REPORT_NAME)
+    notes = result.notes
+
+    summary = _read_json(run_dir / "summary.json", notes)
+    config = _read_yaml(run_dir / "config.yaml", notes)
+    rows = _read_metrics(run_dir / "metrics.csv", notes)
+    decisions = [d for d in summary.get("thresholds") or [] if isinstance(d, dict)]
+    sparsity = summary.get("sparsity") if isinstance(summary.get("sparsity"), dict) else {}
+    images: dict[str, Path] = {}
+
+    def draw(key: str, what: str, fn, *args, **kwargs) -> None:
+        try:
+            images[key] = fn(*args, **kwargs)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # odd summary contents
+            notes.append(f"{what}: not drawn ({type(err).__name__}: {err}).")
+
+    if rows:
+        test = summary.get("test_error")
+        draw("epochs", "per-epoch plot", plots.epochs_plot, rows, [d.get("epoch") for d in decisions],
+             out / "epochs.png", test_error_pct=100 * test if isinstance(test, (int, float)) else None)
+    else:
+        notes.append("per-epoch plot: no epoch finished yet (metrics.csv is missing or empty).")
+    if decisions:
+        draw("thresholds", "threshold plot", plots.thresholds_plot, decisions, out / "thresholds.png",
+             tolerance=(config.get("prune") or {}).get("tolerance")
+             if (config.get("prune") or {}).get("name") == "search" else None)
+    else:
+        notes.append("threshold plot: no threshold was applied in this run.")
+    if sparsity.get("layers"):
+        draw("layers", "per-layer plot", plots.layers_plot, sparsity["layers"], out / "layers.png")
+    else:
+        notes.append("per-layer plot: summary.json has no per-layer table (the run has not finished).")
+
+    final = _final_state(run_dir, config, batches, data_root, notes)
+    if final.get("weights") is not None:
+        draw("weights", "|w| histogram", plots.histogram_plot, final["weights"], out / "weights_hist.png",
+             xlabel="|w| of kept prunable parameters (log scale)",
+             title=f"|w| at the end: {final['weights'].size:,} kept", marker=_last_threshold(decisions),
+             marker_label="last threshold T")
+    if final.get("sensitivity") is not None:
+        draw("sensitivity", "sensitivity histogram", plots.histogram_plot, final["sensitivity"],
+             out / "sensitivity_hist.png", xlabel="sensitivity S of kept prunable parameters (log scale)",
+             title=f"sensitivity ({final['variant']}) at the end, mean over {final['batches']} batches",
+             marker=1.0, marker_label="S = 1: not shrunk at or above")
+    if final.get("insensitivity"):
+        draw("insensitivity", "insensitivity histograms", plots.insensitivity_plot, final["insensitivity"],
+             out / "insensitivity_hist.png",
+             title=f"insensitivity max(0, 1 - S) of the kept regularized entries, mean over {final['batches']} batches")
+
+    result.images = list(images.values())
+    text = _markdown(run_dir, out, summary, config, rows, decisions, sparsity, images, final, notes)
+    write_atomic(result.path, lambda f: f.write(text))
+    return result
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+def _read_json(path: Path, notes: list[str]) -> dict:
+    if not path.exists():
+        notes.append("summary.json is missing: status and results unknown.")
+        return {}
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        notes.append(f"summary.json cannot be read (corrupt or half-written: {type(err).__name__}); "
+                     f"the report uses metrics.csv and config.yaml only.")
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _read_yaml(path: Path, notes: list[str]) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        notes.append(f"config.yaml cannot be read ({type(err).__name__}).")
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, lambda f: json.dump(data, f, indent=2, sort_keys=False, default=str))
+def _read_metrics(path: Path, notes: list[str]) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for raw in csv.DictReader(f):
+                if None in raw.values():
+                    break  # a torn last line (fewer fields than the header): the epoch is not done
+                try:
+                    rows.append({k: float(v) if v not in ("", None) else float("nan") for k, v in raw.items()})
+                except (TypeError, ValueError):
+                    break  # a torn last line: keep the complete epochs before it
+    except (OSError, ValueError, csv.Error) as err:
+        notes.append(f"metrics.csv cannot be read ({type(err).__name__}).")
+    for r in rows:
+        r["epoch"] = int(r["epoch"])
+    return [r for r in rows if {"epoch", "val_error", "remaining_pct"} <= set(r)]
 
 
-def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    """metrics.csv, one row per epoch; rewritten whole each epoch (it is small)."""
-    def write(f) -> None:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
-    write_atomic(path, write)
+def _last_threshold(decisions: list[dict]) -> float | None:
+    t = decisions[-1].get("threshold") if decisions else None
+    return t if isinstance(t, (int, float)) and t > 0 else None
 
 
-def _fmt(v: Any) -> Any:
-    if isinstance(v, float):
-        return repr(v)  # full precision, so a reader gets back exactly what was logged
-    return "" if v is None else v
+# --- the final model: |w| and the run's own sensitivity ----------------------------------------
 
-
-def epoch_line(row: dict[str, Any]) -> str:
-    """The one log line per epoch."""
-    return (f"epoch {row['epoch']:>3}  eta {row['eta']:.3g}  lam {row['lam']:.3g}  "
-            f"train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_err {100 * row['val_error']:.2f}%  remaining {row['remaining_pct']:.2f}%  "
-            f"T {row['threshold']:.3g}  "
-            + (f"insens {row['insens_mean']:.3f} (<0.5: {100 * row['insens_below_half']:.1f}%)  "
-               if row.get("insens_mean") is not None else "")
-            + f"{row['seconds']:.1f}s")
-
-
-def versions() -> dict[str, str]:
+def _final_state(run_dir: Path, config: dict, batches: int, data_root: str | None,
+                 notes: list[str]) -> dict[str, Any]:
+    """|w| and S of the kept prunable entries of model.pt; notes say what could not be done."""
+    ckpt_path = run_dir / "model.pt"
+    if not ckpt_path.exists():
+        notes.append("|w| and sensitivity histograms: no model.pt (the run has not finished).")
+        return {}
     import torch
-    import torchvision
 
-    from . import __version__
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .models import build_model
 
-    # str(): torch.__version__ is a str subclass that weights_only loading refuses.
-    out = {"sensreg": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
-           "torchvision": str(torchvision.__version__)}
     try:
-        import hydra
-        out["hydra"] = hydra.__version__
-    except ImportError:  # the core runs without Hydra
-        pass
-    return out
-
-
-def git_commit(directory: Path | None = None) -> str | None:
-    """The commit of the source tree sensreg runs from, if it is a git checkout."""
-    directory = directory or Path(__file__).resolve().parent
+        ckpt = load_checkpoint(ckpt_path)
+        model = build_model(ckpt["model_name"], ckpt["num_classes"], tuple(ckpt["input_shape"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (CheckpointError, KeyError, RuntimeError) as err:
+        notes.append(f"|w| and sensitivity histograms: model.pt cannot be used ({err}).")
+        return {}
+    masks = {n: m.bool() for n, m in ckpt["masks"].items()}
+    params = dict(model.named_parameters())
+    kept = lambda tensors: torch.cat([tensors[n].detach()[m].flatten() for n, m in masks.items()])  # noqa: E731
+    state: dict[str, Any] = {"weights": kept(params).abs().double().numpy()}
+    if state["weights"].size == 0:
+        notes.append("|w| and sensitivity histograms: every prunable parameter was pruned.")
+        return {}
+    cfg = config or ckpt.get("config") or {}  # config.yaml first: it is what the user reads
+    if batches <= 0:
+        notes.append("sensitivity histogram: not asked for (--batches 0).")
+        return state
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+        sens, insens, variant = _sensitivity(model, cfg, batches, data_root)
+    except _Skip as why:
+        notes.append(f"sensitivity histogram: {why}")
+        return state
+    # Per regularized tensor, the insensitivity of its kept entries (all entries where not pruned).
+    per_layer = {n: (v[masks[n]] if n in masks else v.flatten()).double().numpy() for n, v in insens.items()}
+    state.update(sensitivity=kept(sens).double().numpy(), variant=variant, batches=batches,
+                 insensitivity={n: v for n, v in per_layer.items() if v.size})
+    return state
 
 
-def layer_table(stats: dict, title: str = "Remaining parameters per layer") -> Table:
-    """A rich table of per-layer sparsity from ``pruning.sparsity_stats``."""
-    t = Table(title=title)
-    for col, justify in (("layer", "left"), ("shape", "left"), ("params", "right"), ("nonzero", "right"),
-                         ("remaining", "right"), ("compression", "right"), ("FLOPs left", "right")):
-        t.add_column(col, justify=justify)
-    for r in stats["layers"]:
-        flops = f"{100 * r['flops_remaining'] / r['flops_dense']:.2f}%" if r["flops_dense"] else "-"
-        t.add_row(r["name"] + ("" if r["prunable"] else " (not pruned)"), "x".join(map(str, r["shape"])),
-                  f"{r['params']:,}", f"{r['nonzero']:,}", f"{r['remaining_pct']:.2f}%",
-                  f"{r['compression']:.1f}x", flops)
-    for label, key in (("prunable", "prunable"), ("all parameters", "all")):
-        tot = stats[key]
-        t.add_row(f"[bold]{label}[/bold]", "", f"{tot['params']:,}", f"{tot['nonzero']:,}",
-                  f"{tot['remaining_pct']:.2f}%", f"{tot['compression']:.1f}x",
-                  f"{stats['flops']['remaining_pct']:.2f}%" if key == "all" else "")
-    return t
+class _Skip(Exception):
+    """The sensitivity cannot be computed here; the message goes into report.md."""
 
 
-def render_text(renderable, width: int = 110) -> str:
-    """A rich renderable as plain text, for log files."""
-    buf = io.StringIO()
-    Console(file=buf, width=width, no_color=True, force_terminal=False).print(renderable)
-    return buf.getvalue()
+def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
+    """The run's sensitivity variant on the final model, averaged over ``num_batches`` batches."""
+    import torch
+    import torch.nn.functional as F
+
+    from .config import DataConfig
+    from .data import DatasetMissing, batches, load_dataset
+    from .per_sample import LayerTape, PerSampleError
+    from .pruning import prunable_names
+    from .regularizer import insensitivity, rescale_
+    from .sensitivity import batched_vjps_are_faster, get_variant, gradients_and_sensitivity
+
+    sens_cfg = cfg.get("sens") or {}
+    try:
+        variant = get_variant(sens_cfg.get("name", "spec"))
+    except KeyError as err:
+        raise _Skip(str(err)) from None
+    if not variant.uses_sensitivity:
+        raise _Skip(f"variant {variant.name!r} has no sensitivity ({variant.description}).")
+    known = {f.name for f in fields(DataConfig)}
+    data = DataConfig(**{k: v for k, v in (cfg.get("data") or {}).items() if k in known})
+    if data_root:
+        data.root = data_root
+    try:
+        ds = load_dataset(data.name, data.root, data.val_fraction, data.split_seed, "cpu", **data.loader_options())
+    except (DatasetMissing, KeyError) as err:
+        raise _Skip(f"the run's dataset could not be loaded, so it is left out ({err}). "
+                    f"Give its location with --data-root.") from None
+    trainer = cfg.get("trainer") or {}
+    seed = int(trainer.get("seed", 0))
+    batch_size = int(trainer.get("batch_size", 100))
+    order, classes = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    prune_cfg = cfg.get("prune") or {}
+    regularized = [names.index(n) for n in prunable_names(model, sens_cfg.get("params", "all"),
+                                                         bool(prune_cfg.get("batchnorm", False)))]
+    total = [torch.zeros_like(p) for p in params]
+    total_bar = [torch.zeros_like(params[i]) for i in regularized]
+    model.eval()  # no dropout or batch statistics: S of the network as it will be used
+    try:
+        tape = LayerTape(model, params) if sens_cfg.get("reduction", "batch") == "sample" else None
+    except PerSampleError as err:
+        raise _Skip(str(err)) from None
+    done = 0
+    for x, y in batches(ds.train, batch_size, shuffle=True, generator=order):
+        if tape is None:
+            logits = model(x)
+        else:
+            with tape.record():
+                logits = model(x)
+        _, s = gradients_and_sensitivity(variant, logits, F.cross_entropy(logits, y), y, params,
+                                         sens_cfg.get("output", "logits"), sens_cfg.get("classes"),
+                                         classes, batched_vjps_are_faster(model), tape=tape)
+        for t, v in zip(total, s):
+            t += v.detach()
+        # The insensitivity as the training step takes it: of each batch's S, brought to scale.
+        scaled = [s[i].detach().clone() for i in regularized]
+        rescale_(scaled, sens_cfg.get("scale", "none"), float(sens_cfg.get("gamma", 1.0)),
+                 sens_cfg.get("scale_over", "tensor"))
+        for t, v in zip(total_bar, scaled):
+            t += insensitivity(v)
+        done += 1
+        if done == num_batches:
+            break
+    return ({n: t / max(1, done) for n, t in zip(names, total)},
+            {names[i]: t / max(1, done) for i, t in zip(regularized, total_bar)}, variant.name)
+
+
+# --- report.md ---------------------------------------------------------------------------------
+
+def _f(v: Any, fmt: str = ".3g", suffix: str = "") -> str:
+    return f"{v:{fmt}}{suffix}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def _pct(v: Any) -> str:
+    return _f(100 * v if isinstance(v, (int, float)) else None, ".2f", " %")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[dict], decisions: list[dict],
+              sparsity: dict, images: dict[str, Path], final: dict, notes: list[str]) -> str:
+    def section(key: str) -> dict:
+        return config.get(key) if isinstance(config.get(key), dict) else {}
+
+    def image(key: str, alt: str) -> list[str]:
+        if key not in images:
+            return []
+        p = images[key]
+        rel = p.name if p.parent == out else str(p)
+        return ["", f"![{alt}]({rel})"]
+
+    s, d = summary, section
+    lines = [f"# Run report: {run_dir.name}", "",
+             f"`{run_dir}` · status **{s.get('status', 'unknown')}**"
+             + (f" ({s['error']})" if s.get("error") else "")
+             + f" · started {s.get('started', '-')} · device {s.get('device', '-')}"
+             + f" · git commit {str(s.get('git_commit') or '-')[:10]}", "",
+             "## Configuration", ""]
+    lines += _table(["model", "data", "sensitivity", "λ", "η", "epochs", "seed", "prune", "config hash"], [[
+        str(s.get("model") or d("model").get("name", "-")), str(s.get("data") or d("data").get("name", "-")),
+        str(s.get("sens") or d("sens").get("name", "-")) + (f" ({d('sens').get('output')})" if d("sens").get("output") else ""),
+        _f(d("sens").get("lam")), _f(d("optim").get("lr")), str(d("trainer").get("epochs", "-")),
+        str(s.get("seed", d("trainer").get("seed", "-"))),
+        f"{d('prune').get('name', '-')} (tolerance {d('prune').get('tolerance')}, patience {d('prune').get('patience')})"
+        if d("prune").get("name") == "search" else str(d("prune").get("name", "-")),
+        str(s.get("config_hash", "-"))]])
+    lines += ["", "## Result", ""]
+    if "test_error" in s:
+        flops = s.get("flops") or {}
+        lines += _table(["test error", "top-5 error", "remaining (prunable)", "compression",
+                         "remaining (all)", "compression (all)", "FLOPs left", "wall time"], [[
+            _pct(s.get("test_error")), _pct(s.get("test_top5_error")), _f(s.get("remaining_pct"), ".3f", " %"),
+            _f(s.get("compression"), ".1f", "×"), _f(s.get("remaining_pct_all"), ".3f", " %"),
+            _f(s.get("compression_all"), ".1f", "×"), _f(flops.get("remaining_pct"), ".2f", " %"),
+            _f(s.get("wall_time_s"), ".0f", " s")]])
+    else:
+        lines.append(f"No final result yet (status {s.get('status', 'unknown')}); "
+                     f"{len(rows)} epoch(s) in metrics.csv.")
+    if rows:
+        lines += ["", "## Per epoch", ""]
+        lines += _table(["epoch", "λ", "train loss", "val loss", "val error", "remaining", "threshold",
+                         "mean insensitivity", "below 0.5", "time"], [[
+            str(r["epoch"]), _f(r.get("lam")), _f(r.get("train_loss"), ".4f"), _f(r.get("val_loss"), ".4f"),
+            _pct(r.get("val_error")), _f(r.get("remaining_pct"), ".3g", " %"), _f(r.get("threshold")),
+            _f(_finite(r.get("insens_mean")), ".3f"), _pct(_finite(r.get("insens_below_half"))),
+            _f(r.get("seconds"), ".1f", " s")] for r in rows])
+        lines += image("epochs", "validation error and remaining parameters per epoch")
+    lines += ["", "## Threshold decisions", ""]
+    if decisions:
+        lines += _table(["epoch", "threshold T", "pruned", "remaining before", "remaining after",
+                         "val loss before", "val loss after"], [[
+            str(x.get("epoch", "-")), _f(x.get("threshold")), _f(x.get("pruned"), ","),
+            _f(x.get("remaining_pct_before"), ".3g", " %"), _f(x.get("remaining_pct_after"), ".3g", " %"),
+            _f(x.get("val_loss_before"), ".4f"), _f(x.get("val_loss_after"), ".4f")] for x in decisions])
+        lines += image("thresholds", "threshold decisions")
+    else:
+        lines.append("No threshold was applied.")
+    if sparsity.get("layers"):
+        lines += ["", "## Per-layer sparsity", ""]
+        lines += _table(["layer", "shape", "params", "nonzero", "remaining", "compression"], [[
+            r["name"] + ("" if r.get("prunable") else " (not pruned)"), "×".join(map(str, r.get("shape", []))),
+            _f(r.get("params"), ","), _f(r.get("nonzero"), ","), _f(r.get("remaining_pct"), ".3g", " %"),
+            _f(r.get("compression"), ".1f", "×")] for r in sparsity["layers"]])
+        lines += image("layers", "remaining parameters per layer")
+    if final.get("weights") is not None:
+        lines += ["", "## Weights and sensitivity at the end", ""]
+        w = final["weights"]
+        lines.append(f"{w.size:,} kept prunable parameters; median |w| {_f(float(_median(w)))}.")
+        lines += image("weights", "histogram of |w|")
+        if final.get("sensitivity") is not None:
+            sv = final["sensitivity"]
+            lines += ["", f"Sensitivity `{final['variant']}` of the final model, mean over {final['batches']} "
+                      f"training batches: median {_f(float(_median(sv)))}; {100 * float((sv >= 1).mean()):.2f} % of "
+                      f"the kept parameters have S ≥ 1 (insensitivity 0: not shrunk)."]
+            lines += image("sensitivity", "histogram of the sensitivity")
+        if final.get("insensitivity"):
+            lines += ["", "Insensitivity max(0, 1 − S) per regularized tensor, S brought to scale as in training "
+                      "(`sens.scale`): the factor on λ in each weight's shrink. A mean near 1 with nothing below "
+                      "0.5 means the shrink is plain weight decay.", ""]
+            lines += _table(["tensor", "kept", "mean insensitivity", "below 0.5", "zero (S ≥ 1)"], [[
+                name, f"{v.size:,}", _f(float(v.mean())), f"{100 * float((v < 0.5).mean()):.1f} %",
+                f"{100 * float((v <= 0).mean()):.1f} %"] for name, v in final["insensitivity"].items()])
+            lines += image("insensitivity", "insensitivity histogram per tensor")
+    if notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _finite(v: Any) -> Any:
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _median(values) -> float:
+    import numpy as np
+
+    return float(np.median(values)) if len(values) else float("nan")
