@@ -32,7 +32,8 @@ from sensreg.config import TrainConfig
 from sensreg.data import batches
 from sensreg.pruning import Masks, prunable_names
 from sensreg.sensitivity import get_variant
-from sensreg.train import TrainStep, build_optimizer, setup
+from sensreg.run import setup
+from sensreg.train import TrainStep, build_optimizer
 
 VARIANTS = ("none", "loss", "spec", "unspec", "spec/sample", "unspec/sample")
 TARGETS = {"loss": 1.1, "spec": 1.7, "unspec": 4.0}

@@ -11,12 +11,13 @@ the same networks from sensreg's references.yaml.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 from sensreg.compare import references_for
+from sensreg.run_folder import RunFolder
+from sensreg.tables import markdown_table
 
 
 def mean_std(values: list[float], digits: int) -> str:
@@ -42,8 +43,7 @@ def preset_row(name: str, summaries: list[dict]) -> list[str]:
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    return "\n".join(markdown_table(header, rows)) + "\n"
 
 
 def main() -> None:
@@ -53,10 +53,10 @@ def main() -> None:
     rows, models = [], []
     for preset in sorted(p for p in root.iterdir() if p.is_dir()):
         summaries = []
-        for path in sorted(preset.glob("seed*/summary.json")):
-            summary = json.loads(path.read_text())
-            if summary.get("status") == "completed":
-                summaries.append(summary)
+        for run in sorted(p for p in preset.glob("seed*") if p.is_dir()):
+            record = RunFolder(run).read()
+            if record.status == "completed":
+                summaries.append(record.summary)
         if not summaries:
             print(f"{preset}: no completed run, left out", file=sys.stderr)
             continue

@@ -15,34 +15,31 @@ made on these.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import math
 import sys
 from pathlib import Path
 
-import yaml
+from sensreg.run_folder import SUMMARY_NAME, RunFolder
+from sensreg.tables import markdown_table
 
 
 def runs_below(paths: list[str]) -> list[Path]:
     found = []
     for p in map(Path, paths):
-        found += [s.parent for s in sorted(p.rglob("summary.json"))]
+        found += [s.parent for s in sorted(p.rglob(SUMMARY_NAME))]
     return found
 
 
 def row(run: Path, root: Path) -> dict | None:
-    summary = json.loads((run / "summary.json").read_text())
-    if summary.get("status") != "completed":
+    record = RunFolder(run).read()
+    if record.status != "completed":
         return None
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    summary, cfg, last = record.summary, record.config, record.metrics[-1]
     sens, prune = cfg["sens"], cfg["prune"]
-    with open(run / "metrics.csv", newline="") as f:
-        last = list(csv.DictReader(f))[-1]
     scale = sens.get("scale", "none")
     scale = {"gamma": f"γ {sens.get('gamma'):g}", "max": f"max/{sens.get('scale_over', 'tensor')}"}.get(scale, scale)
     weights = [layer for layer in summary["sparsity"]["layers"] if layer["prunable"] and len(layer["shape"]) > 1]
-    insens = last.get("insens_mean") or ""
-    below = last.get("insens_below_half") or ""
+    insens, below = last.get("insens_mean", math.nan), last.get("insens_below_half", math.nan)
     return {
         "run": str(run.relative_to(root)) if run != root else run.name, "sens": sens["name"],
         "reduction": sens.get("reduction", "batch") if sens["name"] in ("spec", "unspec", "loss") else "",
@@ -51,8 +48,8 @@ def row(run: Path, root: Path) -> dict | None:
         "epochs": summary["epochs_completed"], "val": 100 * summary["val_error"],
         "remaining": summary["remaining_pct"], "compression": summary["compression"],
         "layers": ", ".join(f"{w['name'].removesuffix('.weight')} {w['remaining_pct']:.2g}" for w in weights),
-        "insens": f"{float(insens):.3f}" if insens else "",
-        "below": f"{100 * float(below):.1f} %" if below else "",
+        "insens": "" if math.isnan(insens) else f"{insens:.3f}",
+        "below": "" if math.isnan(below) else f"{100 * below:.1f} %",
     }
 
 
@@ -64,14 +61,12 @@ def main() -> None:
     root = Path(args.paths[0])
     rows = [r for r in (row(run, root) for run in runs_below(args.paths)) if r is not None]
     rows.sort(key=lambda r: r[args.sort])
-    out = sys.stdout
-    out.write("| run | sens | reduction | scale | scope | λ | seed | epochs | val error | remaining | compression "
-              "| remaining % per weight tensor | insensitivity (last epoch) | below 0.5 |\n")
-    out.write("|" + " --- |" * 14 + "\n")
-    for r in rows:
-        out.write(f"| {r['run']} | {r['sens']} | {r['reduction']} | {r['scale']} | {r['scope']} | {r['lam']:g} "
-                  f"| {r['seed']} | {r['epochs']} | {r['val']:.2f} % | {r['remaining']:.2f} % "
-                  f"| {r['compression']:.0f}× | {r['layers']} | {r['insens']} | {r['below']} |\n")
+    header = ["run", "sens", "reduction", "scale", "scope", "λ", "seed", "epochs", "val error", "remaining",
+              "compression", "remaining % per weight tensor", "insensitivity (last epoch)", "below 0.5"]
+    cells = [[r["run"], r["sens"], r["reduction"], r["scale"], r["scope"], f"{r['lam']:g}", str(r["seed"]),
+              str(r["epochs"]), f"{r['val']:.2f} %", f"{r['remaining']:.2f} %", f"{r['compression']:.0f}×",
+              r["layers"], r["insens"], r["below"]] for r in rows]
+    sys.stdout.write("\n".join(markdown_table(header, cells)) + "\n")
 
 
 if __name__ == "__main__":

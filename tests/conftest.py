@@ -1,12 +1,28 @@
-"""Shared fixtures: tiny float64 networks and independent reference derivatives.
+"""Shared fixtures and helpers.
 
-The reference derivatives are built the slow, obvious way (a Python loop over samples and over
-output components, one scalar ``torch.autograd.grad`` at a time) so that they share no code path
-with the batched implementations in ``sensreg.sensitivity``.
+Fixtures: tiny float64 networks and independent reference derivatives (``ref``, ``batch``), one
+intra-op thread (``single_thread``). The reference derivatives are built the slow, obvious way (a
+Python loop over samples and over output components, one scalar ``torch.autograd.grad`` at a time)
+so that they share no code path with the batched implementations in ``sensreg.sensitivity``.
+
+Helpers, imported by the test modules as ``from conftest import NAME`` (pytest puts tests/ on
+``sys.path``): the repository and MNIST's place in it, the composed Hydra config, the small
+synthetic-data TrainConfig, the ``sensreg`` command as a subprocess, run-folder comparisons, a
+signal during the n-th training step, PNG checks, and the values a test is parametrized with.
+They import sensreg where they are called, so that this module imports even while a part of
+sensreg does not.
 """
 
 from __future__ import annotations
 
+import copy
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -100,3 +116,133 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- helpers shared by the test modules -------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+HAVE_MNIST = (REPO / "data" / "MNIST" / "raw").is_dir()
+needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="MNIST not in data/ (see README)")
+
+
+def random_batch(n: int, shape: tuple[int, ...], classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` standard-normal float32 inputs of ``shape`` and labels drawn from ``range(classes)``,
+    both from one generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def composed(*overrides: str) -> dict:
+    """The shipped configs composed by Hydra (as `sensreg train OVERRIDES` does), as a plain dict."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="sensreg.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+# The small synthetic-data run every training test starts from: 270 training, 30 validation and
+# 100 test samples, two epochs of 6 steps, on the CPU.
+SMALL_RUN = {
+    "data": {"name": "synthetic", "num_train": 300, "num_test": 100},
+    "trainer": {"epochs": 2, "batch_size": 50, "device": "cpu", "progress": False},
+}
+
+
+def train_config(base: dict, /, **sections: dict):
+    """The TrainConfig of the raw config ``base`` with each section updated by ``sections``
+    (``trainer={"epochs": 3}`` changes that key and keeps the others); ``base`` is not changed."""
+    from sensreg.config import TrainConfig
+
+    raw = copy.deepcopy(base)
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return TrainConfig.from_dict(raw)
+
+
+def config(**sections: dict):
+    """``SMALL_RUN`` with each section updated by ``sections`` (see ``train_config``)."""
+    return train_config(SMALL_RUN, **sections)
+
+
+def metrics_without_time(run: Path) -> list[dict]:
+    """metrics.csv minus the seconds column (wall time differs between any two runs)."""
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two finished run folders hold the same model, masks, metrics (but the seconds), test
+    error and threshold decisions."""
+    from sensreg.checkpoint import load_checkpoint
+
+    ma, mb = (load_checkpoint(p / "model.pt") for p in (a, b))
+    for name, tensor in ma["state_dict"].items():
+        assert torch.equal(tensor, mb["state_dict"][name]), name
+    for name, mask in ma["masks"].items():
+        assert torch.equal(mask, mb["masks"][name]), name
+    assert metrics_without_time(a) == metrics_without_time(b)
+    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
+    assert sa["test_error"] == sb["test_error"] and sa["thresholds"] == sb["thresholds"]
+
+
+def stop_at_step(monkeypatch, n: int, signum=signal.SIGINT) -> None:
+    """Deliver a real signal to this process during the n-th training step (``TrainStep.__call__``
+    patched through ``monkeypatch``, every argument passed on)."""
+    from sensreg.train import TrainStep
+
+    original = TrainStep.__call__
+    calls = {"n": 0}
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            signal.raise_signal(signum)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainStep, "__call__", step)
+
+
+# The arguments of a tiny CLI training run: synthetic data, two epochs, on the CPU.
+TINY = ["data=synthetic", "data.num_train=400", "data.num_test=200", "trainer.epochs=2",
+        "trainer.device=cpu", "trainer.batch_size=50"]
+
+
+def sensreg(*args: str, cwd: Path, module: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`sensreg ARGS` (``module``: `python -m sensreg ARGS`) run to its end in ``cwd``, its output
+    captured as text. ``env``: the variables set on top of this process's environment; by default
+    HYDRA_FULL_ERROR is emptied (Hydra's short error messages, as a user sees them)."""
+    cmd = [sys.executable, "-m", "sensreg", *args] if module else ["sensreg", *args]
+    extra = {"HYDRA_FULL_ERROR": ""} if env is None else env
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, **extra})
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """The run folders (those with a summary.json) under ``root``, sorted."""
+    return sorted(p.parent for p in root.rglob("summary.json"))
+
+
+def assert_png(path: Path, min_bytes: int = 10_000) -> None:
+    """``path`` is a PNG file of more than ``min_bytes`` bytes (a plot with something drawn in it)."""
+    from sensreg.plots import PNG_SIGNATURE
+
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    assert len(data) > min_bytes, (path, len(data))
+
+
+def parametrized(test, argname: str) -> list:
+    """The values of ``argname`` that ``test`` is parametrized with by its own
+    ``@pytest.mark.parametrize`` (one entry of each tuple where it names several arguments)."""
+    for mark in getattr(test, "pytestmark", []):
+        if mark.name != "parametrize":
+            continue
+        names = mark.args[0]
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        if argname in names:
+            i = names.index(argname)
+            rows = [v.values if hasattr(v, "marks") else v if len(names) > 1 else (v,)  # pytest.param or plain
+                    for v in mark.args[1]]
+            return [row[i] for row in rows]
+    raise LookupError(f"{test.__name__} is not parametrized over {argname!r}")

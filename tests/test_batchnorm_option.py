@@ -3,6 +3,7 @@ pruned unless it is true; networks without normalization layers are unaffected."
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields
 from importlib import resources
 
@@ -15,11 +16,12 @@ from sensreg.checkpoint import CheckpointError, load_checkpoint
 from sensreg.config import ConfigError, PruneConfig, TrainConfig
 from sensreg.models import build_model
 from sensreg.pruning import Masks, norm_parameter_names, prunable_names, sparsity_stats
-from sensreg.report import layer_table, render_text
+from sensreg.tables import layer_table, render_text
 from sensreg.sensitivity import get_variant
-from sensreg.train import TrainStep, setup, train
+from sensreg.run import setup, train
+from sensreg.train import TrainStep
 
-from test_train import config  # the small synthetic-data run every training test starts from
+from conftest import config, random_batch  # config(): the small synthetic-data run of the training tests
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -32,9 +34,7 @@ def conv_bn_net(seed: int = 0) -> nn.Module:
 BN = ["1.weight", "1.bias"]
 
 
-def batch(n: int = 16):
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+batch = functools.partial(random_batch, 16, (1, 8, 8), 3)  # batch(): 16 inputs for conv_bn_net, 3 classes
 
 
 # --- which parameters -------------------------------------------------------------------------------

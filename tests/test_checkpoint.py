@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sensreg.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_init_state, save_model
+from sensreg.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_model
+from sensreg.init_weights import load_init_state
 from sensreg.models import build_model
 from sensreg.pruning import Masks, prunable_names
 

@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["data=synthetic", "data.num_train=400", "data.num_test=200", "trainer.epochs=2",
-        "trainer.device=cpu", "trainer.batch_size=50"]
-
-
-def sensreg(*args: str, cwd: Path, module: bool = False) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "sensreg", *args] if module else ["sensreg", *args]
-    env = {**os.environ, "HYDRA_FULL_ERROR": ""}
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
-
-
-def run_dirs(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.rglob("summary.json"))
+from conftest import REPO, TINY, needs_mnist, run_dirs, sensreg
 
 
 def test_help_lists_commands(tmp_path):
@@ -171,7 +155,7 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REPO / "data" / "MNIST" / "raw").is_dir(), reason="MNIST not in data/ (see README)")
+@needs_mnist
 def test_lenet300_one_epoch_on_real_mnist(tmp_path):
     """The real check: LeNet-300-100, one epoch of MNIST, under 4 % test error."""
     out = sensreg("train", "model=lenet300", "trainer.epochs=1", "trainer.device=cpu",

@@ -19,6 +19,7 @@ these two. Grouped by hash: hA (5 ± 1, 2.2 ± 0.2, n=3) and hB (9, 1.9, n=2) ar
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -29,7 +30,10 @@ import pytest
 import yaml
 
 from sensreg import compare as cmp
-from sensreg.plots import PNG_SIGNATURE
+from sensreg.run_folder import LOCK_NAME
+
+import conftest
+from conftest import assert_png
 
 
 def make_run(folder: Path, *, sens: str, lam: float, seed: int, config_hash: str, status: str = "completed",
@@ -72,7 +76,7 @@ def tree(tmp_path) -> Path:
                  error_pct=err, remaining=rem)
     running = make_run(sweep / "2_loss_running", sens="loss", lam=1e-4, seed=2, config_hash="hB",
                        status="running", epochs_done=3)
-    (running / cmp.LOCK_NAME).write_text(f"{os.getpid()} {os.uname().nodename}\n")  # a live writer
+    (running / LOCK_NAME).write_text(f"{os.getpid()} {os.uname().nodename}\n")  # a live writer
     make_run(sweep / "3_unspec_failed", sens="unspec", lam=1e-3, seed=0, config_hash="hC", status="failed",
              epochs_done=1)
     corrupt = make_run(sweep / "4_corrupt", sens="spec", lam=1e-5, seed=0, config_hash="hD",
@@ -240,12 +244,6 @@ def test_each_plot_gets_the_references_of_its_own_network_and_data(tree, tmp_pat
 
 # --- the files ---------------------------------------------------------------------------------
 
-def assert_png(path: Path, min_bytes: int = 10_000) -> None:
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE, path
-    assert len(data) > min_bytes, (path, len(data))
-
-
 def test_compare_writes_csv_markdown_and_plot_into_the_first_folder(tree):
     result = cmp.compare([str(tree)])
     assert result.out_dir == tree
@@ -306,9 +304,8 @@ def test_user_mistakes_are_compare_errors(tree, tmp_path, paths, kwargs, message
 
 # --- the command line --------------------------------------------------------------------------
 
-def sensreg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["sensreg", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+# One thread for the training runs; the tables printed 200 columns wide, as on a wide terminal.
+sensreg = functools.partial(conftest.sensreg, env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"})
 
 
 def test_cli_prints_the_table_and_lists_skipped_folders(tree):
@@ -361,7 +358,7 @@ def test_a_running_run_whose_process_is_gone_is_listed_as_abandoned(tmp_path):
     gone = subprocess.run(["python", "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     killed = make_run(tmp_path / "killed", sens="spec", lam=1e-4, seed=0, config_hash="h", status="running",
                       epochs_done=2)
-    (killed / cmp.LOCK_NAME).write_text(f"{gone.stdout.strip()} {os.uname().nodename}\n")  # SIGKILL leaves it
+    (killed / LOCK_NAME).write_text(f"{gone.stdout.strip()} {os.uname().nodename}\n")  # SIGKILL leaves it
     make_run(tmp_path / "no_lock", sens="spec", lam=1e-4, seed=1, config_hash="h", status="running", epochs_done=2)
     rows, _ = cmp.read_runs(cmp.find_run_dirs([tmp_path]), tmp_path)
     assert {r.run: r.status for r in rows} == {"killed": "abandoned", "no_lock": "abandoned"}

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+from importlib import resources
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from sensreg.data import DatasetMissing, Split, batches, load_dataset, num_batches, split_train_val
+from sensreg.config import DataConfig, TrainConfig
+from sensreg.data import (DATASETS, DatasetMissing, Split, batches, input_shape, load_dataset, num_batches,
+                          pad_value, split_train_val)
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, composed, needs_mnist
+
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -65,7 +71,7 @@ def test_missing_mnist_names_the_folder_and_leaves_no_empty_one(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REPO / "data" / "MNIST" / "raw").is_dir(), reason="MNIST not in data/ (see README)")
+@needs_mnist
 def test_mnist_split_sizes_and_normalization():
     d = load_dataset("mnist", REPO / "data")
     assert (len(d.train), len(d.val), len(d.test)) == (54_000, 6_000, 10_000)
@@ -80,3 +86,73 @@ def test_fashion_mnist_is_taken_from_debian_into_the_data_root(tmp_path):
     d = load_dataset("fashion_mnist", tmp_path)
     assert (len(d.train) + len(d.val), len(d.test)) == (60_000, 10_000)
     assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+
+# --- every registered dataset ----------------------------------------------------------------------
+
+# The keys that every configs/data/NAME.yaml has (the dataset's own options come on top of them).
+COMMON_DATA_KEYS = {"name", "root", "val_fraction", "split_seed", "on_device", "eval_batch_size"}
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_every_dataset_has_a_config_that_agrees_with_its_spec(name):
+    spec = DATASETS[name]
+    assert spec.name == name
+    path = resources.files("sensreg.configs") / "data" / f"{name}.yaml"
+    assert path.is_file(), f"configs/data/{name}.yaml is missing"
+    values = yaml.safe_load(path.read_text())
+    assert values["name"] == name
+    keys = {f.name for f in fields(DataConfig)}
+    assert COMMON_DATA_KEYS <= set(values) <= keys, (sorted(COMMON_DATA_KEYS - set(values)), sorted(set(values) - keys))
+    cfg = TrainConfig.from_dict(composed(f"data={name}"))
+    assert cfg.data.name == name
+    # One input's shape: the spec's own, or the one the config's options choose.
+    if spec.input_shape is not None:
+        assert len(spec.input_shape) == 3
+        assert input_shape(name) == input_shape(name, 7, (2, 5, 5)) == spec.input_shape  # options do not change it
+    elif spec.from_files:  # decoded as RGB, cropped to image_size
+        assert input_shape(name, cfg.data.image_size) == (3, cfg.data.image_size, cfg.data.image_size)
+    else:  # the synthetic dataset's shape option
+        assert input_shape(name, synthetic_shape=cfg.data.shape) == tuple(cfg.data.shape)
+    # A black pixel after the normalization pads the random crops.
+    if spec.normalization is None:
+        assert pad_value(name) == (0.0,)
+    else:
+        mean, std = spec.normalization
+        assert len(mean) == len(std) == input_shape(name)[0]
+        assert pad_value(name) == pytest.approx(tuple(-m / s for m, s in zip(mean, std)))
+
+
+# The datasets whose tests write them in their own format (none of them is on these machines).
+GENERATED_ELSEWHERE = {"cifar10": "tests/test_data_cifar.py", "cifar100": "tests/test_data_cifar.py",
+                       "imagenet": "tests/test_data_imagenet.py"}
+LOADED_HERE = ["synthetic",
+               pytest.param("mnist", marks=[pytest.mark.slow, needs_mnist]),
+               pytest.param("fashion_mnist", marks=[pytest.mark.slow, pytest.mark.skipif(
+                   not DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")])]
+
+
+def test_every_dataset_is_loaded_by_a_test():
+    here = {getattr(p, "values", (p,))[0] for p in LOADED_HERE}
+    missing = set(DATASETS) - here - set(GENERATED_ELSEWHERE)
+    assert not missing, (f"no test loads the dataset(s) {sorted(missing)} of DATASETS: add them to LOADED_HERE "
+                         f"(tests/test_data.py) or write them in their format in a test of their own")
+    assert here | set(GENERATED_ELSEWHERE) <= set(DATASETS)
+
+
+@pytest.mark.parametrize("name", LOADED_HERE)
+def test_a_dataset_loads_with_the_shape_and_classes_of_its_spec(name, tmp_path):
+    spec = DATASETS[name]
+    # MNIST from data/; Fashion-MNIST copied from Debian's files into the (empty) root.
+    root = REPO / "data" if name == "mnist" else tmp_path
+    options = {"num_train": 200, "num_test": 50} if name == "synthetic" else {}
+    d = load_dataset(name, root, val_fraction=0.1, **options)
+    shape = input_shape(name)  # the synthetic dataset: its default shape
+    assert d.input_shape == shape
+    for split in (d.train, d.val, d.test):
+        assert len(split) > 0 and tuple(split.x.shape[1:]) == shape and split.x.dtype == torch.float32
+        assert split.y.dtype == torch.long and 0 <= int(split.y.min()) and int(split.y.max()) < d.num_classes
+    assert len(d.val) == round(0.1 * (len(d.train) + len(d.val)))
+    if spec.num_classes is not None:
+        assert d.num_classes == spec.num_classes
+    assert d.pad_value == pad_value(name) and not d.augmented_in_loader

@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets.cifar as tv_cifar
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
-from sensreg.checkpoint import load_checkpoint, load_training_state
+from sensreg.checkpoint import load_checkpoint
 from sensreg.config import TrainConfig
 from sensreg.data import DatasetMissing, load_dataset, pad_value, random_crop_flip
 from sensreg.interrupt import Interrupted
 from sensreg.models import build_model
-from sensreg.train import resume_state, train
-from test_reliability import stop_at_step
+from sensreg.run import resume_state, train
+from sensreg.train_state import load_training_state
+
+from conftest import composed, stop_at_step
 
 # The normalization constants written out here, independently of sensreg.data.
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -134,12 +134,6 @@ def downloads(monkeypatch) -> list[str]:
 def normalize(raw: torch.Tensor, name: str) -> torch.Tensor:
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in STATS[name])
     return (raw.float() / 255 - mean) / std
-
-
-def composed(*overrides: str) -> dict:
-    with initialize_config_module(config_module="sensreg.configs", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -253,10 +247,11 @@ def cifar_config(root: Path, *overrides: str) -> TrainConfig:
 def test_a_short_run_trains_on_cifar_augmenting_training_batches_only(tmp_path, monkeypatch):
     make_cifar(tmp_path / "data", "cifar10", monkeypatch, n_train=40, n_test=16)
     d = load_dataset("cifar10", tmp_path / "data")
+    import sensreg.evaluate as evaluate_module
     import sensreg.train as train_module
 
     augmented, evaluated = [], []
-    real_augment, real_evaluate = train_module.crop_flip, train_module.evaluate
+    real_augment, real_evaluate = train_module.crop_flip, evaluate_module.evaluate
 
     def augment_spy(x, draws, **kwargs):
         # Every augmented image is a training image, never one of validation or test.
@@ -270,7 +265,7 @@ def test_a_short_run_trains_on_cifar_augmenting_training_batches_only(tmp_path, 
         return real_evaluate(model, split, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "crop_flip", augment_spy)
-    monkeypatch.setattr(train_module, "evaluate", evaluate_spy)
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluate_spy)
     summary = train(cifar_config(tmp_path / "data"), tmp_path / "run")
     assert summary["status"] == "completed" and summary["model"] == "resnet20"
     assert augmented == [8, 8, 8, 8, 4]  # 36 training images in batches of 8

@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 from PIL import Image
 
 from sensreg.cli import main as sensreg_main
 from sensreg.config import ConfigError, DataConfig, TrainConfig
 from sensreg.data import DatasetMissing, Split, batches, load_dataset, load_test_split
 from sensreg.interrupt import Interrupted
-from sensreg.train import TrainStep, resume_state, train
+from sensreg.run import resume_state, train
+from sensreg.train import TrainStep
+
+from conftest import composed
 
 CLASSES = ["n01", "n02", "n03"]  # sorted, as ImageFolder numbers them
 # torchvision's ImageNet normalization, written out here independently of sensreg.
@@ -76,12 +77,6 @@ def expected_eval_image(path: Path, image_size: int, resize: int) -> torch.Tenso
 
 def all_batches(split, batch_size: int, **kwargs) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(batches(split, batch_size, **kwargs))
-
-
-def composed(*overrides: str) -> dict:
-    with initialize_config_module(config_module="sensreg.configs", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 # --- the folder and its splits -------------------------------------------------------------------

@@ -18,14 +18,17 @@ import torch
 import torch.multiprocessing as mp
 
 from sensreg import distributed
-from sensreg.checkpoint import load_checkpoint, load_training_state
+from sensreg.checkpoint import load_checkpoint
 from sensreg.distributed import DistributedError, from_environment
 from sensreg.interrupt import Interrupted
 from sensreg.models import build_model
 from sensreg.pruning import Masks, prunable_names
-from sensreg.sensitivity import batched_vjps_are_faster, get_variant
-from sensreg.train import TrainStep, resume_state, train
-from test_train import config
+from sensreg.sensitivity import VARIANTS, batched_vjps_are_faster, get_variant
+from sensreg.run import resume_state, train
+from sensreg.train import TrainStep
+from sensreg.train_state import load_training_state
+
+from conftest import config, parametrized, stop_at_step
 
 
 def free_port() -> int:
@@ -112,6 +115,16 @@ def test_two_processes_give_the_gradients_and_sensitivities_of_the_whole_batch(
         assert any(not torch.equal(s, s.abs()) for s in grads)
 
 
+def test_every_sensitivity_variant_is_summed_over_processes_above():
+    # The cases above are chosen by hand (models, class sampling, batched VJPs, reductions); each
+    # variant with a sensitivity must be among them: its signed derivatives are what is summed.
+    covered = set(parametrized(test_two_processes_give_the_gradients_and_sensitivities_of_the_whole_batch, "sens"))
+    missing = [name for name, v in VARIANTS.items() if v.uses_sensitivity and name not in covered]
+    assert not missing, (f"the sensitivity variant(s) {missing} of VARIANTS are in no case of "
+                         f"test_two_processes_give_the_gradients_and_sensitivities_of_the_whole_batch "
+                         f"(tests/test_distributed.py): add one for each")
+
+
 # --- whole runs -----------------------------------------------------------------------------
 
 def run_config(sens: str = "spec", model: str = "lenet300", augment: bool = False):
@@ -125,14 +138,7 @@ def run_config(sens: str = "spec", model: str = "lenet300", augment: bool = Fals
 def train_run(d, run_dirs, sens, model, resume=False, stop_at=None, augment=False):
     cfg = run_config(sens, model, augment)
     if stop_at is not None and d.rank == 1:  # SIGTERM to process 1 alone, during step stop_at
-        original, calls = TrainStep.__call__, {"n": 0}
-
-        def step(self, *args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == stop_at:
-                signal.raise_signal(signal.SIGTERM)
-            return original(self, *args, **kwargs)
-        TrainStep.__call__ = step
+        stop_at_step(pytest.MonkeyPatch(), stop_at, signal.SIGTERM)  # never undone: the process ends
     run_dir = Path(run_dirs[d.rank])
     saved = resume_state(cfg, Path(run_dirs[0]) / "last.pt") if resume else None
     summary = train(cfg, run_dir, saved, d)
@@ -288,7 +294,7 @@ def test_a_sweep_of_two_task_jobs_through_submitit_trains_each_point_on_two_proc
     """What `hydra/launcher=slurm hydra.launcher.tasks_per_node=2` does on a cluster, with
     submitit's local executor: each sweep point is one job of two tasks, which form one run."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from test_cli import TINY, run_dirs, sensreg
+    from conftest import TINY, run_dirs, sensreg
 
     sweep_dir = tmp_path / "sweep"
     out = sensreg("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",

@@ -11,13 +11,14 @@ import torch
 import torchvision
 from torch import nn
 
-from sensreg import train as train_module
-from sensreg.checkpoint import CheckpointError, init_model_, load_init_state
+from sensreg import run as train_module
+from sensreg.checkpoint import CheckpointError
+from sensreg.init_weights import init_model_, load_init_state
 from sensreg.data import Dataset, Split
 from sensreg.models import build_model
-from sensreg.train import setup
+from sensreg.run import setup
 
-from test_train import config  # the small synthetic-data run every training test starts from
+from conftest import config  # the small synthetic-data run every training test starts from
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sensreg.models import MODELS, build_model
 from sensreg.pruning import Masks, layer_macs_per_weight, prunable_names, sparsity_stats
 from sensreg.sensitivity import get_variant, gradients_and_sensitivity
+from sensreg.train import TrainStep
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -185,6 +186,29 @@ def test_forward_backward_sensitivity_and_pruning(name):
     positions = layer_macs_per_weight(model, shape)
     assert stats["flops"]["remaining"] == sum(positions[n] * int(m.sum()) for n, m in zip(names, masks.masks))
     assert 0 < stats["flops"]["remaining"] < stats["flops"]["dense"] == counted_macs(model, shape)
+
+
+@pytest.mark.parametrize("name", [param(n) for n in MODELS])
+def test_every_model_takes_a_training_step_and_keeps_its_pruned_weights_at_zero(name):
+    """The whole TrainStep (loss and specific-sensitivity backward, shrink, momentum step, masks):
+    every parameter moves; after a pruning, the next step leaves the pruned entries exactly zero."""
+    model = build(name, shape_index=2).train()
+    classes, _, shape = SETUPS[name]
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1])
+    masks = Masks(model, prunable_names(model, "weights"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    step = TrainStep(model, optimizer, get_variant("spec"), masks, prunable_names(model, "all"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert bool(torch.isfinite(step(x, y, 1e-3)))
+    assert [n for n, p in model.named_parameters() if torch.equal(p, before[n])] == []
+
+    threshold = float(torch.cat([p.detach().abs().flatten()[:2000] for p in masks.params]).median())
+    assert masks.prune_below_(threshold, optimizer) > 0
+    kept = [m.clone() for m in masks.masks]
+    assert bool(torch.isfinite(step(x, y, 1e-3)))
+    for n, p, m, k in zip(masks.names, masks.params, masks.masks, kept):
+        assert torch.equal(m, k) and not p[~m].any(), n
 
 
 # --- input checks ----------------------------------------------------------------------------------------

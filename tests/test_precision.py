@@ -17,12 +17,13 @@ from sensreg.checkpoint import load_checkpoint
 from sensreg.compiling import CompileError
 from sensreg.config import ConfigError, config_differences
 from sensreg.data import load_dataset
-from sensreg.evaluate import evaluate_checkpoint
+from sensreg.reevaluate import evaluate_checkpoint
 from sensreg.models import build_model
 from sensreg.pruning import Masks, prunable_names
 from sensreg.sensitivity import get_variant
-from sensreg.train import TrainStep, train
-from test_train import config  # the small synthetic-data run every training test starts from
+from sensreg.run import train
+from sensreg.train import TrainStep
+from conftest import config  # the small synthetic-data run every training test starts from
 
 # bf16 against fp32 sensitivity, per parameter tensor: |S_bf16 - S_fp32| / |S_fp32| in the
 # Frobenius norm. The batch-mean derivative sums signed per-sample terms, each rounded to

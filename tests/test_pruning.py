@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import functools
+import json
+from importlib import resources
+
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
+from sensreg import run as run_module
+from sensreg.checkpoint import load_checkpoint
+from sensreg.config import TrainConfig
+from sensreg.interrupt import Interrupted
 from sensreg.models import build_model
+from sensreg.prune_schedules import PRUNE_SCHEDULES, build_prune_schedule
 from sensreg.pruning import Masks, layer_macs_per_weight, prunable_names, search_threshold, sparsity_stats
+from sensreg.run import resume_state, train
 from sensreg.sensitivity import get_variant
 from sensreg.train import TrainStep
+from sensreg.train_state import load_training_state
+
+from conftest import assert_same_run, composed, config, metrics_without_time, random_batch, stop_at_step
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -20,9 +34,7 @@ def small_net(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
-def data(n: int = 32, features: int = 6, classes: int = 3, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, features, generator=g), torch.randint(0, classes, (n,), generator=g)
+data = functools.partial(random_batch, 32, (6,), 3)  # data(seed=0): 32 inputs for small_net, 3 classes
 
 
 # --- prunable_names ---------------------------------------------------------------------------------
@@ -305,9 +317,6 @@ def test_search_never_tries_a_threshold_above_the_limit():
 def test_a_chance_level_network_is_never_pruned_to_an_empty_layer(tmp_path):
     """An untrained network is no better than chance, so pruning hardly changes its loss; the
     search must still keep every weight tensor connected."""
-    from sensreg.train import train
-    from test_train import config
-
     cfg = config(model={"name": "lenet300"}, optim={"lr": 1e-7},  # it stays at its random start
                  trainer={"epochs": 2}, prune={"name": "search", "patience": 0, "tolerance": 0.5})
     summary = train(cfg, tmp_path)
@@ -664,7 +673,7 @@ def fake_validation(monkeypatch, model: nn.Module, names: list[str]):
     """Replace the validation pass of ``_search_and_prune`` by a loss that grows with every entry
     pruned (a zero where ``model`` had none), at a different cost per tensor; returns that loss
     as a function of the kept masks, the original weights and the list of evaluations."""
-    import sensreg.train as train_module
+    import sensreg.evaluate as train_module
 
     original = [p.detach().clone() for n, p in model.named_parameters() if n in names]
     cost = [3.0, 1.0, 40.0, 5.0, 0.5, 2.0]  # per tensor, per unit of |w| pruned
@@ -688,7 +697,7 @@ def test_layer_search_finds_the_largest_tau_within_tolerance(monkeypatch, tolera
     against a brute-force scan over every candidate τ."""
     from types import SimpleNamespace
 
-    from sensreg.train import _search_and_prune
+    from sensreg.prune_schedules import search_and_prune as _search_and_prune
 
     model = scope_net()
     masks = Masks(model, prunable_names(model, "all"))
@@ -791,10 +800,6 @@ def test_layer_scope_with_and_without_batch_norm(batchnorm):
 
 
 def test_a_run_with_layer_thresholds(tmp_path):
-    from sensreg.checkpoint import load_checkpoint
-    from sensreg.train import train
-    from test_train import config
-
     cfg = config(sens={"name": "spec", "lam": 1e-3}, trainer={"epochs": 2},
                  prune={"name": "search", "patience": 0, "tolerance": 0.3, "scope": "layer"})
     summary = train(cfg, tmp_path)
@@ -815,9 +820,6 @@ def test_a_run_with_layer_thresholds(tmp_path):
 
 
 def test_a_fixed_schedule_with_layer_thresholds_prunes_the_same_fraction_everywhere(tmp_path):
-    from sensreg.train import train
-    from test_train import config
-
     # Weights hardly move from their initialization (uniform on [-a, a], σ = a/√3), so τ = 0.5
     # prunes P(|w| < 0.5 a/√3) = 0.5/√3 = 28.9 % of every weight matrix, whatever its a.
     cfg = config(sens={"name": "none"}, optim={"lr": 1e-9}, trainer={"epochs": 1},
@@ -832,18 +834,120 @@ def test_a_fixed_schedule_with_layer_thresholds_prunes_the_same_fraction_everywh
 
 
 def test_the_scope_key():
-    from importlib import resources
-
-    import yaml
-
-    from sensreg.config import LATER_KEYS, ConfigError, TrainConfig
-    from test_train import config
+    from sensreg.config import LATER_KEYS, ConfigError
 
     assert TrainConfig().prune.scope == "global" and LATER_KEYS[("prune", "scope")] == "global"
     folder = resources.files("sensreg.configs") / "prune"
-    for name in ("search", "fixed", "none"):
+    for name in PRUNE_SCHEDULES:
         assert yaml.safe_load((folder / f"{name}.yaml").read_text())["scope"] == "global", name
     assert config(prune={"scope": "layer"}).prune.scope == "layer"
     assert config(prune={"scope": "layer"}).hash() != config().hash()
     with pytest.raises(ConfigError, match=r"prune.scope='bogus' is not one of: global, layer\."):
         config(prune={"scope": "bogus"})
+
+
+# --- every registered pruning schedule ---------------------------------------------------------------
+
+# The prune.* settings each schedule of PRUNE_SCHEDULES is tried with, in the 3-epoch runs of
+# schedule_config (270 training samples, 6 steps an epoch): search searches after every epoch
+# (three decisions), fixed prunes below 5e-3 in epochs 1 and 3. A new schedule needs its entry.
+SCHEDULE_SETTINGS = {
+    "search": {"patience": 0, "tolerance": 0.1},
+    "fixed": {"threshold": 5e-3, "every": 2},
+    "none": {},
+}
+MUST_PRUNE = {"search", "fixed"}  # at least one decision in that run
+NEVER_PRUNES = {"none"}
+# What every threshold decision holds: the report's table of decisions and its plot read these.
+DECISION_KEYS = {"epoch", "threshold", "pruned", "remaining_pct_before", "remaining_pct_after",
+                 "val_loss_before", "val_loss_after"}
+
+
+def schedule_config(name: str) -> TrainConfig:
+    """A short deterministic spec run pruned by schedule ``name`` with its SCHEDULE_SETTINGS."""
+    if name not in SCHEDULE_SETTINGS:
+        pytest.fail(f"the pruning schedule {name!r} of PRUNE_SCHEDULES has no SCHEDULE_SETTINGS entry in "
+                    f"tests/test_pruning.py: add the prune.* settings under which it prunes in a 3-epoch run")
+    return config(sens={"name": "spec", "lam": 1e-3}, trainer={"epochs": 3, "deterministic": True},
+                  prune={"name": name, **SCHEDULE_SETTINGS[name]})
+
+
+def test_every_schedule_has_settings_here_and_the_settings_are_for_schedules():
+    missing = set(PRUNE_SCHEDULES) - set(SCHEDULE_SETTINGS)
+    stale = set(SCHEDULE_SETTINGS) - set(PRUNE_SCHEDULES)
+    assert not missing, f"PRUNE_SCHEDULES has {sorted(missing)}, which SCHEDULE_SETTINGS (tests/test_pruning.py) lacks"
+    assert not stale, f"SCHEDULE_SETTINGS (tests/test_pruning.py) has {sorted(stale)}, which PRUNE_SCHEDULES lacks"
+    assert MUST_PRUNE | NEVER_PRUNES <= set(PRUNE_SCHEDULES)
+
+
+@pytest.mark.parametrize("name", list(PRUNE_SCHEDULES))
+def test_every_schedule_has_a_config_file_named_after_it(name):
+    path = resources.files("sensreg.configs") / "prune" / f"{name}.yaml"
+    assert path.is_file(), f"configs/prune/{name}.yaml is missing"
+    assert yaml.safe_load(path.read_text())["name"] == name
+    cfg = TrainConfig.from_dict(composed(f"prune={name}"))
+    assert cfg.prune.name == PRUNE_SCHEDULES[name].name == name
+    assert type(build_prune_schedule(cfg.prune, cfg.trainer.epochs)) is PRUNE_SCHEDULES[name]
+
+
+@pytest.mark.parametrize("name", list(PRUNE_SCHEDULES))
+def test_every_schedule_prunes_a_short_run_as_it_decides(name, tmp_path, monkeypatch):
+    built = []  # the run's own schedule object
+
+    def recording(*args, real=run_module.build_prune_schedule):
+        built.append(real(*args))
+        return built[-1]
+
+    monkeypatch.setattr(run_module, "build_prune_schedule", recording)
+    summary = train(schedule_config(name), tmp_path)
+    assert summary["status"] == "completed"
+    (schedule,) = built
+    assert type(schedule) is PRUNE_SCHEDULES[name]
+
+    # summary.json records exactly the schedule's decisions, in its order, within the run
+    decisions = json.loads((tmp_path / "summary.json").read_text())["thresholds"]
+    assert decisions == json.loads(json.dumps(schedule.thresholds))
+    if name in MUST_PRUNE:
+        assert decisions, f"{name} made no decision with {SCHEDULE_SETTINGS[name]}"
+    if name in NEVER_PRUNES:
+        assert decisions == []
+    epochs = [d["epoch"] for d in decisions]
+    assert epochs == sorted(epochs) and all(1 <= e <= 3 for e in epochs)
+    for d in decisions:
+        assert DECISION_KEYS <= set(d), sorted(DECISION_KEYS - set(d))
+        assert d["pruned"] > 0 and d["remaining_pct_after"] < d["remaining_pct_before"]
+
+    # metrics.csv: each epoch's threshold is that of the last decision so far, and its remaining
+    # fraction that of the epoch's last decision
+    threshold = 0.0
+    for row in metrics_without_time(tmp_path):
+        made = [d for d in decisions if d["epoch"] == int(row["epoch"])]
+        if made:
+            threshold = made[-1]["threshold"]
+            assert float(row["remaining_pct"]) == pytest.approx(made[-1]["remaining_pct_after"], rel=1e-12)
+        assert float(row["threshold"]) == pytest.approx(threshold, rel=1e-12)
+
+    # model.pt: the pruned weights are exactly zero, and they are the ones the decisions pruned
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    for key, mask in ckpt["masks"].items():
+        assert not ckpt["state_dict"][key][~mask].any(), key
+    assert sum(int((~m).sum()) for m in ckpt["masks"].values()) == sum(d["pruned"] for d in decisions)
+
+
+@pytest.mark.parametrize("name", list(PRUNE_SCHEDULES))
+def test_every_schedule_resumes_a_stopped_run_exactly(name, tmp_path, monkeypatch):
+    cfg = schedule_config(name)
+    train(cfg, tmp_path / "full")
+    stop_at_step(monkeypatch, 9)  # in the middle of epoch 2, after epoch 1's decisions
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "cut")
+    state = load_training_state(tmp_path / "cut" / "last.pt")
+    assert (state["loop"]["epoch"], state["loop"]["batch"]) == (1, 3)
+    if name in MUST_PRUNE:  # the stop falls between decisions: the resumed run has some to carry on
+        full = json.loads((tmp_path / "full" / "summary.json").read_text())["thresholds"]
+        assert 0 < len(state["loop"]["thresholds"]) < len(full)
+    monkeypatch.undo()
+    train(cfg, tmp_path / "cut", resume_state(cfg, tmp_path / "cut" / "last.pt"))
+    # the same model, masks, metrics (but the seconds), test error and decisions
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
+    assert len(json.loads((tmp_path / "cut" / "summary.json").read_text())["resumed"]) == 1

@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from sensreg.evaluate import evaluate_checkpoint
+from sensreg.reevaluate import evaluate_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, needs_mnist
+
 REFERENCE = REPO / "outputs" / "reference"
 RUNS = sorted(p.parent for p in REFERENCE.glob("*/seed*/model.pt"))
-HAVE_MNIST = (REPO / "data" / "MNIST" / "raw").is_dir()
 
 
 def test_every_reference_run_is_complete():
@@ -28,7 +27,7 @@ def test_every_reference_run_is_complete():
         assert summary["checkpoint_bytes"] == (run / "model.pt").stat().st_size, run
 
 
-@pytest.mark.skipif(not HAVE_MNIST, reason="MNIST not in data/ (see README)")
+@needs_mnist
 @pytest.mark.parametrize("run", RUNS, ids=[f"{r.parent.name}/{r.name}" for r in RUNS])
 def test_reference_checkpoint_reproduces_its_summary(run):
     summary = json.loads((run / "summary.json").read_text())

@@ -12,8 +12,10 @@ from torch.testing import assert_close
 from sensreg.pruning import Masks, prunable_names
 from sensreg.regularizer import (SCHEDULES, build_schedule, constant, cosine, insensitivity, insensitivity_stats,
                                  rescale_, shrink_, step)
-from sensreg.sensitivity import get_variant
+from sensreg.sensitivity import VARIANTS, get_variant
 from sensreg.train import TrainStep
+
+from conftest import parametrized
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -236,6 +238,16 @@ def test_train_step_equals_hand_built_update(sens_name, which, batch, ref):
     for p, e in zip(model.parameters(), expected):
         assert_close(p.detach(), e, rtol=1e-12, atol=1e-13)
     assert masks.kept() == masks.total()
+
+
+def test_every_variant_has_its_hand_built_update():
+    # expected_update has a branch per variant (the last one is that of "none"), so the test above
+    # names them by hand.
+    missing = [name for name in VARIANTS if name not in parametrized(test_train_step_equals_hand_built_update,
+                                                                     "sens_name")]
+    assert not missing, (f"the sensitivity variant(s) {missing} of VARIANTS are not in the list of "
+                         f"test_train_step_equals_hand_built_update (tests/test_regularizer.py): add each there, "
+                         f"with its own branch in expected_update")
 
 
 def test_train_step_returns_pre_step_loss_and_lam_zero_is_plain_sgd(batch, ref):

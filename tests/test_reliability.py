@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import errno
+import functools
 import json
 import os
 import signal
@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from sensreg import report
-from sensreg.checkpoint import CheckpointError, load_checkpoint, load_training_state
-from sensreg.config import ConfigError, TrainConfig
+from sensreg import atomic
+from sensreg.checkpoint import CheckpointError
+from sensreg.config import ConfigError
 from sensreg.interrupt import Interrupted
 from sensreg.run_folder import RunFolderError, RunLock, resolve
-from sensreg.train import TrainStep, resume_state, train
+from sensreg.run import resume_state, train
+from sensreg.train_state import load_training_state
+
+from conftest import assert_same_run, metrics_without_time, stop_at_step, train_config
 
 # Deterministic CPU runs on noisy synthetic data (noise 3: the validation loss stays well above 0).
 BASE = {
@@ -34,42 +37,7 @@ CLI_ARGS = ["data=synthetic", "data.num_train=3000", "data.num_test=200", "data.
             "trainer.deterministic=true", "sens=unspec"]
 
 
-def config(**changes) -> TrainConfig:
-    raw = {k: dict(v) for k, v in BASE.items()}
-    for section, values in changes.items():
-        raw.setdefault(section, {}).update(values)
-    return TrainConfig.from_dict(raw)
-
-
-def metrics_without_time(run: Path) -> list[dict]:
-    """metrics.csv minus the seconds column (wall time differs between any two runs)."""
-    with open(run / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    ma, mb = (load_checkpoint(p / "model.pt") for p in (a, b))
-    for name, tensor in ma["state_dict"].items():
-        assert torch.equal(tensor, mb["state_dict"][name]), name
-    for name, mask in ma["masks"].items():
-        assert torch.equal(mask, mb["masks"][name]), name
-    assert metrics_without_time(a) == metrics_without_time(b)
-    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
-    assert sa["test_error"] == sb["test_error"] and sa["thresholds"] == sb["thresholds"]
-
-
-def stop_at_step(monkeypatch, n: int, signum=signal.SIGINT) -> None:
-    """Deliver a real signal to this process during the n-th training step."""
-    original = TrainStep.__call__
-    calls = {"n": 0}
-
-    def step(self, x, y, lam, total=None, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == n:
-            signal.raise_signal(signum)
-        return original(self, x, y, lam, total, **kwargs)
-
-    monkeypatch.setattr(TrainStep, "__call__", step)
+config = functools.partial(train_config, BASE)  # config(**sections): BASE with those sections changed
 
 
 # --- 1. checkpoints ------------------------------------------------------------------------------
@@ -87,7 +55,7 @@ def test_last_checkpoint_holds_everything_to_continue(tmp_path):
 
 def test_checkpoint_every_n_epochs(tmp_path, monkeypatch):
     saved_epochs = []
-    import sensreg.train as train_module
+    import sensreg.train_state as train_module
     original = train_module.save_training_state
     monkeypatch.setattr(train_module, "save_training_state",
                         lambda path, state: (saved_epochs.append(state["loop"]["epoch"]), original(path, state)))
@@ -97,14 +65,14 @@ def test_checkpoint_every_n_epochs(tmp_path, monkeypatch):
 
 def test_atomic_write_keeps_the_previous_file_when_a_write_fails(tmp_path):
     path = tmp_path / "summary.json"
-    report.write_json(path, {"status": "completed"})
+    atomic.write_json(path, {"status": "completed"})
 
     def broken(f):
         f.write('{"status": "half')
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        report.write_atomic(path, broken)
+        atomic.write_atomic(path, broken)
     assert json.loads(path.read_text()) == {"status": "completed"}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
 
@@ -291,14 +259,14 @@ def test_full_disk_fails_loudly_and_keeps_the_previous_files(tmp_path):
     # metrics.csv can be written once; the second write (after epoch 2) finds the disk full.
     script = (
         "import errno, sys\n"
-        "from sensreg import report, train\n"
+        "from sensreg import run_folder\n"
         "from sensreg.cli import main\n"
-        "original, calls = report.write_metrics, []\n"
+        "original, calls = run_folder.write_metrics, []\n"
         "def write_metrics(path, rows):\n"
         "    calls.append(1)\n"
         "    if len(calls) > 1: raise OSError(errno.ENOSPC, 'No space left on device', str(path))\n"
         "    original(path, rows)\n"
-        "report.write_metrics = write_metrics\n"
+        "run_folder.write_metrics = write_metrics\n"
         "main(sys.argv[1:])\n")
     p = subprocess.run([sys.executable, "-c", script, "train", *CLI_ARGS, "sens=spec", f"hydra.run.dir={run}"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -341,7 +309,7 @@ def test_a_diverging_job_does_not_cancel_the_rest_of_a_sweep(tmp_path):
 
 
 def test_a_stop_during_the_set_up_is_orderly(tmp_path, monkeypatch):
-    import sensreg.train as train_module
+    import sensreg.run as train_module
     original = train_module.setup
 
     def slow_setup(cfg, *args):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -16,10 +17,11 @@ from sensreg.cli import main
 from sensreg.config import TrainConfig
 from sensreg.data import batches, load_dataset
 from sensreg.models import build_model
-from sensreg.plots import PNG_SIGNATURE
-from sensreg.run_report import ReportError, _sensitivity, write_report
+from sensreg.report import ReportError, _sensitivity, write_report
 from sensreg.sensitivity import specific
-from sensreg.train import train
+from sensreg.run import train
+
+import conftest
 
 PLOTS = ("epochs.png", "thresholds.png", "layers.png", "weights_hist.png", "sensitivity_hist.png",
          "insensitivity_hist.png")
@@ -55,10 +57,7 @@ def copy_run(run: Path, dest: Path, **config_changes) -> Path:
     return dest
 
 
-def assert_png(path: Path, min_bytes: int = 8_000) -> None:
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE, path
-    assert len(data) > min_bytes, (path, len(data))
+assert_png = functools.partial(conftest.assert_png, min_bytes=8_000)  # the report's plots are smaller
 
 
 def test_report_of_a_finished_run(finished_run, tmp_path):

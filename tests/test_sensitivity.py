@@ -27,6 +27,8 @@ from sensreg.sensitivity import (
     unspecific,
 )
 
+from conftest import parametrized
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 TIGHT = dict(rtol=1e-10, atol=1e-12)  # two exact computations of the same float64 quantity
@@ -294,6 +296,14 @@ def test_gradients_and_sensitivity(name, output, batch, ref):
     else:
         assert_all_close(sens, expected, **TIGHT)
     assert all(p.grad is None for p in params)  # it returns gradients, it does not accumulate them
+
+
+def test_every_variant_has_its_expected_sensitivity_in_test_gradients_and_sensitivity():
+    # That test holds an expected sensitivity per variant, so it names them by hand.
+    missing = [name for name in VARIANTS if name not in parametrized(test_gradients_and_sensitivity, "name")]
+    assert not missing, (f"the sensitivity variant(s) {missing} of VARIANTS are not in the list of "
+                         f"test_gradients_and_sensitivity (tests/test_sensitivity.py): add each there, with its "
+                         f"expected sensitivity from the references of conftest.py")
 
 
 def test_gradients_and_sensitivity_sampled_unspec_uses_the_generator(batch, ref):

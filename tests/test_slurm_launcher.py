@@ -20,7 +20,7 @@ import submitit  # noqa: E402  (installed with the plugin)
 
 from sensreg import cli  # noqa: E402
 
-from test_cli import TINY, run_dirs, sensreg  # noqa: E402  (the CLI helpers of the CLI tests)
+from conftest import TINY, run_dirs, sensreg  # noqa: E402  (the CLI helpers of the CLI tests)
 
 
 def slurm_job_script(tmp_path: Path, monkeypatch, overrides: list[str]) -> tuple[str, submitit.AutoExecutor]:

@@ -10,18 +10,11 @@ import torch
 
 from sensreg.checkpoint import CheckpointError, load_checkpoint
 from sensreg.config import ConfigError, TrainConfig
-from sensreg.evaluate import evaluate_checkpoint
-from sensreg.train import train
+from sensreg.reevaluate import evaluate_checkpoint
+from sensreg.run import train
+from sensreg.sensitivity import VARIANTS
 
-
-def config(**sections) -> TrainConfig:
-    base = {
-        "data": {"name": "synthetic", "num_train": 300, "num_test": 100},
-        "trainer": {"epochs": 2, "batch_size": 50, "device": "cpu", "progress": False},
-    }
-    for key, value in sections.items():
-        base.setdefault(key, {}).update(value)
-    return TrainConfig.from_dict(base)
+from conftest import config  # the small synthetic-data run every training test starts from
 
 
 def metrics(run_dir) -> list[dict]:
@@ -30,7 +23,7 @@ def metrics(run_dir) -> list[dict]:
 
 
 @pytest.mark.parametrize("model", ["lenet300", "lenet5"])
-@pytest.mark.parametrize("sens", ["spec", "unspec", "loss", "none", "l2"])
+@pytest.mark.parametrize("sens", list(VARIANTS))
 def test_every_variant_trains_on_every_model(tmp_path, model, sens):
     cfg = config(model={"name": model}, sens={"name": sens, "lam": 1e-3},
                  trainer={"epochs": 1}, prune={"name": "fixed", "threshold": 1e-2})
@@ -57,7 +50,7 @@ def test_a_per_sample_scaled_run_reports_its_insensitivity(tmp_path, model):
 
 
 def test_the_epoch_line_shows_the_insensitivity_where_there_is_one():
-    from sensreg.report import epoch_line
+    from sensreg.train import epoch_line
 
     row = {"epoch": 3, "eta": 0.05, "lam": 1e-3, "train_loss": 0.1, "val_loss": 0.2, "val_error": 0.02,
            "remaining_pct": 5.0, "threshold": 0.01, "seconds": 2.0}

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -138,72 +138,58 @@ def train_task(cfg) -> dict | None:
     from omegaconf import OmegaConf
 
     from . import distributed
-    from .config import ConfigError, TrainConfig, resolve_device
+    from .config import TrainConfig, resolve_device
 
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
+    with user_errors(unused_folder=hydra_dir, advice=FIX_VALUES):
         dist = distributed.from_environment()
         config = TrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
         # Every process checks the config first and meets the same problems, so none of them
         # waits in the process group for one that has already given up.
         dist = distributed.init(dist, resolve_device(config.trainer.device))
-    except (ConfigError, distributed.DistributedError) as err:
-        _remove_if_empty(hydra_dir)
-        fail(f"{err}\nNothing was trained. Fix the value(s) above on the command line or in the config.")
     try:
         return _train_in_folder(cfg, config, dist, hydra_dir)
     finally:
         distributed.shutdown(dist)
 
 
+FIX_VALUES = " Fix the value(s) above on the command line or in the config."
+
+
 def _train_in_folder(cfg, config, dist, hydra_dir: Path) -> dict | None:
     """Choose the run folder (process 0 chooses for all), train, and turn failures into messages."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     from . import run_folder
-    from .checkpoint import CheckpointError
-    from .compiling import CompileError
-    from .config import ConfigError
-    from .data import DatasetMissing
+    from .errors import UserError
     from .interrupt import Interrupted
-    from .report import write_atomic
-    from .train import resume_state, train
+    from .run import resume_state, train
 
     chosen: tuple[Path, Path | None] | str
     try:
         chosen = run_folder.resolve(hydra_dir, config.trainer.resume)
-    except run_folder.RunFolderError as err:
+    except UserError as err:
         chosen = str(err)
     # Each process's Hydra named its own folder (from its own clock); process 0's is the run's.
     chosen = dist.broadcast_object(chosen)
     if isinstance(chosen, str):
         _remove_if_empty(hydra_dir)
-        fail(f"{chosen}\nNothing was trained. Fix the value(s) above on the command line or in the config.")
+        fail(f"{chosen}\nNothing was trained.{FIX_VALUES}")
     run_dir, resume_from = chosen
     if run_dir != hydra_dir:
         _remove_if_empty(hydra_dir)  # resuming elsewhere, or not process 0: Hydra's folder stays unused
+    folder = run_folder.RunFolder(run_dir)
     try:
-        with run_folder.RunLock(run_dir) if dist.is_main else nullcontext():
-            saved = resume_state(config, resume_from)  # checked before anything is written
-            if dist.is_main:
-                write_atomic(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
-            _setup_logging(run_dir / "train.log" if dist.is_main else None)
-            return train(config, run_dir, saved, dist)
-    except (ConfigError, run_folder.RunFolderError) as err:
-        fail(f"{err}\nNothing was trained.")
-    except (DatasetMissing, CheckpointError, FloatingPointError, CompileError) as err:
-        logging.getLogger("sensreg").error("run failed: %s", err)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # One diverging lambda must not cancel the rest of a sweep; its summary says failed.
-            if dist.is_main:
-                err_console.print(f"[bold red]job failed, the sweep goes on:[/bold red] {err} "
-                                  f"(run folder: {run_dir})")
-            return None
-        fail(f"{err} (run folder: {run_dir})", code=1)
+        with user_errors(run=folder, main_process=dist.is_main):
+            with folder.lock() if dist.is_main else nullcontext():
+                saved = resume_state(config, resume_from)  # checked before anything is written
+                if dist.is_main:
+                    folder.write_config(OmegaConf.to_yaml(cfg, resolve=True))
+                _setup_logging(folder.log_path if dist.is_main else None)
+                return train(config, run_dir, saved, dist)
+        return None  # this job of a sweep failed (its summary says so); the sweep goes on
     except Interrupted as err:
-        if (run_dir / run_folder.CHECKPOINT_NAME).exists():
+        if folder.has_checkpoint():
             fail(f"{err}: the run folder {run_dir} holds a checkpoint and says status: interrupted. "
                  f"Continue it with `sensreg train <the same overrides> trainer.resume={run_dir}`.",
                  code=err.exit_code)
@@ -215,6 +201,40 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path) -> dict | None:
         fail(f"could not read or write a file ({err}). Every file of the run folder {run_dir} is "
              f"replaced only by a complete new version, so what was there before is intact; free "
              f"space or fix the permissions, then continue with trainer.resume={run_dir}.", code=1)
+
+
+@contextmanager
+def user_errors(run=None, main_process: bool = True, unused_folder: Path | None = None, advice: str = ""):
+    """The one handler of the errors a user causes (``errors.UserError``): the message on stderr,
+    no traceback, and the exit code.
+
+    ``run``: the RunFolder of a training run under way. An error that ends a run (``ends_run``:
+    a missing dataset, a checkpoint that does not fit, divergence) is logged, recorded in the
+    run's summary (``run.train`` did that) and exits 1 naming the folder; in a sweep the job
+    fails and the sweep goes on (the with-block is left without an exception). Any other user
+    error means nothing was trained: exit 2. ``unused_folder``: Hydra's run folder, removed if
+    nothing was written there. ``advice``: appended to "Nothing was trained." in training.
+    """
+    from .errors import UserError
+
+    try:
+        yield
+    except UserError as err:
+        training = run is not None or unused_folder is not None
+        if unused_folder is not None:
+            _remove_if_empty(unused_folder)
+        if not (run is not None and err.ends_run):
+            fail(f"{err}\nNothing was trained.{advice}" if training else str(err))
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        logging.getLogger("sensreg").error("run failed: %s", err)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            fail(f"{err} (run folder: {run.path})", code=err.exit_code)
+        # One diverging lambda must not cancel the rest of a sweep; its summary says failed.
+        if main_process:
+            err_console.print(f"[bold red]job failed, the sweep goes on:[/bold red] {err} "
+                              f"(run folder: {run.path})")
 
 
 def _remove_if_empty(run_dir: Path) -> None:
@@ -280,24 +300,21 @@ def run_eval(args: list[str]) -> None:
         else:
             fail(f"sensreg eval accepts data.KEY=VALUE and trainer.device=... overrides, not {key!r}.")
 
-    from .checkpoint import CheckpointError
     from .config import check_device, resolve_device
-    from .data import DatasetMissing
-    from .evaluate import evaluate_checkpoint
+    from .reevaluate import evaluate_checkpoint
+    from .run_folder import MODEL_NAME, RunFolder
 
     problem = check_device(device)
     if problem:
         fail(problem)
     checkpoint = Path(paths[0])
     if checkpoint.is_dir():  # a run folder: its final model
-        if not (checkpoint / "model.pt").is_file():
-            fail(f"the run folder {checkpoint} has no model.pt: the run has not finished (its summary.json "
+        if not RunFolder(checkpoint).model_path.is_file():
+            fail(f"the run folder {checkpoint} has no {MODEL_NAME}: the run has not finished (its summary.json "
                  f"says how far it got; continue it with `sensreg train ... trainer.resume={checkpoint}`).")
-        checkpoint = checkpoint / "model.pt"
-    try:
+        checkpoint = RunFolder(checkpoint).model_path
+    with user_errors():
         result = evaluate_checkpoint(checkpoint, overrides, resolve_device(device))
-    except (CheckpointError, DatasetMissing) as err:
-        fail(str(err))
     result["matches_summary"] = _compare_with_summary(checkpoint, result)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -307,19 +324,17 @@ def run_eval(args: list[str]) -> None:
 
 def _compare_with_summary(checkpoint: Path, result: dict) -> bool | None:
     """Whether the run folder's summary.json holds exactly these figures; None without one."""
-    summary_path = checkpoint.parent / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if "test_error" not in summary:
+    from .run_folder import RunFolder
+
+    summary = RunFolder(checkpoint.parent).read().summary
+    if summary is None or "test_error" not in summary:
         return None
     return (summary["test_error"] == result["test_error"]
             and summary.get("remaining_pct") == result["sparsity"]["prunable"]["remaining_pct"])
 
 
 def _print_eval(result: dict) -> None:
-    from .report import layer_table
+    from .tables import layer_table
 
     console = Console(highlight=False)
     s = result["sparsity"]
@@ -351,7 +366,7 @@ def _arg_parser(prog: str, description: str, epilog: str = ""):
 
 
 def run_compare(args: list[str]) -> None:
-    from .compare import DEFAULT_SORT, KEYS, CompareError, compare, rich_table
+    from .compare import DEFAULT_SORT, KEYS, compare, rich_table
 
     parser = _arg_parser(
         "sensreg compare",
@@ -381,10 +396,9 @@ def run_compare(args: list[str]) -> None:
     parser.add_argument("--no-plots", action="store_true", help="write the table files only")
     ns = parser.parse_args(args)
     try:
-        result = compare(ns.paths, where=ns.where, sort=ns.sort, group=ns.group, out=ns.out,
-                         plots=not ns.no_plots)
-    except CompareError as err:
-        fail(str(err))
+        with user_errors():
+            result = compare(ns.paths, where=ns.where, sort=ns.sort, group=ns.group, out=ns.out,
+                             plots=not ns.no_plots)
     except OSError as err:
         fail(f"could not write the comparison files ({err}); choose a writable folder with --out DIR.")
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -398,7 +412,7 @@ def run_compare(args: list[str]) -> None:
 
 
 def run_report(args: list[str]) -> None:
-    from .run_report import ReportError, write_report
+    from .report import write_report
 
     parser = _arg_parser(
         "sensreg report",
@@ -416,9 +430,8 @@ def run_report(args: list[str]) -> None:
     if ns.batches < 0:
         fail("sensreg report: --batches must be 0 or more.")
     try:
-        result = write_report(ns.run_dir, ns.out, ns.batches, ns.data_root)
-    except ReportError as err:
-        fail(str(err))
+        with user_errors():
+            result = write_report(ns.run_dir, ns.out, ns.batches, ns.data_root)
     except OSError as err:
         fail(f"could not write the report ({err}); choose a writable folder with --out DIR.")
     console = Console(highlight=False, soft_wrap=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob
-import json
 import math
 import os
 import re
@@ -30,8 +29,10 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from .report import write_atomic
-from .run_folder import LOCK_NAME, writer_gone
+from .atomic import write_atomic
+from .errors import UserError
+from .run_folder import CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, RunFolder
+from .tables import markdown_table
 
 CSV_NAME, MD_NAME = "compare.csv", "compare.md"
 DEFAULT_SORT = "model,data,sens,lam,eta,seed,run"
@@ -39,7 +40,7 @@ DEFAULT_SORT = "model,data,sens,lam,eta,seed,run"
 AVERAGED = ("test_error_pct", "remaining_pct", "compression", "wall_time_s")
 
 
-class CompareError(ValueError):
+class CompareError(UserError, ValueError):
     """A user mistake (no such path, no runs, an unknown key); the message says how to fix it."""
 
 
@@ -122,7 +123,7 @@ def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
     found: dict[Path, None] = {}  # ordered set, keyed by resolved path so overlapping roots count once
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
-            if "summary.json" in filenames or "config.yaml" in filenames:
+            if SUMMARY_NAME in filenames or CONFIG_NAME in filenames:
                 found.setdefault(Path(dirpath).resolve())
                 dirnames[:] = []
             else:
@@ -132,28 +133,23 @@ def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
 
 def read_run(run_dir: Path, name: str) -> Row | Skipped:
     """One run folder as a Row; a Skipped (with the reason) if its summary.json is unusable."""
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
+    run = RunFolder(run_dir).read()
+    error = run.errors.get(SUMMARY_NAME)
+    if isinstance(error, FileNotFoundError):
         return Skipped(run_dir, "no summary.json (the run never started, or its folder is incomplete)")
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError covers JSONDecodeError and bad UTF-8
-        return Skipped(run_dir, f"summary.json cannot be read (corrupt or half-written): {type(err).__name__}: {err}")
-    if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
+    if error is not None:
+        return Skipped(run_dir, f"summary.json cannot be read (corrupt or half-written): {type(error).__name__}: {error}")
+    if run.status is None:
         return Skipped(run_dir, "summary.json is not a sensreg run summary (no status)")
-    config = _read_config(run_dir / "config.yaml")
-    section = lambda key: config.get(key) if isinstance(config.get(key), dict) else {}  # noqa: E731
+    summary, section = run.summary, run.section
     epochs = _int(section("trainer").get("epochs"))
-    done = _metrics_rows(run_dir / "metrics.csv")
+    done = len(run.metrics) if METRICS_NAME not in run.errors and run.folder.metrics_path.exists() else None
     if summary.get("epochs_completed") is not None:
         done = _int(summary.get("epochs_completed"))
     error = _num(summary.get("test_error"))
     finished = error is not None and _num(summary.get("remaining_pct")) is not None
-    status = summary["status"]
-    if status == "running" and writer_gone(run_dir):
-        status = "abandoned"  # says running, but its process is gone: continue it with trainer.resume
     return Row(
-        run=name, path=str(run_dir), status=status,
+        run=name, path=str(run_dir), status=run.status,
         model=_str(summary.get("model") or section("model").get("name")),
         data=_str(summary.get("data") or section("data").get("name")),
         sens=_str(summary.get("sens") or section("sens").get("name")),
@@ -178,22 +174,6 @@ def read_runs(run_dirs: list[Path], base: Path | None = None) -> tuple[list[Row]
         result = read_run(d, name)
         (skipped if isinstance(result, Skipped) else rows).append(result)
     return rows, skipped
-
-
-def _read_config(path: Path) -> dict:
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        return {}  # the summary still gives model, data and variant; the rest shows as '-'
-    return config if isinstance(config, dict) else {}
-
-
-def _metrics_rows(path: Path) -> int | None:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return sum(1 for _ in csv.DictReader(f))
-    except (OSError, ValueError, csv.Error):
-        return None
 
 
 def _num(v: Any) -> float | None:
@@ -414,6 +394,7 @@ def _epochs(row: Row) -> str:
 
 
 PARETO_MARK = "★"
+TEXT_COLUMNS = ("run", "config", "model", "data", "sens", "status")  # left-aligned; the rest are numbers
 
 
 def columns(grouped: bool) -> list[tuple[str, Callable[[Row], str]]]:
@@ -443,8 +424,7 @@ def rich_table(rows: list[Row], grouped: bool = False, title: str | None = None)
     t = Table(title=title, caption=f"{PARETO_MARK} Pareto-optimal: no run of the same network and data has "
                                    f"both fewer remaining parameters and a lower test error")
     for header, _ in columns(grouped):
-        t.add_column(header, justify="left" if header in ("run", "config", "model", "data", "sens", "status")
-                     else "right", no_wrap=header in ("test err %", "remaining %"))
+        t.add_column(header, justify="left" if header in TEXT_COLUMNS else "right", no_wrap=header in ("test err %", "remaining %"))
     for r in rows:
         style = "bold" if r.pareto else ("dim" if r.status not in ("completed",) and r.n == 0 else None)
         t.add_row(*(cell(r) for _, cell in columns(grouped)), style=style)
@@ -492,11 +472,10 @@ def write_markdown(rows: list[Row], skipped: list[Skipped], path: Path, *, group
                 "the n seeds that finished." if grouped else "."), "",
              f"{PARETO_MARK} = Pareto-optimal: no other run of the same network and dataset has both "
              "fewer-or-equal remaining parameters and a lower-or-equal test error. Test error and "
-             "remaining parameters (of the prunable tensors) in percent.", "",
-             "| " + " | ".join(h or "Pareto" for h, _ in cols) + " |",
-             "|" + "|".join(" --- " if h in ("run", "config", "model", "data", "sens", "status") else " ---: "
-                            for h, _ in cols) + "|"]
-    lines += ["| " + " | ".join(_md_escape(cell(r)) for _, cell in cols) + " |" for r in rows]
+             "remaining parameters (of the prunable tensors) in percent.", ""]
+    header = [h or "Pareto" for h, _ in cols]
+    lines += markdown_table(header, [[_md_escape(cell(r)) for _, cell in cols] for r in rows],
+                            right=[h for h in header if h not in TEXT_COLUMNS])
     if plots:
         lines += ["", "## Test error against remaining parameters", ""]
         lines += [f"![{p.stem}]({p.name})" for p in plots]
@@ -506,12 +485,13 @@ def write_markdown(rows: list[Row], skipped: list[Skipped], path: Path, *, group
     shown = {(r.model, r.data) for r in rows}
     refs = [ref for ref in load_references() if (ref["model"], ref["data"]) in shown]
     if refs:
-        lines += ["", "## Published reference points", "",
-                  "| network | data | method | compression | remaining % | test err % | source |",
-                  "| --- | --- | --- | ---: | ---: | ---: | --- |"]
-        lines += [f"| {r['model']} | {r['data']} | {r['method']} | {r['compression']}× | "
-                  f"{r['remaining_pct']:.3g} | {r['test_error_pct']} | {r['source']['authors']}, "
-                  f"*{r['source']['title']}*, {r['source']['venue']} ({r['source']['url']}) |" for r in refs]
+        lines += ["", "## Published reference points", ""]
+        lines += markdown_table(
+            ["network", "data", "method", "compression", "remaining %", "test err %", "source"],
+            [[r["model"], r["data"], r["method"], f"{r['compression']}×", f"{r['remaining_pct']:.3g}",
+              str(r["test_error_pct"]), f"{r['source']['authors']}, *{r['source']['title']}*, "
+              f"{r['source']['venue']} ({r['source']['url']})"] for r in refs],
+            right=["compression", "remaining %", "test err %"])
     write_atomic(path, lambda f: f.write("\n".join(lines) + "\n"))
 
 

@@ -16,8 +16,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .errors import RunError
 
-class CompileError(RuntimeError):
+
+class CompileError(RunError, RuntimeError):
     """torch.compile could not compile the model on this machine (``trainer.compile=true``)."""
 
 

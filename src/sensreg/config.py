@@ -19,15 +19,16 @@ from typing import Any
 
 import torch
 
-from .data import FOLDER_DATASETS, LOADERS, NUM_CLASSES, input_shape
+from .errors import UserError
+from .data import DATASETS, input_shape
 from .models import MODELS, build_model
 from .precision import PRECISIONS
+from .prune_schedules import PRUNE_SCHEDULES
 from .per_sample import LayerTape, PerSampleError
 from .regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, lambda_schedule
 from .sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
 
 OPTIMIZERS = ("sgd", "adam")
-PRUNE_SCHEDULES = ("search", "fixed", "none")
 PRUNE_SCOPES = ("global", "layer")  # one threshold on |w|, or τ·σ_l per tensor (pruning.Masks.scales)
 PARAM_SETS = ("all", "weights")
 # Keys that say where and how a run executes, not what it computes: left out of the config hash
@@ -51,7 +52,7 @@ LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False, ("trainer"
                                            ("sens", "scale_over"): "tensor"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user mistake in the config; the message says what is wrong and how to fix it."""
 
 
@@ -88,7 +89,7 @@ class DataConfig:
         if self.name == "synthetic":
             return {"num_train": self.num_train, "num_test": self.num_test,
                     "num_classes": self.num_classes, "noise": self.noise, "shape": tuple(self.shape)}
-        if self.name in FOLDER_DATASETS:
+        if self.name in DATASETS and DATASETS[self.name].from_files:
             return {"image_size": self.image_size, "resize": self.resize, "augment": self.augment,
                     "num_workers": self.num_workers, "pin_memory": self.pin_memory,
                     "persistent_workers": self.persistent_workers, "prefetch_factor": self.prefetch_factor}
@@ -211,26 +212,30 @@ class TrainConfig:
         return cfg
 
     def problems(self) -> list[str]:
-        """Every invalid value, each as one sentence that names the key and the fix."""
-        p: list[str] = []
+        """Every invalid value, each as one sentence that names the key and the fix: the names
+        chosen from a registry first, then each section's values; the checks that need valid
+        values (λ's schedule, the model on the data's inputs) only once these pass."""
+        p = _Problems()
+        self._check_choices(p)
+        self._check_data(p)
+        self._check_sens_and_optim(p)
+        self._check_prune(p)
+        self._check_trainer(p)
+        if not p:  # needs valid schedules, lambda and epochs
+            p += self._lambda_schedule_problems()
+        if not p:
+            p += self._model_data_problems()
+        return list(p)
 
-        def choice(key: str, value: Any, known) -> None:
-            if value not in known:
-                p.append(f"{key}={value!r} is not one of: {', '.join(map(str, known))}.")
-
-        def at_least(key: str, value: Any, low: float, strict: bool = False) -> None:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or \
-                    (value <= low if strict else value < low):
-                p.append(f"{key}={value!r} must be a number {'>' if strict else '>='} {low}.")
-
-        choice("data.name", self.data.name, list(LOADERS))
-        choice("model.name", self.model.name, list(MODELS))
-        choice("sens.name", self.sens.name, list(VARIANTS))
-        choice("sens.output", self.sens.output, OUTPUTS)
-        choice("sens.params", self.sens.params, PARAM_SETS)
-        choice("sens.reduction", self.sens.reduction, REDUCTIONS)
-        choice("sens.scale", self.sens.scale, SCALES)
-        choice("sens.scale_over", self.sens.scale_over, SCALE_OVER)
+    def _check_choices(self, p: "_Problems") -> None:
+        p.choice("data.name", self.data.name, list(DATASETS))
+        p.choice("model.name", self.model.name, list(MODELS))
+        p.choice("sens.name", self.sens.name, list(VARIANTS))
+        p.choice("sens.output", self.sens.output, OUTPUTS)
+        p.choice("sens.params", self.sens.params, PARAM_SETS)
+        p.choice("sens.reduction", self.sens.reduction, REDUCTIONS)
+        p.choice("sens.scale", self.sens.scale, SCALES)
+        p.choice("sens.scale_over", self.sens.scale_over, SCALE_OVER)
         if not (isinstance(self.sens.gamma, (int, float)) and 0 < self.sens.gamma < float("inf")):
             p.append(f"sens.gamma={self.sens.gamma!r} must be a positive, finite number (the factor on S "
                      f"under sens.scale=gamma; weights with S >= 1/gamma are not shrunk).")
@@ -238,67 +243,70 @@ class TrainConfig:
             p.append("sens.reduction=sample records each layer's input and output with module hooks, "
                      "which trainer.compile=true would compile away; set trainer.compile=false or "
                      "sens.reduction=batch.")
-        choice("optim.name", self.optim.name, OPTIMIZERS)
-        choice("eta_schedule.name", self.eta_schedule.name, list(SCHEDULES))
-        choice("lam_schedule.name", self.lam_schedule.name, [*SCHEDULES, FOLLOW_ETA])
-        choice("prune.name", self.prune.name, PRUNE_SCHEDULES)
-        choice("prune.params", self.prune.params, PARAM_SETS)
-        choice("prune.scope", self.prune.scope, PRUNE_SCOPES)
-        choice("trainer.precision", self.trainer.precision, PRECISIONS)
+        p.choice("optim.name", self.optim.name, OPTIMIZERS)
+        p.choice("eta_schedule.name", self.eta_schedule.name, list(SCHEDULES))
+        p.choice("lam_schedule.name", self.lam_schedule.name, [*SCHEDULES, FOLLOW_ETA])
+        p.choice("prune.name", self.prune.name, list(PRUNE_SCHEDULES))
+        p.choice("prune.params", self.prune.params, PARAM_SETS)
+        p.choice("prune.scope", self.prune.scope, PRUNE_SCOPES)
+        p.choice("trainer.precision", self.trainer.precision, PRECISIONS)
 
+    def _check_data(self, p: "_Problems") -> None:
         if not (isinstance(self.data.val_fraction, (int, float)) and 0 < self.data.val_fraction < 1):
             p.append(f"data.val_fraction={self.data.val_fraction!r} must lie strictly between 0 and 1.")
-        at_least("data.eval_batch_size", self.data.eval_batch_size, 1)
+        p.at_least("data.eval_batch_size", self.data.eval_batch_size, 1)
         if self.data.name == "synthetic":
-            at_least("data.num_train", self.data.num_train, 2)  # a training and a validation sample
-            at_least("data.num_test", self.data.num_test, 1)
-            at_least("data.num_classes", self.data.num_classes, 2)
-            at_least("data.noise", self.data.noise, 0)
+            p.at_least("data.num_train", self.data.num_train, 2)  # a training and a validation sample
+            p.at_least("data.num_test", self.data.num_test, 1)
+            p.at_least("data.num_classes", self.data.num_classes, 2)
+            p.at_least("data.noise", self.data.noise, 0)
             if not (isinstance(self.data.shape, (list, tuple)) and len(self.data.shape) == 3
                     and all(_TYPES["int"][0](v) and v >= 1 for v in self.data.shape)):
                 p.append(f"data.shape={self.data.shape!r} must be three positive integers, channels, height "
                          f"and width of one image, e.g. [1,28,28] (like MNIST) or [3,32,32] (like CIFAR).")
-        if self.data.name in FOLDER_DATASETS:
+        if self.data.name in DATASETS and DATASETS[self.data.name].from_files:
             if self.data.on_device:
                 p.append(f"data.on_device=true cannot hold data.name={self.data.name}: its images are "
                          f"decoded from files batch by batch, never held on the device as a whole; "
                          f"set data.on_device=false.")
-            at_least("data.num_workers", self.data.num_workers, 0)
-            at_least("data.prefetch_factor", self.data.prefetch_factor, 1)
-            at_least("data.image_size", self.data.image_size, 1)
+            p.at_least("data.num_workers", self.data.num_workers, 0)
+            p.at_least("data.prefetch_factor", self.data.prefetch_factor, 1)
+            p.at_least("data.image_size", self.data.image_size, 1)
             if _TYPES["int"][0](self.data.resize) and _TYPES["int"][0](self.data.image_size) \
                     and self.data.resize < self.data.image_size:
                 p.append(f"data.resize={self.data.resize} is smaller than data.image_size={self.data.image_size}: "
                          f"the evaluation crop would reach past the resized image. Set data.resize >= "
                          f"data.image_size (ImageNet's usual pair: 256 and 224).")
-        at_least("sens.lam", self.sens.lam, 0)
+
+    def _check_sens_and_optim(self, p: "_Problems") -> None:
+        p.at_least("sens.lam", self.sens.lam, 0)
         if isinstance(self.sens.lam, (int, float)) and self.sens.lam >= 1:
             p.append(f"sens.lam={self.sens.lam!r} must be below 1 (it is the fraction of an insensitive "
                      f"weight removed per step; typical values 1e-6 to 1e-3).")
         if self.sens.classes is not None:
-            at_least("sens.classes", self.sens.classes, 1)
-        at_least("optim.lr", self.optim.lr, 0, strict=True)
-        at_least("optim.momentum", self.optim.momentum, 0)
+            p.at_least("sens.classes", self.sens.classes, 1)
+        p.at_least("optim.lr", self.optim.lr, 0, strict=True)
+        p.at_least("optim.momentum", self.optim.momentum, 0)
         if self.optim.name == "sgd" and self.optim.nesterov and self.optim.momentum <= 0:
             p.append("optim.nesterov=true needs optim.momentum > 0.")
         for name in ("eta_schedule", "lam_schedule"):
             s: ScheduleConfig = getattr(self, name)
-            at_least(f"{name}.gamma", s.gamma, 0)
-            at_least(f"{name}.min_factor", s.min_factor, 0)
-        if self.prune.name == "search":
-            at_least("prune.tolerance", self.prune.tolerance, 0)
-            at_least("prune.patience", self.prune.patience, 0)
-        if self.prune.name == "fixed":
-            at_least("prune.threshold", self.prune.threshold, 0)
-            at_least("prune.every", self.prune.every, 1)
-        at_least("prune.start_epoch", self.prune.start_epoch, 1)
+            p.at_least(f"{name}.gamma", s.gamma, 0)
+            p.at_least(f"{name}.min_factor", s.min_factor, 0)
+
+    def _check_prune(self, p: "_Problems") -> None:
+        for key, low in getattr(PRUNE_SCHEDULES.get(self.prune.name), "MINIMUMS", {}).items():
+            p.at_least(f"prune.{key}", getattr(self.prune, key), low)
+        p.at_least("prune.start_epoch", self.prune.start_epoch, 1)
         if self.prune.stop_epoch is not None:
-            at_least("prune.stop_epoch", self.prune.stop_epoch, self.prune.start_epoch
-                     if isinstance(self.prune.start_epoch, int) else 1)
-        at_least("trainer.epochs", self.trainer.epochs, 1)
-        at_least("trainer.batch_size", self.trainer.batch_size, 1)
-        at_least("trainer.warmup_epochs", self.trainer.warmup_epochs, 0)
-        at_least("trainer.checkpoint_every", self.trainer.checkpoint_every, 0)
+            p.at_least("prune.stop_epoch", self.prune.stop_epoch, self.prune.start_epoch
+                       if isinstance(self.prune.start_epoch, int) else 1)
+
+    def _check_trainer(self, p: "_Problems") -> None:
+        p.at_least("trainer.epochs", self.trainer.epochs, 1)
+        p.at_least("trainer.batch_size", self.trainer.batch_size, 1)
+        p.at_least("trainer.warmup_epochs", self.trainer.warmup_epochs, 0)
+        p.at_least("trainer.checkpoint_every", self.trainer.checkpoint_every, 0)
         if self.trainer.init is not None and not Path(str(self.trainer.init)).expanduser().is_file():
             p.append(f"trainer.init={self.trainer.init} does not exist; give the path of a sensreg "
                      f"model.pt or of a state dict file.")
@@ -316,11 +324,6 @@ class TrainConfig:
             p.append(f"trainer.precision=fp16 needs a CUDA GPU, but trainer.device={self.trainer.device} trains "
                      f"on the CPU{' (no GPU here)' if self.trainer.device == 'auto' else ''}; use "
                      f"trainer.precision=bf16 (or fp32) on the CPU.")
-        if not p:  # needs valid schedules, lambda and epochs
-            p += self._lambda_schedule_problems()
-        if not p:
-            p += self._model_data_problems()
-        return p
 
     def _model_data_problems(self) -> list[str]:
         """The model must accept the dataset's inputs (VGG-16 needs at least 32x32, say). It is
@@ -328,7 +331,7 @@ class TrainConfig:
         shape = input_shape(self.data.name, self.data.image_size, self.data.shape)
         # (A folder dataset's classes are known once its folder is read; the count only sizes the
         # last layer, which any count fits.)
-        classes = NUM_CLASSES.get(self.data.name, self.data.num_classes)
+        classes = getattr(DATASETS.get(self.data.name), "num_classes", None) or self.data.num_classes
         try:
             with torch.device("meta"):
                 model = build_model(self.model.name, classes, shape)
@@ -388,6 +391,19 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tuple[float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2
                             and all(_TYPES["float"][0](x) for x in v), "two numbers, e.g. [0.9,0.999]"),
 }
+
+
+class _Problems(list):
+    """The problems found so far (one sentence each), and the two checks most values need."""
+
+    def choice(self, key: str, value: Any, known) -> None:
+        if value not in known:
+            self.append(f"{key}={value!r} is not one of: {', '.join(map(str, known))}.")
+
+    def at_least(self, key: str, value: Any, low: float, strict: bool = False) -> None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                (value <= low if strict else value < low):
+            self.append(f"{key}={value!r} must be a number {'>' if strict else '>='} {low}.")
 
 
 def _type_problems(section: str, obj: Any) -> list[tuple[str, str]]:

@@ -28,8 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import UserError
 
-class DistributedError(RuntimeError):
+
+class DistributedError(UserError, RuntimeError):
     """The process group could not be set up; the message says why and what to do."""
 
 

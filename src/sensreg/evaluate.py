@@ -1,20 +1,14 @@
-"""Evaluation: loss and top-1/top-5 error of a model on a split; re-evaluation of a checkpoint."""
+"""Evaluation: loss and top-1/top-5 error of a model on a split."""
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .data import Split, batches, load_test_split
+from .data import Split, batches
 from .distributed import SINGLE, Dist
-from .models import build_model
 from .precision import autocast
-from .pruning import sparsity_stats
 
 
 @torch.no_grad()
@@ -49,34 +43,3 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
     if top5:
         out["top5_error"] = int(wrong5) / n
     return out
-
-
-def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None,
-                        device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Rebuild the model saved at ``path`` and recompute its test error and sparsity.
-
-    ``overrides`` replace entries of the data config the checkpoint was trained with (e.g. a
-    different ``root``). Uses nothing from the run folder but the checkpoint itself.
-    """
-    ckpt = load_checkpoint(path)
-    data_cfg = dict(ckpt["config"]["data"])
-    for key, value in (overrides or {}).items():
-        if key not in data_cfg:
-            raise CheckpointError(f"data.{key} is not a data setting of this checkpoint; "
-                                  f"known: {', '.join(sorted(data_cfg))}.")
-        data_cfg[key] = value
-    from .config import DataConfig  # late import: config imports the registries
-
-    data = DataConfig(**data_cfg)
-    test, num_classes, input_shape = load_test_split(data.name, data.root, device, **data.loader_options())
-    model = build_model(ckpt["model_name"], ckpt["num_classes"], tuple(ckpt["input_shape"]))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit model {ckpt['model_name']}: {err}") from None
-    model.to(device)
-    result = {"checkpoint": str(path), "data": data.name, "model": ckpt["model_name"]}
-    result.update({f"test_{k}": v for k, v in evaluate(model, test, data.eval_batch_size).items()})
-    prunable = list(ckpt["masks"])
-    result["sparsity"] = sparsity_stats(model, tuple(ckpt["input_shape"]), prunable)
-    return result

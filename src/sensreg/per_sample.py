@@ -38,13 +38,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .errors import UserError
+
 SUPPORTED = (nn.Linear, nn.Conv2d, _BatchNorm)
 # Per-sample conv gradients and input patches of one chunk of samples, in elements (128 MiB in
 # float32): the chunk is as many samples as fit, at least one.
 CHUNK_ELEMENTS = 2**25
 
 
-class PerSampleError(ValueError):
+class PerSampleError(UserError, ValueError):
     """The network has a layer whose per-sample gradients are not implemented."""
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, few_names
+from .checkpoint import CheckpointError
+from .errors import few_names
 
 
 # Normalization layers, whose affine parameters (a gain and an offset per channel or feature,

@@ -11,21 +11,18 @@ and S is averaged over a few shuffled training batches.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import plots
+from .atomic import write_atomic
 from .errors import UserError
-from .report import write_atomic
+from .run_folder import CONFIG_NAME, METRICS_NAME, RUN_FILES, SUMMARY_NAME, RunFolder, RunRecord
+from .tables import markdown_table
 
 REPORT_NAME = "report.md"
-RUN_FILES = ("summary.json", "metrics.csv", "config.yaml", "model.pt")
 
 
 class ReportError(UserError, ValueError):
@@ -50,7 +47,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir} is not a folder; give a run folder, e.g. "
                           f"`sensreg report outputs/runs/<date>/<run>`.")
-    if not any((run_dir / f).exists() for f in RUN_FILES):
+    folder = RunFolder(run_dir)
+    if not folder.is_run():
         raise ReportError(f"{run_dir} is not a run folder (it has none of {', '.join(RUN_FILES)}); "
                           f"`sensreg compare {run_dir}` lists the run folders below it.")
     out = Path(out_dir) if out_dir is not None else run_dir
@@ -58,9 +56,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
     result = RunReport(out / REPORT_NAME)
     notes = result.notes
 
-    summary = _read_json(run_dir / "summary.json", notes)
-    config = _read_yaml(run_dir / "config.yaml", notes)
-    rows = _read_metrics(run_dir / "metrics.csv", notes)
+    record = folder.read()
+    notes += _reading_notes(record)
+    summary, config, rows = record.summary or {}, record.config, record.metrics
     decisions = [d for d in summary.get("thresholds") or [] if isinstance(d, dict)]
     sparsity = summary.get("sparsity") if isinstance(summary.get("sparsity"), dict) else {}
     images: dict[str, Path] = {}
@@ -112,46 +110,20 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
 
 # --- reading ---------------------------------------------------------------------------------
 
-def _read_json(path: Path, notes: list[str]) -> dict:
-    if not path.exists():
+def _reading_notes(record: RunRecord) -> list[str]:
+    """What report.md says about the run's files that could not be read."""
+    notes = []
+    summary_error = record.errors.get(SUMMARY_NAME)
+    if isinstance(summary_error, FileNotFoundError):
         notes.append("summary.json is missing: status and results unknown.")
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        notes.append(f"summary.json cannot be read (corrupt or half-written: {type(err).__name__}); "
+    elif summary_error is not None:
+        notes.append(f"summary.json cannot be read (corrupt or half-written: {type(summary_error).__name__}); "
                      f"the report uses metrics.csv and config.yaml only.")
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_yaml(path: Path, notes: list[str]) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        notes.append(f"config.yaml cannot be read ({type(err).__name__}).")
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_metrics(path: Path, notes: list[str]) -> list[dict[str, float]]:
-    if not path.exists():
-        return []
-    rows = []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            for raw in csv.DictReader(f):
-                if None in raw.values():
-                    break  # a torn last line (fewer fields than the header): the epoch is not done
-                try:
-                    rows.append({k: float(v) if v not in ("", None) else float("nan") for k, v in raw.items()})
-                except (TypeError, ValueError):
-                    break  # a torn last line: keep the complete epochs before it
-    except (OSError, ValueError, csv.Error) as err:
-        notes.append(f"metrics.csv cannot be read ({type(err).__name__}).")
-    for r in rows:
-        r["epoch"] = int(r["epoch"])
-    return [r for r in rows if {"epoch", "val_error", "remaining_pct"} <= set(r)]
+    if CONFIG_NAME in record.errors:
+        notes.append(f"config.yaml cannot be read ({type(record.errors[CONFIG_NAME]).__name__}).")
+    if METRICS_NAME in record.errors:
+        notes.append(f"metrics.csv cannot be read ({type(record.errors[METRICS_NAME]).__name__}).")
+    return notes
 
 
 def _last_threshold(decisions: list[dict]) -> float | None:
@@ -164,7 +136,7 @@ def _last_threshold(decisions: list[dict]) -> float | None:
 def _final_state(run_dir: Path, config: dict, batches: int, data_root: str | None,
                  notes: list[str]) -> dict[str, Any]:
     """|w| and S of the kept prunable entries of model.pt; notes say what could not be done."""
-    ckpt_path = run_dir / "model.pt"
+    ckpt_path = RunFolder(run_dir).model_path
     if not ckpt_path.exists():
         notes.append("|w| and sensitivity histograms: no model.pt (the run has not finished).")
         return {}
@@ -286,11 +258,6 @@ def _pct(v: Any) -> str:
     return _f(100 * v if isinstance(v, (int, float)) else None, ".2f", " %")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[dict], decisions: list[dict],
               sparsity: dict, images: dict[str, Path], final: dict, notes: list[str]) -> str:
     def section(key: str) -> dict:
@@ -310,7 +277,7 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
              + f" · started {s.get('started', '-')} · device {s.get('device', '-')}"
              + f" · git commit {str(s.get('git_commit') or '-')[:10]}", "",
              "## Configuration", ""]
-    lines += _table(["model", "data", "sensitivity", "λ", "η", "epochs", "seed", "prune", "config hash"], [[
+    lines += markdown_table(["model", "data", "sensitivity", "λ", "η", "epochs", "seed", "prune", "config hash"], [[
         str(s.get("model") or d("model").get("name", "-")), str(s.get("data") or d("data").get("name", "-")),
         str(s.get("sens") or d("sens").get("name", "-")) + (f" ({d('sens').get('output')})" if d("sens").get("output") else ""),
         _f(d("sens").get("lam")), _f(d("optim").get("lr")), str(d("trainer").get("epochs", "-")),
@@ -321,7 +288,7 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
     lines += ["", "## Result", ""]
     if "test_error" in s:
         flops = s.get("flops") or {}
-        lines += _table(["test error", "top-5 error", "remaining (prunable)", "compression",
+        lines += markdown_table(["test error", "top-5 error", "remaining (prunable)", "compression",
                          "remaining (all)", "compression (all)", "FLOPs left", "wall time"], [[
             _pct(s.get("test_error")), _pct(s.get("test_top5_error")), _f(s.get("remaining_pct"), ".3f", " %"),
             _f(s.get("compression"), ".1f", "×"), _f(s.get("remaining_pct_all"), ".3f", " %"),
@@ -332,7 +299,7 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
                      f"{len(rows)} epoch(s) in metrics.csv.")
     if rows:
         lines += ["", "## Per epoch", ""]
-        lines += _table(["epoch", "λ", "train loss", "val loss", "val error", "remaining", "threshold",
+        lines += markdown_table(["epoch", "λ", "train loss", "val loss", "val error", "remaining", "threshold",
                          "mean insensitivity", "below 0.5", "time"], [[
             str(r["epoch"]), _f(r.get("lam")), _f(r.get("train_loss"), ".4f"), _f(r.get("val_loss"), ".4f"),
             _pct(r.get("val_error")), _f(r.get("remaining_pct"), ".3g", " %"), _f(r.get("threshold")),
@@ -341,7 +308,7 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
         lines += image("epochs", "validation error and remaining parameters per epoch")
     lines += ["", "## Threshold decisions", ""]
     if decisions:
-        lines += _table(["epoch", "threshold T", "pruned", "remaining before", "remaining after",
+        lines += markdown_table(["epoch", "threshold T", "pruned", "remaining before", "remaining after",
                          "val loss before", "val loss after"], [[
             str(x.get("epoch", "-")), _f(x.get("threshold")), _f(x.get("pruned"), ","),
             _f(x.get("remaining_pct_before"), ".3g", " %"), _f(x.get("remaining_pct_after"), ".3g", " %"),
@@ -351,7 +318,7 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
         lines.append("No threshold was applied.")
     if sparsity.get("layers"):
         lines += ["", "## Per-layer sparsity", ""]
-        lines += _table(["layer", "shape", "params", "nonzero", "remaining", "compression"], [[
+        lines += markdown_table(["layer", "shape", "params", "nonzero", "remaining", "compression"], [[
             r["name"] + ("" if r.get("prunable") else " (not pruned)"), "×".join(map(str, r.get("shape", []))),
             _f(r.get("params"), ","), _f(r.get("nonzero"), ","), _f(r.get("remaining_pct"), ".3g", " %"),
             _f(r.get("compression"), ".1f", "×")] for r in sparsity["layers"]])
@@ -371,7 +338,7 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
             lines += ["", "Insensitivity max(0, 1 − S) per regularized tensor, S brought to scale as in training "
                       "(`sens.scale`): the factor on λ in each weight's shrink. A mean near 1 with nothing below "
                       "0.5 means the shrink is plain weight decay.", ""]
-            lines += _table(["tensor", "kept", "mean insensitivity", "below 0.5", "zero (S ≥ 1)"], [[
+            lines += markdown_table(["tensor", "kept", "mean insensitivity", "below 0.5", "zero (S ≥ 1)"], [[
                 name, f"{v.size:,}", _f(float(v.mean())), f"{100 * float((v < 0.5).mean()):.1f} %",
                 f"{100 * float((v <= 0).mean()):.1f} %"] for name, v in final["insensitivity"].items()])
             lines += image("insensitivity", "insensitivity histogram per tensor")

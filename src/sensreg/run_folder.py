@@ -1,4 +1,12 @@
-"""Which folder a run writes, whether it continues an earlier run there, and who owns it.
+"""A run folder: every file a run writes, where it is, and how it is read back.
+
+``RunFolder`` knows the names of a run's files and writes each of them whole (``atomic.py``):
+the composed config, one metrics row per epoch, the summary, the final model and the training
+checkpoint. ``RunFolder.read`` is the one reader: it gives a ``RunRecord`` of whatever the folder
+holds, however far the run got, and says what it could not read instead of raising. ``compare``,
+``report``, ``eval`` and the results scripts all read run folders through it.
+
+Which folder a run uses and whether it continues an earlier run there (``resolve``):
 
 - A fresh run (``trainer.resume=false``) refuses a folder that already holds a run.
 - ``trainer.resume=true`` continues from ``last.pt`` in the run's own folder (a fixed
@@ -10,23 +18,43 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-CHECKPOINT_NAME = "last.pt"
+import yaml
+
+from . import checkpoint, train_state
+from .atomic import TEMPORARY_GLOB, write_atomic, write_json
+from .errors import UserError
+
+CONFIG_NAME = "config.yaml"  # the composed config, resolved
+METRICS_NAME = "metrics.csv"  # one row per finished epoch
+SUMMARY_NAME = "summary.json"  # status, then the results
+MODEL_NAME = "model.pt"  # the final model, compact (checkpoint.py)
+CHECKPOINT_NAME = "last.pt"  # the training state to resume from (checkpoint.py)
+LOG_NAME = "train.log"
 LOCK_NAME = ".lock"
-TEMPORARY_GLOB = ".*.tmp"  # what report.write_atomic names its temporary files
+RUN_FILES = (SUMMARY_NAME, METRICS_NAME, CONFIG_NAME, MODEL_NAME)  # any of them marks a run folder
+
+# insens_mean, insens_below_half: the mean insensitivity max(0, 1 - S) of the kept regularized
+# weights at the epoch's last step, and the share of them below 0.5 (blank without a regularizer).
+METRIC_COLUMNS = ("epoch", "eta", "lam", "train_loss", "val_loss", "val_error", "remaining_pct",
+                  "threshold", "insens_mean", "insens_below_half", "seconds")
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError, RuntimeError):
     """The run folder cannot be used as asked; the message says why and what to do."""
 
 
 def resolve(hydra_dir: Path, resume: bool | str) -> tuple[Path, Path | None]:
     """The folder this run writes, and the checkpoint it continues from (None: from scratch)."""
     if resume is False:
-        if (hydra_dir / "summary.json").exists():
+        if (hydra_dir / SUMMARY_NAME).exists():
             raise RunFolderError(
                 f"the run folder {hydra_dir} already holds a run (summary.json). Add "
                 f"trainer.resume=true to continue it, or choose another hydra.run.dir.")
@@ -126,3 +154,133 @@ def _lock_is_stale(path: Path) -> bool:
     except PermissionError:
         return False
     return False
+
+
+# --- writing and reading a run folder ------------------------------------------------------------
+
+class RunFolder:
+    """The files of one run folder, by name; each write replaces a file whole."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / CONFIG_NAME)
+    metrics_path = property(lambda self: self.path / METRICS_NAME)
+    summary_path = property(lambda self: self.path / SUMMARY_NAME)
+    model_path = property(lambda self: self.path / MODEL_NAME)
+    checkpoint_path = property(lambda self: self.path / CHECKPOINT_NAME)
+    log_path = property(lambda self: self.path / LOG_NAME)
+
+    def lock(self) -> "RunLock":
+        return RunLock(self.path)
+
+    def write_config(self, text: str) -> None:
+        write_atomic(self.config_path, lambda f: f.write(text))
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        write_metrics(self.metrics_path, rows)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary_path, summary)
+
+    def save_model(self, model, masks, **meta) -> int:
+        """model.pt (``checkpoint.save_model``); returns its size in bytes."""
+        checkpoint.save_model(self.model_path, model, masks, **meta)
+        return self.model_path.stat().st_size
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        train_state.save_training_state(self.checkpoint_path, state)
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.exists()
+
+    def is_run(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_FILES)
+
+    def read(self) -> "RunRecord":
+        """Whatever the folder holds, never raising: a file that is missing or cannot be read
+        is left empty in the record, with the reason in ``RunRecord.errors``."""
+        record = RunRecord(self)
+        try:
+            summary = json.loads(self.summary_path.read_text(encoding="utf-8"))
+            record.summary = summary if isinstance(summary, dict) else None
+        except (OSError, ValueError) as err:  # ValueError covers JSONDecodeError and bad UTF-8
+            record.errors[SUMMARY_NAME] = err
+        try:
+            config = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+            record.config = config if isinstance(config, dict) else {}
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            record.errors[CONFIG_NAME] = err
+        if self.metrics_path.exists():
+            try:
+                record.metrics = read_metrics(self.metrics_path)
+            except (OSError, ValueError, csv.Error) as err:
+                record.errors[METRICS_NAME] = err
+        return record
+
+
+@dataclass
+class RunRecord:
+    """What a run folder holds, as read by ``RunFolder.read``.
+
+    ``summary``: summary.json, None where it is missing, unreadable or not a JSON object.
+    ``config``: config.yaml ({} likewise). ``metrics``: the complete rows of metrics.csv, as
+    floats (a torn last line is left out: that epoch is not done). ``errors``: the exception
+    met reading each file that could not be read (FileNotFoundError for a missing one).
+    """
+
+    folder: RunFolder
+    summary: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    errors: dict[str, Exception] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @property
+    def status(self) -> str | None:
+        """The summary's status; ``abandoned`` for a run that says running but whose process
+        is gone (continue it with trainer.resume); None without a readable summary."""
+        status = (self.summary or {}).get("status")
+        if not isinstance(status, str):
+            return None
+        return "abandoned" if status == "running" and writer_gone(self.path) else status
+
+    def section(self, key: str) -> dict[str, Any]:
+        """A section of the config (``trainer``, ``sens``...), {} where it is missing."""
+        value = self.config.get(key)
+        return value if isinstance(value, dict) else {}
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """metrics.csv, one row per epoch; rewritten whole each epoch (it is small)."""
+    def write(f) -> None:
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: _csv_value(row.get(k)) for k in METRIC_COLUMNS})
+    write_atomic(path, write)
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return repr(v)  # full precision, so a reader gets back exactly what was logged
+    return "" if v is None else v
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The complete rows of a metrics.csv as floats (blank: nan), ``epoch`` as an int."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for raw in csv.DictReader(f):
+            if None in raw.values():
+                break  # a torn last line (fewer fields than the header): the epoch is not done
+            try:
+                rows.append({k: float(v) if v not in ("", None) else float("nan") for k, v in raw.items()})
+            except (TypeError, ValueError):
+                break  # a torn last line: keep the complete epochs before it
+    for r in rows:
+        r["epoch"] = int(r["epoch"])
+    return [r for r in rows if {"epoch", "val_error", "remaining_pct"} <= set(r)]

@@ -3,7 +3,7 @@
 ImageNet does not fit on a device as tensors (1.28 million training images; about 770 GB as
 float32 at 224 x 224), so its splits hold file paths and labels, and a ``DataLoader`` decodes
 and transforms the images of each batch in worker processes. The batches are the same as those
-of a tensor split: ``data.batches`` draws the same index permutation and hands each index batch
+of a tensor split: ``batching.batches`` draws the same index permutation and hands each index batch
 to the loader (as its batch sampler), so a seed gives the same order whatever the split's kind,
 and ``start`` and ``shard`` mean the same.
 
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import few_names
-from .data import DatasetMissing
+from ..errors import few_names
+from .tensors import DatasetMissing
 
 # The per-channel mean and std of ImageNet's training pixels that torchvision's models use.
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -185,6 +185,13 @@ def image_transform(image_size: int, resize: int, augment: bool):
     # Resizing and cropping the PIL image (before ToImage) is done by PIL, as in torchvision's
     # reference scripts; ToImage + ToDtype(scale=True) is what ToTensor did.
     return v2.Compose([*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def load_imagenet(root: str | Path, normalization: None = None, image_size: int = 224,
+                  resize: int = 256, augment: bool = True, **options) -> tuple[FolderSplit, FolderSplit]:
+    """ImageNet's loader in the registry: ``options`` are the ``LoaderOptions``. ``normalization``
+    is None: the images are normalized as they are decoded (``image_transform``), not as tensors."""
+    return load_imagefolder(Path(root), image_size, resize, augment, LoaderOptions(**options))
 
 
 def load_imagefolder(root: str | Path, image_size: int = 224, resize: int = 256, augment: bool = True,

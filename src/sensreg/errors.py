@@ -1,0 +1,41 @@
+"""The errors a user causes, and how their messages are written.
+
+Every such error derives from ``UserError``: its message is one paragraph that names the
+problem and the fix, and the command line prints it without a traceback (``cli.py`` has one
+handler for them all). Each module keeps its own subclass next to the code that raises it
+(``ConfigError`` in ``config.py``, ``CheckpointError`` in ``checkpoint.py``, ...), so that
+a reader of that module sees what it may raise.
+
+Exit codes: 2 for a mistake found before anything was trained (a bad value, an unusable
+folder or file); 1 for a training run that began and then failed (``ends_run``: a missing
+dataset, a checkpoint that does not fit, divergence); 128 + n for a run stopped by signal n
+(``interrupt.Interrupted``).
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix; ``str(err)`` is the one-paragraph message."""
+
+    exit_code = 2
+    # Raised by a training run under way: `sensreg train` logs it, records it in summary.json as
+    # the run's failure, exits 1, and a sweep goes on with its next job. False: nothing was
+    # trained, the value or folder named in the message is to be fixed.
+    ends_run = False
+
+
+class RunError(UserError):
+    """A training run that began could not go on; the run folder says how far it got."""
+
+    exit_code = 1
+    ends_run = True
+
+
+class Diverged(RunError, FloatingPointError):
+    """The training loss or the weights became non-finite."""
+
+
+def few_names(names: list[str], shown: int = 4, sep: str = ", ") -> str:
+    """The first ``shown`` names and how many more, for messages."""
+    return sep.join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

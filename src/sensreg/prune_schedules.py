@@ -1,0 +1,195 @@
+"""Pruning schedules: when a run prunes, and how far.
+
+A schedule is asked once after every epoch's validation pass (``after_epoch``), and where it
+says so (``steps``) after every training step too (``after_step``), and may prune through the
+run's masks; it keeps what it needs to decide (the best validation loss so far, the
+epochs since) and what it decided (``thresholds``, as summary.json records them). Its
+``state_dict`` is saved in last.pt, so a resumed run decides as the uninterrupted run would.
+The registry ``PRUNE_SCHEDULES`` maps ``prune.name`` to a schedule class; the training loop
+never looks at the name.
+
+- ``search``: when the validation loss has not improved for ``patience`` epochs, bisect for the
+  largest threshold whose pruning keeps it within ``1 + tolerance`` of its value (``search_and_prune``).
+- ``fixed``: prune below ``threshold`` every ``every`` epochs.
+- ``none``: never prune.
+
+Every schedule acts only from ``start_epoch`` to ``stop_epoch`` (1-based, inclusive; None: to
+the last epoch); the loop asks none of them during the dense warm-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from . import evaluate as evaluation
+from .distributed import SINGLE, Dist
+from .pruning import Masks, search_threshold
+
+
+@dataclass
+class PruneContext:
+    """What a schedule may act on: the model, its masks and optimizer (whose momentum and Adam
+    moments of pruned entries are cleared), and the validation split with how to evaluate it."""
+
+    model: nn.Module
+    masks: Masks
+    optimizer: torch.optim.Optimizer
+    data: Any  # the Dataset; its ``val`` split is the only one a decision may look at
+    eval_batch_size: int
+    precision: str = "fp32"
+    dist: Dist = SINGLE
+
+    def validate(self) -> dict[str, float]:
+        return evaluation.evaluate(self.model, self.data.val, self.eval_batch_size, self.precision, self.dist)
+
+
+class PruneSchedule:
+    """The base: the decision window, the last threshold applied, the decisions made."""
+
+    name: ClassVar[str]
+    # The prune.* settings the schedule reads, each with its smallest allowed value (the config
+    # check refuses a smaller one before training starts).
+    MINIMUMS: ClassVar[dict[str, float]] = {}
+    STATE: ClassVar[tuple[str, ...]] = ("threshold", "thresholds")  # what state_dict holds
+    # Whether the loop calls after_step after every training step (not only after_epoch).
+    steps: ClassVar[bool] = False
+
+    def __init__(self, prune_cfg, epochs: int):
+        self.cfg, self.epochs = prune_cfg, epochs
+        self.threshold = 0.0  # the last one applied: metrics.csv's threshold column
+        self.thresholds: list[dict[str, Any]] = []  # every decision, in order
+
+    def active(self, epoch: int) -> bool:
+        """Whether ``epoch`` (1-based) lies in the window from start_epoch to stop_epoch."""
+        return self.cfg.start_epoch <= epoch <= (self.cfg.stop_epoch or self.epochs)
+
+    def after_epoch(self, epoch: int, val: dict[str, float], ctx: PruneContext) -> dict[str, float]:
+        """Decide after epoch ``epoch`` (1-based), whose validation figures are ``val``; return
+        the validation figures of the model as it now is (re-evaluated if it was pruned)."""
+        return val
+
+    def after_step(self, epoch: int, batch: int, ctx: PruneContext) -> None:
+        """After training batch ``batch`` (0-based) of epoch ``epoch`` (1-based); called only
+        where ``steps`` is true. It may prune, but not evaluate: that is for after_epoch."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.STATE}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in self.STATE:
+            if key in state:
+                setattr(self, key, state[key])
+
+    def record(self, decision: dict[str, Any]) -> None:
+        self.thresholds.append(decision)
+        self.threshold = decision["threshold"]
+
+
+class NoPruning(PruneSchedule):
+    name = "none"
+
+
+class SearchSchedule(PruneSchedule):
+    name = "search"
+    MINIMUMS = {"tolerance": 0, "patience": 0}
+    STATE = PruneSchedule.STATE + ("best_val", "stale")
+
+    def __init__(self, prune_cfg, epochs: int):
+        super().__init__(prune_cfg, epochs)
+        self.best_val = float("inf")  # the lowest validation loss since the last search
+        self.stale = 0  # epochs since it last improved
+
+    def after_epoch(self, epoch, val, ctx):
+        if not self.active(epoch):
+            return val
+        if val["loss"] < self.best_val:
+            self.best_val, self.stale = val["loss"], 0
+        else:
+            self.stale += 1
+        if self.stale >= self.cfg.patience:
+            found = search_and_prune(ctx.model, ctx.masks, ctx.optimizer, ctx.data, ctx.eval_batch_size,
+                                     val["loss"], self.cfg.tolerance, epoch, ctx.precision, ctx.dist,
+                                     self.cfg.scope)
+            if found is not None:
+                self.record(found)
+                val = ctx.validate()
+            self.best_val, self.stale = val["loss"], 0
+        return val
+
+
+class FixedSchedule(PruneSchedule):
+    name = "fixed"
+    MINIMUMS = {"threshold": 0, "every": 1}
+
+    def after_epoch(self, epoch, val, ctx):
+        cfg, masks = self.cfg, ctx.masks
+        if not self.active(epoch) or (epoch - cfg.start_epoch) % cfg.every:
+            return val
+        before = masks.remaining_pct()
+        # scope=layer: prune.threshold is τ, each tensor's threshold τ·σ_l (Masks.scales)
+        per_tensor = masks.scaled_thresholds(cfg.threshold, masks.scales(cfg.scope))
+        pruned = masks.prune_below_(per_tensor, ctx.optimizer)
+        if not pruned:
+            return val
+        val_after = ctx.validate()
+        self.record({"epoch": epoch, "threshold": cfg.threshold, **scope_record(cfg.scope, masks, per_tensor),
+                     "pruned": pruned, "remaining_pct_before": before,
+                     "remaining_pct_after": masks.remaining_pct(),
+                     "val_loss_before": val["loss"], "val_loss_after": val_after["loss"]})
+        return val_after
+
+
+PRUNE_SCHEDULES: dict[str, type[PruneSchedule]] = {
+    s.name: s for s in (SearchSchedule, FixedSchedule, NoPruning)}
+
+
+def build_prune_schedule(prune_cfg, epochs: int) -> PruneSchedule:
+    return PRUNE_SCHEDULES[prune_cfg.name](prune_cfg, epochs)
+
+
+def search_and_prune(model: nn.Module, masks: Masks, optimizer, data, eval_bs: int,
+                     val_loss: float, tolerance: float, epoch: int,
+                     precision: str = "fp32", dist: Dist = SINGLE,
+                     scope: str = "global") -> dict[str, Any] | None:
+    """Find the largest threshold within tolerance on the validation loss and apply it: one
+    global T on |w| (scope ``global``), or one τ pruning |w| < τ·σ_l in each tensor (``layer``).
+
+    σ_l is taken once, before the search, from the weights (the same on every process), and held
+    for every τ tried and for the one applied: the pruning applied is the one evaluated."""
+    saved = [p.detach().clone() for p in masks.params]
+    scales = masks.scales(scope)  # 1.0 each for global
+    normalized = scales if scope == "layer" else None  # global: the search on |w| as it always was
+
+    @torch.no_grad()
+    def loss_with(threshold: float) -> float:
+        for p, s, m, t in zip(masks.params, saved, masks.masks, masks.scaled_thresholds(threshold, scales)):
+            p.copy_(s * (m & (s.abs() >= t)))
+        loss = evaluation.evaluate(model, data.val, eval_bs, precision, dist)["loss"]
+        for p, s in zip(masks.params, saved):
+            p.copy_(s)
+        return loss
+
+    before = masks.remaining_pct()
+    result = search_threshold(masks.kept_magnitudes(normalized), loss_with, val_loss, tolerance,
+                              limit=masks.emptying_threshold(normalized))
+    if result.threshold <= 0.0:
+        return None
+    per_tensor = masks.scaled_thresholds(result.threshold, scales)
+    pruned = masks.prune_below_(per_tensor, optimizer)
+    return {"epoch": epoch, "threshold": result.threshold, **scope_record(scope, masks, per_tensor),
+            "pruned": pruned,
+            "remaining_pct_before": before, "remaining_pct_after": masks.remaining_pct(),
+            "val_loss_before": result.loss_before, "val_loss_after": result.loss_after,
+            "evaluations": result.evaluations}
+
+
+def scope_record(scope: str, masks: Masks, per_tensor: list[float]) -> dict[str, Any]:
+    """The scope of a threshold decision and, for ``layer``, each tensor's own threshold τ·σ_l
+    (0.0 for a tensor the rule leaves alone: Masks.scales)."""
+    if scope == "global":
+        return {"scope": scope}
+    return {"scope": scope, "layer_thresholds": dict(zip(masks.names, per_tensor))}

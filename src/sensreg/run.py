@@ -1,0 +1,223 @@
+"""One training run, from its config to a finished run folder.
+
+``train`` is the whole life of a run: the summary says ``running``; the data, model, optimizer,
+masks, step and pruning schedule are set up (``setup_training``), a resumed run's state is
+restored, the epochs run (``train.run_epochs``), and the test evaluation, model.pt and the
+completed summary are written (``finish``). Whatever ends the run early is recorded in the
+summary (``failed`` or ``interrupted``, with the error) before it is raised again.
+
+``resume_state`` reads and checks the last.pt a run continues from, before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import evaluate as evaluation
+from .config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
+from .data import Dataset, load_dataset
+from .distributed import SINGLE, Dist
+from .environment import git_commit, versions
+from .init_weights import init_model_
+from .interrupt import Interrupted, StopSignals
+from .models import build_model
+from .prune_schedules import build_prune_schedule
+from .pruning import Masks, prunable_names, sparsity_stats
+from .run_folder import CHECKPOINT_NAME, MODEL_NAME, RunFolder
+from .sensitivity import get_variant
+from .tables import layer_table, render_text
+from .train import Training, TrainStep, build_optimizer, run_epochs
+from .train_state import load_training_state
+
+log = logging.getLogger("sensreg")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
+
+def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
+          dist: Dist = SINGLE) -> dict[str, Any]:
+    """Train, regularize, prune and evaluate as ``cfg`` says; write the run folder; return the summary.
+
+    ``saved``: the training state to continue from (``resume_state``), None for a fresh run.
+    ``dist``: this process's place among several (``distributed.py``); only process 0 writes
+    the run folder, every process returns the summary.
+    """
+    folder = RunFolder(run_dir)
+    if dist.is_main:
+        folder.path.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    summary = started_summary(cfg, started, saved, dist)
+    write_summary = (lambda: folder.write_summary(summary)) if dist.is_main else (lambda: None)
+    write_summary()
+    tr = None
+    try:
+        # Signals are caught from here on, so a stop during the set-up is orderly too.
+        with StopSignals() as stop:
+            tr = setup_training(cfg, folder, summary, saved, stop, dist, session_start=started)
+            run_epochs(tr)
+            finish(tr)
+            write_summary()
+    except BaseException as err:
+        # SystemExit: a scheduler's signal handler (submitit's requeue) ended the process.
+        interrupted = isinstance(err, (Interrupted, KeyboardInterrupt, SystemExit))
+        summary["status"] = "interrupted" if interrupted else "failed"
+        summary["error"] = str(err) if isinstance(err, Interrupted) else f"{type(err).__name__}: {err}"
+        # Where the run got to: the loop's, or the resumed state's if it failed in the set-up.
+        loop = tr.loop if tr is not None else saved["loop"] if saved is not None else {}
+        loop = loop if isinstance(loop, dict) else {"epoch": loop.epoch, "elapsed": loop.elapsed}
+        summary["epochs_completed"] = loop.get("epoch", 0)
+        summary["wall_time_s"] = loop.get("elapsed", 0.0) + time.time() - started
+        if folder.has_checkpoint():
+            summary["checkpoint_to_resume"] = CHECKPOINT_NAME
+        write_summary()
+        raise
+    return summary
+
+
+def started_summary(cfg: TrainConfig, started: float, saved: dict[str, Any] | None,
+                    dist: Dist) -> dict[str, Any]:
+    """summary.json as a run starts (status ``running``); a resumed run keeps its first start
+    and adds this one to ``resumed``."""
+    summary: dict[str, Any] = {
+        "status": "running", "config_hash": cfg.hash(), "seed": cfg.trainer.seed,
+        "model": cfg.model.name, "data": cfg.data.name, "sens": cfg.sens.name,
+        "versions": versions(), "git_commit": git_commit(),
+        "started": time.strftime(TIME_FORMAT, time.localtime(started)),
+    }
+    if saved is not None:
+        summary["started"] = saved["summary"].get("started", summary["started"])
+        summary["resumed"] = saved["summary"].get("resumed", []) + [
+            {"at": time.strftime(TIME_FORMAT), "epoch": saved["loop"]["epoch"],
+             "batch": saved["loop"]["batch"]}]
+    if dist.enabled:
+        summary["processes"] = dist.world
+    return summary
+
+
+def resume_state(cfg: TrainConfig, path: Path | None) -> dict[str, Any] | None:
+    """The training state in ``path`` (a last.pt), checked against ``cfg``; None without a path.
+
+    Raises CheckpointError for an unreadable or foreign file, and ConfigError where the saved
+    run's config differs from ``cfg`` in anything but the epoch count and where the run executes.
+    """
+    if path is None:
+        return None
+    saved = load_training_state(path)
+    differences = config_differences(saved["config"], cfg.to_dict(),
+                                     ignore=NOT_COMPUTATION + (("trainer", "epochs"),))
+    if differences:
+        raise ConfigError(f"cannot resume {path} with a different config; only trainer.epochs (and "
+                          f"where the run executes) may change. Differences:\n  - " + "\n  - ".join(differences))
+    if saved["loop"]["epoch"] > cfg.trainer.epochs:
+        raise ConfigError(f"cannot resume {path} with trainer.epochs={cfg.trainer.epochs}: it has already "
+                          f"completed {saved['loop']['epoch']} epochs.")
+    return saved
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def setup(cfg: TrainConfig, dist: Dist = SINGLE) -> tuple[torch.device, Dataset, nn.Module]:
+    """Device, data and model for ``cfg``; raises on a missing dataset or a bad init checkpoint."""
+    device = dist.device(resolve_device(cfg.trainer.device))
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed,
+                        device if cfg.data.on_device else "cpu", **cfg.data.loader_options())
+    if not cfg.data.on_device:
+        data = replace(data, train=data.train.to(device), val=data.val.to(device), test=data.test.to(device))
+    model = build_model(cfg.model.name, data.num_classes, data.input_shape)
+    if cfg.trainer.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        # NHWC convolutions: on the CPU their backward pass is about twice as fast (LeNet-5).
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.trainer.init:
+        init_model_(model, cfg.trainer.init, cfg.model.name, data.num_classes, cfg.data.name)
+    return device, data, model.to(device)
+
+
+def setup_training(cfg: TrainConfig, folder: RunFolder, summary: dict[str, Any], saved: dict[str, Any] | None,
+                   stop: StopSignals, dist: Dist = SINGLE, session_start: float | None = None) -> Training:
+    """Everything the epoch loop needs, fresh or restored from ``saved``.
+
+    The order is that of every run before it: the seeded global generators are drawn from in
+    the same sequence (data split, model initialization), so a seed gives the same run."""
+    session_start = time.time() if session_start is None else session_start
+    device, data, model = setup(cfg, dist)
+    summary["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    log.info("run folder %s | %s on %s, sens=%s, device %s%s | train %d, val %d, test %d",
+             folder.path, cfg.model.name, cfg.data.name, cfg.sens.name, summary["device"],
+             f" x {dist.world} processes" if dist.enabled else "",
+             len(data.train), len(data.val), len(data.test))
+    t = cfg.trainer
+    optimizer = build_optimizer(cfg, model.parameters())
+    masks = Masks(model, prunable_names(model, cfg.prune.params, cfg.prune.batchnorm))
+    class_gen = torch.Generator().manual_seed(t.seed + 1)
+    step = TrainStep(model, optimizer, get_variant(cfg.sens.name), masks,
+                     prunable_names(model, cfg.sens.params, cfg.prune.batchnorm),
+                     cfg.sens.output, cfg.sens.classes, class_gen, t.precision, t.compile, dist,
+                     cfg.sens.reduction, cfg.sens.scale, cfg.sens.gamma, cfg.sens.scale_over)
+    tr = Training(
+        cfg, folder, summary, data, model, optimizer, masks, step,
+        prune=build_prune_schedule(cfg.prune, t.epochs),
+        shuffle_gen=torch.Generator().manual_seed(t.seed), class_gen=class_gen,
+        augment_gen=torch.Generator().manual_seed(t.seed + 2)
+        if cfg.data.augment and not data.augmented_in_loader else None,
+        stop=stop, dist=dist, session_start=session_start)
+    if saved is not None:
+        tr.restore(saved)
+        log.info("resumed from %s at epoch %d%s", CHECKPOINT_NAME, tr.loop.epoch + 1,
+                 f", batch {tr.loop.batch + 1}" if tr.loop.batch else "")
+    dist.sync_model_(model)  # every process starts from process 0's weights
+    return tr
+
+
+def finish(tr: Training) -> None:
+    """The test evaluation (float32, as `sensreg eval` recomputes it), model.pt and the
+    completed summary, and the closing log lines."""
+    cfg, data, summary = tr.cfg, tr.data, tr.summary
+    test = evaluation.evaluate(tr.model, data.test, cfg.data.eval_batch_size, dist=tr.dist)
+    stats = sparsity_stats(tr.model, data.input_shape, tr.masks.names)
+    if tr.dist.is_main:
+        model_bytes = tr.folder.save_model(
+            tr.model, tr.masks.state_dict(), model_name=cfg.model.name, num_classes=data.num_classes,
+            input_shape=data.input_shape, config=cfg.to_dict())
+    summary.pop("error", None)
+    summary.pop("checkpoint_to_resume", None)
+    rows = tr.loop.rows
+    summary.update({
+        "status": "completed",
+        "epochs_completed": tr.loop.epoch,
+        "test_error": test["error"], "test_top5_error": test.get("top5_error"), "test_loss": test["loss"],
+        "val_error": rows[-1]["val_error"], "val_loss": rows[-1]["val_loss"],
+        "remaining_pct": stats["prunable"]["remaining_pct"], "compression": stats["prunable"]["compression"],
+        "remaining_pct_all": stats["all"]["remaining_pct"], "compression_all": stats["all"]["compression"],
+        "sparsity": stats, "flops": stats["flops"], "thresholds": tr.prune.thresholds,
+        "wall_time_s": tr.elapsed(), "checkpoint": MODEL_NAME,
+    })
+    if tr.dist.is_main:
+        summary["checkpoint_bytes"] = model_bytes
+    log.info("test error %.2f%%%s | remaining %.3f%% of prunable parameters (%.1fx), %.3f%% of all (%.1fx) "
+             "| FLOPs left %.2f%%", 100 * test["error"],
+             f" (top-5 {100 * test['top5_error']:.2f}%)" if "top5_error" in test else "",
+             stats["prunable"]["remaining_pct"], stats["prunable"]["compression"],
+             stats["all"]["remaining_pct"], stats["all"]["compression"], stats["flops"]["remaining_pct"])
+    log.info("per-layer sparsity:\n%s", render_text(layer_table(stats)).rstrip())
