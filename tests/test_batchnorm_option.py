@@ -18,6 +18,7 @@ from sensreg.models import build_model
 from sensreg.pruning import Masks, norm_parameter_names, prunable_names, sparsity_stats
 from sensreg.tables import layer_table, render_text
 from sensreg.sensitivity import get_variant
+from sensreg.prune_schedules import PRUNE_SCHEDULES
 from sensreg.run import setup, train
 from sensreg.train import TrainStep
 
@@ -170,7 +171,7 @@ def test_every_prune_config_has_the_dataclass_keys():
     folder = resources.files("sensreg.configs") / "prune"
     keys = {f.name for f in fields(PruneConfig)}
     options = [p for p in folder.iterdir() if p.name.endswith(".yaml")]
-    assert len(options) == 3
+    assert sorted(p.name for p in options) == sorted(f"{name}.yaml" for name in PRUNE_SCHEDULES)
     for path in options:
         values = yaml.safe_load(path.read_text())
         assert set(values) == keys, path.name

@@ -362,3 +362,53 @@ def test_a_running_run_whose_process_is_gone_is_listed_as_abandoned(tmp_path):
     make_run(tmp_path / "no_lock", sens="spec", lam=1e-4, seed=1, config_hash="h", status="running", epochs_done=2)
     rows, _ = cmp.read_runs(cmp.find_run_dirs([tmp_path]), tmp_path)
     assert {r.run: r.status for r in rows} == {"killed": "abandoned", "no_lock": "abandoned"}
+
+
+# --- budgets -------------------------------------------------------------------------------------
+
+def test_budgets_are_a_column_a_key_and_a_marker_per_budget(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    for name, samples in (("short", 540_000), ("long", 3_240_000), ("old", None)):
+        run = make_run(root / name, sens="spec", lam=1e-4, seed=0, config_hash=f"h{name}",
+                       error_pct=2.0, remaining=2.0)
+        summary = json.loads((run / "summary.json").read_text())
+        if samples is not None:
+            summary["budget"] = {"epochs": samples // 54_000, "steps": samples // 100, "samples": samples,
+                                 "wall_time_s": 10.0, "device": "cpu"}
+        (run / "summary.json").write_text(json.dumps(summary))
+    rows = {r.run: r for r in cmp.compare([str(root)], plots=False).rows}
+    assert (rows["short"].samples, rows["long"].samples, rows["old"].samples) == (540_000, 3_240_000, None)
+    cells = dict(cmp.columns(False))
+    assert [cells["samples"](rows[n]) for n in ("short", "long", "old")] == ["540k", "3.24M", "-"]
+    assert [r.run for r in cmp.compare([str(root)], where=["samples<1M"], plots=False).rows] == ["short"]
+    assert [r.run for r in cmp.compare([str(root)], where=["budget>1M"], plots=False).rows] == ["long"]
+
+    from sensreg import plots
+
+    drawn, real = [], plots.pareto_plot
+
+    def recording(series, references, path, title=""):
+        drawn.append(sorted(str(p.get("budget")) for pts in series.values() for p in pts))
+        return real(series, references, path, title)
+
+    monkeypatch.setattr(plots, "pareto_plot", recording)
+    result = cmp.compare([str(root)], out=tmp_path / "cmp")
+    assert drawn == [["3.24M samples", "540k samples", "None"]]
+    assert_png(result.out_dir / "compare_lenet300_mnist.png")
+
+
+def test_a_schedule_other_than_the_search_is_its_own_series(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    for name, prune in (("searched", "search"), ("gradual", "gmp")):
+        run = make_run(root / name, sens="none", lam=0.0, seed=0, config_hash=f"h{name}", error_pct=2.0,
+                       remaining=2.0)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["prune"] = {"name": prune}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    from sensreg import plots
+
+    names, real = [], plots.pareto_plot
+    monkeypatch.setattr(plots, "pareto_plot", lambda series, *a, **k: (names.append(sorted(series)), real(series, *a, **k))[1])
+    rows = {r.run: r for r in cmp.compare([str(root)], out=tmp_path / "cmp").rows}
+    assert (rows["searched"].prune, rows["gradual"].prune) == ("search", "gmp")
+    assert names == [["none", "none prune=gmp"]]

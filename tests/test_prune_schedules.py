@@ -1,6 +1,8 @@
 """The pruning-schedule hooks as the training loop calls them: ``after_step`` after every
 training step for a schedule that asks for it (``steps``), never in the dense warm-up, and a
-schedule's own state carried through a stop and resume."""
+schedule's own state carried through a stop and resume. Then gradual magnitude pruning
+(``prune=gmp``): the sparsity after every step against the cubic schedule computed here, the
+exact final sparsity, and ``Masks.keep_largest_`` against a sort in plain Python."""
 
 from __future__ import annotations
 
@@ -11,15 +13,16 @@ import torch
 
 from sensreg import prune_schedules
 from sensreg.checkpoint import load_checkpoint
-from sensreg.config import TrainConfig
+from sensreg.config import ConfigError, TrainConfig
 from sensreg.interrupt import Interrupted
-from sensreg.prune_schedules import PruneSchedule
+from sensreg.prune_schedules import GradualMagnitude, PruneSchedule, target_sparsity
+from sensreg.pruning import Masks
 from sensreg.run import resume_state, train
 from sensreg.train import TrainStep
 
-from conftest import metrics_without_time
+from conftest import metrics_without_time, stop_at_step
 
-BATCHES = 6  # 300 training samples (of 330, 10 % held out) in batches of 50
+BATCHES = 6  # 297 training samples (330, less 10 % held out for validation) in batches of 50
 
 
 class RisingThreshold(PruneSchedule):
@@ -94,3 +97,151 @@ def test_a_step_schedule_resumes_exactly(tmp_path, rising, monkeypatch):
     for name, mask in full["masks"].items():
         assert torch.equal(mask, cut["masks"][name]), name
     assert metrics_without_time(tmp_path / "full") == metrics_without_time(tmp_path / "cut")
+
+
+# --- gradual magnitude pruning ---------------------------------------------------------------------
+
+def gmp_config(sens: str = "none", epochs: int = 3, **prune) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "data": {"name": "synthetic", "num_train": 330, "num_test": 100, "noise": 3.0},
+        "sens": {"name": sens, "lam": 1e-3},
+        "prune": {"name": "gmp", "every": 2, "target": 0.9, **prune},
+        "trainer": {"epochs": epochs, "batch_size": 50, "device": "cpu", "deterministic": True,
+                    "progress": False},
+    })
+
+
+def cubic(t: int, t0: int, t1: int, s_i: float, s_f: float) -> float:
+    """Zhu & Gupta's schedule, written out: s_f + (s_i - s_f)(1 - (t - t0)/(t1 - t0))^3."""
+    return s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0)) ** 3
+
+
+def kept_after_every_step(monkeypatch) -> list[list[int]]:
+    """Records, after every gmp step hook, how many entries each prunable tensor keeps."""
+    seen = []
+    original = GradualMagnitude.after_step
+
+    def recording(self, epoch, batch, ctx):
+        original(self, epoch, batch, ctx)
+        seen.append([int(m.sum()) for m in ctx.masks.masks])
+
+    monkeypatch.setattr(GradualMagnitude, "after_step", recording)
+    return seen
+
+
+@pytest.mark.parametrize("sens", ["none", "spec"])
+def test_gmp_follows_the_cubic_schedule_step_by_step(tmp_path, monkeypatch, sens):
+    seen = kept_after_every_step(monkeypatch)
+    cfg = gmp_config(sens, start_epoch=2, initial=0.2, target="20x")  # window: steps 6 to 18
+    summary = train(cfg, tmp_path)
+    assert summary["status"] == "completed"
+    total = sum(seen[0])
+    kept = [sum(k) for k in seen]
+    assert len(kept) == 3 * BATCHES  # every step of the run
+    expected, held = [], total
+    for t in range(1, 3 * BATCHES + 1):
+        if 6 <= t <= 18 and (t - 6) % 2 == 0:  # pruning steps: every 2nd of the window, and its end
+            held = min(held, total - round(cubic(t, 6, 18, 0.2, 1 - 1 / 20) * total))
+        expected.append(held)
+    assert kept == expected
+    assert kept[5] == total - round(0.2 * total)  # the window's first step prunes to s_i
+    assert kept[-1] == total - round(0.95 * total)  # exactly the target at its end
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    assert sum(int(m.sum()) for m in ckpt["masks"].values()) == kept[-1]
+    for name, mask in ckpt["masks"].items():
+        assert (ckpt["state_dict"][name][~mask] == 0).all(), name
+        assert mask.any(), f"{name} was emptied"
+    decisions = summary["thresholds"]
+    assert [d["step"] for d in decisions] == [6, 8, 10, 12, 14, 16, 18]
+    assert [d["sparsity"] for d in decisions] == pytest.approx([cubic(t, 6, 18, 0.2, 0.95) for t in range(6, 19, 2)])
+
+
+def test_gmp_after_its_window_holds_the_target_and_steps_may_set_the_window(tmp_path, monkeypatch):
+    seen = kept_after_every_step(monkeypatch)
+    train(gmp_config(start_step=1, end_step=7, every=3, target=0.5), tmp_path)
+    kept = [sum(k) for k in seen]
+    total = sum(int(m.numel()) for m in load_checkpoint(tmp_path / "model.pt")["masks"].values())
+    prunes_at = {1: cubic(1, 1, 7, 0, 0.5), 4: cubic(4, 1, 7, 0, 0.5), 7: 0.5}
+    held, expected = total, []
+    for t in range(1, 3 * BATCHES + 1):
+        if t in prunes_at:
+            held = total - round(prunes_at[t] * total)
+        expected.append(held)
+    assert kept == expected and kept[-1] == total - round(0.5 * total)
+
+
+def test_gmp_layer_scope_prunes_every_tensor_to_the_same_sparsity(tmp_path, monkeypatch):
+    seen = kept_after_every_step(monkeypatch)
+    train(gmp_config(scope="layer", target=0.8), tmp_path)
+    sizes = [int(m.numel()) for m in load_checkpoint(tmp_path / "model.pt")["masks"].values()]
+    assert seen[-1] == [n - round(0.8 * n) for n in sizes]
+
+
+def test_keep_largest_keeps_exactly_the_largest_never_regrows_and_never_empties_a_tensor():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-3)  # the second layer's weights are all the smallest
+        model[0].weight[0, :3] = 0.5  # ties
+    masks = Masks(model, ["0.weight", "1.weight"])
+    masks.masks[0][1, 1] = False  # already pruned: must stay pruned whatever its |w|
+    masks._masks_changed()
+    with torch.no_grad():
+        model[0].weight[1, 1] = 10.0
+    values = [(float(p.detach().abs().flatten()[i]), k, i) for k, (p, m) in enumerate(zip(masks.params, masks.masks))
+              for i in range(p.numel()) if bool(m.flatten()[i])]
+    pruned, largest = masks.keep_largest_(12)
+    # every tensor keeps its largest entry; then the 10 largest others, the first in order on a tie
+    first = [max((v for v in values if v[1] == k), key=lambda v: (v[0], -v[2])) for k in (0, 1)]
+    rest = sorted((v for v in values if v not in first), key=lambda v: (-v[0], v[1], v[2]))[:10]
+    want = set(first + rest)
+    assert [(k, i) for k, m in enumerate(masks.masks) for i in range(m.numel()) if bool(m.flatten()[i])] \
+        == sorted((k, i) for _, k, i in want)
+    assert pruned == len(values) - 12 and not masks.masks[0][1, 1]
+    assert largest == max(v[0] for v in values if v not in want)
+    assert int(masks.masks[1].sum()) == 1
+    assert masks.keep_largest_(50) == (0, 0.0)  # more than it keeps: nothing regrows
+    assert masks.keep_largest_([3, 1])[0] == 12 - 4 and [int(m.sum()) for m in masks.masks] == [3, 1]
+
+
+@pytest.mark.parametrize("target, sparsity", [(0.99, 0.99), ("100x", 0.99), ("4X", 0.75), (0, 0.0), ("1x", 0.0)])
+def test_a_target_is_a_sparsity_or_a_compression(target, sparsity):
+    assert target_sparsity(target) == pytest.approx(sparsity)
+
+
+@pytest.mark.parametrize("prune, message", [
+    ({"target": 1.0}, r"prune.target=1.0 is neither a sparsity in \[0, 1\)"),
+    ({"target": "0.5x"}, r"prune.target='0.5x' is neither"),
+    ({"target": "lots"}, r"prune.target='lots' is neither"),
+    ({"target": None}, r"prune.target=None is neither"),
+    ({"target": 0.5, "initial": 0.6}, r"prune.initial=0.6 must lie between 0 and the target sparsity 0.5"),
+    ({"start_step": 8, "end_step": 4}, r"prune.end_step=4 must come after prune.start_step=8"),
+    ({"every": 0}, r"prune.every=0 must be a number >= 1"),
+])
+def test_bad_gmp_settings_are_refused_before_training(prune, message):
+    with pytest.raises(ConfigError, match=message):
+        gmp_config(**prune)
+
+
+def test_the_summary_records_the_training_budget_also_of_a_resumed_run(tmp_path, monkeypatch):
+    cfg = gmp_config()
+    full = train(cfg, tmp_path / "full")["budget"]
+    assert {k: full[k] for k in ("epochs", "steps", "samples", "device")} == \
+        {"epochs": 3, "steps": 3 * BATCHES, "samples": 3 * 297, "device": "cpu"}  # 297 of 330 train
+    assert full["wall_time_s"] > 0
+    stop_at_step(monkeypatch, BATCHES + 2)
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "cut")
+    monkeypatch.undo()
+    resumed = train(cfg, tmp_path / "cut", resume_state(cfg, tmp_path / "cut" / "last.pt"))["budget"]
+    assert {k: v for k, v in resumed.items() if k != "wall_time_s"} == {k: v for k, v in full.items() if k != "wall_time_s"}
+
+
+def test_the_report_of_a_gmp_run_draws_its_pruning_by_steps(tmp_path):
+    from sensreg.report import write_report
+
+    train(gmp_config(), tmp_path)
+    report = write_report(tmp_path, batches=0)
+    assert "thresholds.png" in [p.name for p in report.images]
+    assert not [n for n in report.notes if "not drawn" in n], report.notes
+    assert (tmp_path / "thresholds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -850,13 +850,15 @@ def test_the_scope_key():
 
 # The prune.* settings each schedule of PRUNE_SCHEDULES is tried with, in the 3-epoch runs of
 # schedule_config (270 training samples, 6 steps an epoch): search searches after every epoch
-# (three decisions), fixed prunes below 5e-3 in epochs 1 and 3. A new schedule needs its entry.
+# (three decisions), fixed prunes below 5e-3 in epochs 1 and 3, gmp to half the weights every
+# second step. A new schedule needs its entry.
 SCHEDULE_SETTINGS = {
     "search": {"patience": 0, "tolerance": 0.1},
     "fixed": {"threshold": 5e-3, "every": 2},
+    "gmp": {"target": 0.5, "every": 2},
     "none": {},
 }
-MUST_PRUNE = {"search", "fixed"}  # at least one decision in that run
+MUST_PRUNE = {"search", "fixed", "gmp"}  # at least one decision in that run
 NEVER_PRUNES = {"none"}
 # What every threshold decision holds: the report's table of decisions and its plot read these.
 DECISION_KEYS = {"epoch", "threshold", "pruned", "remaining_pct_before", "remaining_pct_after",

@@ -62,6 +62,7 @@ class Row:
     model: str | None = None
     data: str | None = None
     sens: str | None = None
+    prune: str | None = None
     lam: float | None = None
     eta: float | None = None
     epochs: int | None = None
@@ -71,6 +72,7 @@ class Row:
     remaining_pct: float | None = None
     compression: float | None = None
     wall_time_s: float | None = None
+    samples: int | None = None  # the training budget: samples seen (summary.json's budget)
     config_hash: str | None = None
     n: int = 0  # how many runs contributed results (1 for a finished run, 0 for a running one)
     std: dict[str, float] = field(default_factory=dict)  # sample std of AVERAGED, groups only
@@ -81,15 +83,17 @@ class Row:
 # remember from config.yaml, summary.json or the table header.
 KEYS: dict[str, str] = {
     "run": "run", "path": "path", "status": "status", "model": "model", "data": "data",
-    "sens": "sens", "lam": "lam", "eta": "eta", "epochs": "epochs", "seed": "seed",
+    "sens": "sens", "prune": "prune", "samples": "samples", "lam": "lam", "eta": "eta", "epochs": "epochs", "seed": "seed",
     "error": "test_error_pct", "remaining": "remaining_pct", "compression": "compression",
     "wall": "wall_time_s", "hash": "config_hash", "n": "n", "pareto": "pareto",
 }
 ALIASES = {"lambda": "lam", "lr": "eta", "sens.name": "sens", "sens.lam": "lam", "optim.lr": "eta",
            "model.name": "model", "data.name": "data", "trainer.seed": "seed", "trainer.epochs": "epochs",
            "test_error": "error", "test_error_pct": "error", "remaining_pct": "remaining",
-           "wall_time": "wall", "wall_time_s": "wall", "config_hash": "hash"}
-NUMERIC = {"lam", "eta", "epochs", "test_error_pct", "remaining_pct", "compression", "wall_time_s", "n"}
+           "wall_time": "wall", "wall_time_s": "wall", "config_hash": "hash", "prune.name": "prune",
+           "budget": "samples"}
+NUMERIC = {"lam", "eta", "epochs", "test_error_pct", "remaining_pct", "compression", "wall_time_s", "n",
+           "samples"}
 
 
 # --- discovery and reading -------------------------------------------------------------------
@@ -153,6 +157,8 @@ def read_run(run_dir: Path, name: str) -> Row | Skipped:
         model=_str(summary.get("model") or section("model").get("name")),
         data=_str(summary.get("data") or section("data").get("name")),
         sens=_str(summary.get("sens") or section("sens").get("name")),
+        prune=_str(section("prune").get("name")),
+        samples=_int((summary.get("budget") or {}).get("samples")) if isinstance(summary.get("budget"), dict) else None,
         lam=_num(section("sens").get("lam")), eta=_num(section("optim").get("lr")),
         epochs=epochs, epochs_done=done,
         seed=_str(summary.get("seed", section("trainer").get("seed"))),
@@ -225,7 +231,7 @@ def parse_where(expr: str) -> Callable[[Row], bool]:
     values: list[Any] = text.split(",") if op in ("=", "==", "!=") else [text]
     if numeric:
         try:
-            values = [float(v) for v in values]
+            values = [_number(v) for v in values]
         except ValueError:
             raise CompareError(f"--where {expr!r}: {key} is a number, and {text!r} is not one.") from None
     elif attr == "pareto":
@@ -254,6 +260,13 @@ def parse_where(expr: str) -> Callable[[Row], bool]:
         return {"<": have < want, "<=": have <= want, ">": have > want, ">=": have >= want}[op]
 
     return predicate
+
+
+def _number(text: str) -> float:
+    """A number as --where takes it: 1e-4, 0.5, or a count with k, M or G (540k, 3.2M)."""
+    text = text.strip()
+    scale = {"k": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:]) if text else None
+    return float(text[:-1]) * scale if scale else float(text)
 
 
 def filter_rows(rows: list[Row], wheres: Iterable[str]) -> list[Row]:
@@ -364,6 +377,16 @@ def _fmt_num(v: float | None, kind: str = "g") -> str:
     return f"{v:.3g}"
 
 
+def _fmt_count(v: int | None) -> str:
+    """A count in short form: 540k, 3.2M."""
+    if v is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= size:
+            return f"{v / size:.3g}{unit}"
+    return str(v)
+
+
 def _fmt_lam(v: float | None) -> str:
     """λ in short scientific notation (1e-4, 2.5e-4): sweeps step it by decades."""
     if v is None:
@@ -394,7 +417,7 @@ def _epochs(row: Row) -> str:
 
 
 PARETO_MARK = "★"
-TEXT_COLUMNS = ("run", "config", "model", "data", "sens", "status")  # left-aligned; the rest are numbers
+TEXT_COLUMNS = ("run", "config", "model", "data", "sens", "prune", "status")  # left-aligned; the rest are numbers
 
 
 def columns(grouped: bool) -> list[tuple[str, Callable[[Row], str]]]:
@@ -404,7 +427,8 @@ def columns(grouped: bool) -> list[tuple[str, Callable[[Row], str]]]:
         ("config" if grouped else "run", lambda r: r.run),
         ("model", lambda r: r.model or "-"), ("data", lambda r: r.data or "-"),
         ("sens", lambda r: r.sens or "-"), ("λ", lambda r: _fmt_lam(r.lam)),
-        ("η", lambda r: _fmt_num(r.eta, "g")), ("epochs", _epochs),
+        ("η", lambda r: _fmt_num(r.eta, "g")), ("prune", lambda r: r.prune or "-"), ("epochs", _epochs),
+        ("samples", lambda r: _fmt_count(r.samples)),
         ("seeds" if grouped else "seed", lambda r: r.seed or "-"),
     ]
     if grouped:
@@ -433,7 +457,7 @@ def rich_table(rows: list[Row], grouped: bool = False, title: str | None = None)
 
 CSV_COLUMNS = ("run", "status", "model", "data", "sens", "lam", "eta", "epochs", "epochs_done", "seed", "n",
                "test_error_pct", "test_error_pct_std", "remaining_pct", "remaining_pct_std",
-               "compression", "compression_std", "wall_time_s", "wall_time_s_std", "config_hash",
+               "compression", "compression_std", "wall_time_s", "wall_time_s_std", "prune", "samples", "config_hash",
                "pareto", "path")
 
 
@@ -515,8 +539,11 @@ def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
                    if len({getattr(r, attr) for r in members}) > 1] if len(members) <= MAX_LABELLED else []
         series: dict[str, list[dict]] = {}
         for r in members:
-            series.setdefault(r.sens or "?", []).append({
+            # One series per variant; a schedule other than the threshold search is part of its name.
+            name = (r.sens or "?") + (f" prune={r.prune}" if r.prune not in (None, "search") else "")
+            series.setdefault(name, []).append({
                 "x": r.remaining_pct, "y": r.test_error_pct, "pareto": r.pareto,
+                "budget": f"{_fmt_count(r.samples)} samples" if r.samples else None,
                 "xerr": r.std.get("remaining_pct"), "yerr": r.std.get("test_error_pct"),
                 "label": " ".join(f"{sym}={fmt(getattr(r, attr))}" for sym, attr, fmt in varying)})
         path = out_dir / f"compare_{_safe(model)}_{_safe(data)}.png"

@@ -23,7 +23,7 @@ from .errors import UserError
 from .data import DATASETS, input_shape
 from .models import MODELS, build_model
 from .precision import PRECISIONS
-from .prune_schedules import PRUNE_SCHEDULES
+from .prune_schedules import PRUNE_SCHEDULES, target_sparsity
 from .per_sample import LayerTape, PerSampleError
 from .regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, lambda_schedule
 from .sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
@@ -49,7 +49,9 @@ LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False, ("trainer"
                                            ("data", "image_size"): 224, ("data", "resize"): 256,
                                            ("data", "shape"): [1, 28, 28], ("sens", "reduction"): "batch",
                                            ("sens", "scale"): "none", ("sens", "gamma"): 1.0,
-                                           ("sens", "scale_over"): "tensor"}
+                                           ("sens", "scale_over"): "tensor", ("prune", "target"): None,
+                                           ("prune", "initial"): 0.0, ("prune", "start_step"): None,
+                                           ("prune", "end_step"): None}
 
 
 class ConfigError(UserError, ValueError):
@@ -154,6 +156,12 @@ class PruneConfig:
     # the bisected value; fixed: prune.threshold) is τ, and tensor l prunes |w| < τ·σ_l, σ_l the
     # standard deviation of its kept entries (Han et al. 2015; pruning.Masks.scales)
     scope: str = "global"
+    # gmp: the final sparsity (0.99) or compression ("100x"), the sparsity it starts from, and
+    # the window in steps where it is not given in epochs (start_epoch, stop_epoch)
+    target: float | str | None = None
+    initial: float = 0.0
+    start_step: int | None = None
+    end_step: int | None = None
 
 
 @dataclass
@@ -298,9 +306,29 @@ class TrainConfig:
         for key, low in getattr(PRUNE_SCHEDULES.get(self.prune.name), "MINIMUMS", {}).items():
             p.at_least(f"prune.{key}", getattr(self.prune, key), low)
         p.at_least("prune.start_epoch", self.prune.start_epoch, 1)
+        if self.prune.name == "gmp":
+            self._check_gmp(p)
         if self.prune.stop_epoch is not None:
             p.at_least("prune.stop_epoch", self.prune.stop_epoch, self.prune.start_epoch
                        if isinstance(self.prune.start_epoch, int) else 1)
+
+    def _check_gmp(self, p: "_Problems") -> None:
+        try:
+            target = target_sparsity(self.prune.target)
+        except (TypeError, ValueError) as err:
+            p.append(f"{err}; prune=gmp prunes to it.")
+            return
+        if isinstance(self.prune.initial, (int, float)) and not 0 <= self.prune.initial <= target:
+            p.append(f"prune.initial={self.prune.initial!r} must lie between 0 and the target sparsity "
+                     f"{target:g} (prune.target={self.prune.target}).")
+        for key in ("start_step", "end_step"):
+            if getattr(self.prune, key) is not None:
+                p.at_least(f"prune.{key}", getattr(self.prune, key), 0)
+        if self.prune.end_step is not None and self.prune.start_step is not None \
+                and isinstance(self.prune.end_step, int) and isinstance(self.prune.start_step, int) \
+                and self.prune.end_step <= self.prune.start_step:
+            p.append(f"prune.end_step={self.prune.end_step} must come after prune.start_step="
+                     f"{self.prune.start_step}.")
 
     def _check_trainer(self, p: "_Problems") -> None:
         p.at_least("trainer.epochs", self.trainer.epochs, 1)

@@ -19,6 +19,7 @@ VARIANT_COLORS = {"spec": "tab:blue", "unspec": "tab:orange", "loss": "tab:green
 _SPARE_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 # Reference methods get their own marker shapes, so they never look like runs.
 _REF_MARKERS = ("D", "^", "s", "v", "P", "X")
+_BUDGET_MARKERS = ("o", "s", "^", "D", "v", "P")  # runs of different training budgets
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -68,7 +69,8 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
 
     ``series`` maps a sensitivity variant to its points, dicts with ``x`` (remaining %), ``y``
     (test error %), ``pareto`` (bool) and optional ``xerr``/``yerr`` (std, for seed groups) and
-    ``label`` (text written beside the point).
+    ``label`` (text written beside the point) and ``budget`` (text: points of different budgets
+    get different markers, named in the legend).
     The Pareto-optimal points are ringed and joined by the front (a staircase: the lowest error
     reached at or below each sparsity). ``references`` are published points, dicts with
     ``method``, ``remaining_pct``, ``compression`` and ``test_error_pct``, drawn as labelled
@@ -79,17 +81,29 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
     xs: list[float] = []
     labels: list[tuple[str, float, float, str]] = []
     ref_texts = []
+    # Points of different training budgets get different markers (one budget: circles only).
+    budgets = sorted({p.get("budget") for pts in series.values() for p in pts}, key=str)
+    markers = {b: _BUDGET_MARKERS[i % len(_BUDGET_MARKERS)] for i, b in enumerate(budgets)}
     for name in sorted(series):
         pts = series[name]
         color = _color(name, colors)
-        xerr = [p.get("xerr") or 0.0 for p in pts]
-        yerr = [p.get("yerr") or 0.0 for p in pts]
-        has_err = any(xerr) or any(yerr)
-        ax.errorbar([p["x"] for p in pts], [p["y"] for p in pts],
-                    xerr=xerr if has_err else None, yerr=yerr if has_err else None,
-                    fmt="o", color=color, ms=7, alpha=0.85, capsize=3, label=f"sens={name} ({len(pts)})")
+        for budget in budgets:
+            group = [p for p in pts if p.get("budget") == budget]
+            if not group:
+                continue
+            xerr = [p.get("xerr") or 0.0 for p in group]
+            yerr = [p.get("yerr") or 0.0 for p in group]
+            has_err = any(xerr) or any(yerr)
+            first = budget == next(b for b in budgets if any(p.get("budget") == b for p in pts))
+            ax.errorbar([p["x"] for p in group], [p["y"] for p in group],
+                        xerr=xerr if has_err else None, yerr=yerr if has_err else None,
+                        fmt=markers[budget], color=color, ms=7, alpha=0.85, capsize=3,
+                        label=f"sens={name} ({len(pts)})" if first else None)
         labels += [(p["label"], p["x"], p["y"], color) for p in pts if p.get("label")]
         xs += [p["x"] for p in pts]
+    if len(budgets) > 1:  # a legend entry per budget, in grey: the marker says the budget
+        for budget in budgets:
+            ax.plot([], [], marker=markers[budget], ls="none", color="grey", label=f"budget: {budget or 'unknown'}")
     front = sorted((p["x"], p["y"]) for pts in series.values() for p in pts if p.get("pareto"))
     if front:
         fx, fy = zip(*front)
@@ -183,9 +197,13 @@ def epochs_plot(rows: Sequence[dict[str, float]], decision_epochs: Sequence[int]
 
 
 def thresholds_plot(decisions: Sequence[dict[str, float]], path: Path, tolerance: float | None = None) -> Path:
-    """Each pruning decision: the threshold T applied, and the validation loss before and after."""
+    """Each pruning decision: the threshold T applied, and the validation loss before and after.
+    Decisions made between validation passes (``prune=gmp``, by step) are drawn by
+    ``gradual_plot`` instead."""
     from matplotlib.ticker import MaxNLocator
 
+    if any(d.get("val_loss_before") is None for d in decisions):
+        return gradual_plot(decisions, path)
     fig, (top, bottom) = _figure(7.5, 5.5, rows=2, sharex=True)
     epochs = [d["epoch"] for d in decisions]
     top.plot(epochs, [d["threshold"] for d in decisions], "o-", color="tab:purple")
@@ -209,6 +227,24 @@ def thresholds_plot(decisions: Sequence[dict[str, float]], path: Path, tolerance
     bottom.set_xlabel("epoch")
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.legend(fontsize=8)
+    for ax in (top, bottom):
+        ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def gradual_plot(decisions: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Pruning by steps (``prune=gmp``): the remaining % after each pruning, and the largest |w|
+    it cut, against the training step."""
+    fig, (top, bottom) = _figure(7.5, 5.5, rows=2, sharex=True)
+    steps = [d.get("step", d["epoch"]) for d in decisions]
+    top.plot(steps, [d["remaining_pct_after"] for d in decisions], ".-", color="tab:green")
+    top.set_ylabel("remaining % (prunable)")
+    top.set_title("pruning by steps (gmp): remaining parameters and the largest |w| cut", fontsize=11)
+    bottom.plot(steps, [d["threshold"] for d in decisions], ".-", color="tab:purple")
+    bottom.set_yscale("log")
+    _plain_log_axis(bottom.yaxis, [d["threshold"] for d in decisions])
+    bottom.set_ylabel("largest |w| pruned (log)")
+    bottom.set_xlabel("training step" if "step" in decisions[0] else "epoch")
     for ax in (top, bottom):
         ax.grid(True, alpha=0.3)
     return _save(fig, path)

@@ -11,6 +11,8 @@ never looks at the name.
 - ``search``: when the validation loss has not improved for ``patience`` epochs, bisect for the
   largest threshold whose pruning keeps it within ``1 + tolerance`` of its value (``search_and_prune``).
 - ``fixed``: prune below ``threshold`` every ``every`` epochs.
+- ``gmp``: gradual magnitude pruning (Zhu & Gupta 2017) to a ``target`` sparsity, on a cubic
+  schedule over the window's steps, every ``every`` steps.
 - ``none``: never prune.
 
 Every schedule acts only from ``start_epoch`` to ``stop_epoch`` (1-based, inclusive; None: to
@@ -42,6 +44,7 @@ class PruneContext:
     eval_batch_size: int
     precision: str = "fp32"
     dist: Dist = SINGLE
+    steps_per_epoch: int = 0  # training steps (batches) of one epoch
 
     def validate(self) -> dict[str, float]:
         return evaluation.evaluate(self.model, self.data.val, self.eval_batch_size, self.precision, self.dist)
@@ -143,8 +146,67 @@ class FixedSchedule(PruneSchedule):
         return val_after
 
 
+class GradualMagnitude(PruneSchedule):
+    """Gradual magnitude pruning (Zhu & Gupta, *To prune, or not to prune*, 2017): after step t
+    of the window [t0, t1], every ``every`` steps and at t1, the smallest |w| are pruned until
+    the sparsity is s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t1 - t0))^3, from ``initial`` s_i
+    to ``target`` s_f; after t1 it stays at s_f. Steps are counted from the start of training;
+    t0 is the end of epoch ``start_epoch - 1`` (or ``start_step``), t1 the end of epoch
+    ``stop_epoch`` (or ``end_step``; the last epoch by default). Scope ``global``: one ranking of
+    |w| over every prunable tensor, each keeping at least its largest entry; ``layer``: every
+    tensor pruned to the same sparsity s_t."""
+
+    name = "gmp"
+    steps = True
+    MINIMUMS = {"every": 1, "initial": 0}
+
+    def window(self, steps_per_epoch: int) -> tuple[int, int]:
+        cfg = self.cfg
+        t0 = cfg.start_step if cfg.start_step is not None else (cfg.start_epoch - 1) * steps_per_epoch
+        t1 = cfg.end_step if cfg.end_step is not None else (cfg.stop_epoch or self.epochs) * steps_per_epoch
+        return t0, t1
+
+    def sparsity_at(self, t: int, steps_per_epoch: int) -> float:
+        t0, t1 = self.window(steps_per_epoch)
+        s_i, s_f = self.cfg.initial, target_sparsity(self.cfg.target)
+        progress = min(max((t - t0) / (t1 - t0), 0.0), 1.0) if t1 > t0 else 1.0
+        return s_f + (s_i - s_f) * (1.0 - progress) ** 3
+
+    def after_step(self, epoch, batch, ctx):
+        t = (epoch - 1) * ctx.steps_per_epoch + batch + 1  # steps done, this one included
+        t0, t1 = self.window(ctx.steps_per_epoch)
+        if not (t0 <= t <= t1 and ((t - t0) % self.cfg.every == 0 or t == t1)):
+            return
+        masks, sparsity = ctx.masks, self.sparsity_at(t, ctx.steps_per_epoch)
+        before = masks.remaining_pct()
+        if self.cfg.scope == "layer":
+            kept = [m.numel() - round(sparsity * m.numel()) for m in masks.masks]
+        else:
+            kept = masks.total() - round(sparsity * masks.total())
+        pruned, largest = masks.keep_largest_(kept, ctx.optimizer)
+        if pruned:
+            # No validation pass between steps: the decision records the step, not the loss.
+            self.record({"epoch": epoch, "step": t, "threshold": largest, "scope": self.cfg.scope,
+                         "sparsity": sparsity, "pruned": pruned, "remaining_pct_before": before,
+                         "remaining_pct_after": masks.remaining_pct(),
+                         "val_loss_before": None, "val_loss_after": None})
+
+
+def target_sparsity(target: float | str | None) -> float:
+    """prune.target as a sparsity: a fraction in [0, 1) as it is (0.99), or a compression
+    ``Nx`` (a number > 1 followed by x: 100x is 1 - 1/100). ValueError for anything else."""
+    if isinstance(target, str) and target.strip().lower().endswith("x"):
+        ratio = float(target.strip()[:-1])
+        if ratio >= 1:
+            return 1.0 - 1.0 / ratio
+    elif isinstance(target, (int, float)) and not isinstance(target, bool) and 0 <= target < 1:
+        return float(target)
+    raise ValueError(f"prune.target={target!r} is neither a sparsity in [0, 1) (like 0.99) nor a "
+                     f"compression of at least 1 (like 100x)")
+
+
 PRUNE_SCHEDULES: dict[str, type[PruneSchedule]] = {
-    s.name: s for s in (SearchSchedule, FixedSchedule, NoPruning)}
+    s.name: s for s in (SearchSchedule, FixedSchedule, GradualMagnitude, NoPruning)}
 
 
 def build_prune_schedule(prune_cfg, epochs: int) -> PruneSchedule:

@@ -143,17 +143,48 @@ class Masks:
             thresholds = list(threshold)
         else:
             thresholds = [threshold] * len(self.params)
-        newly = 0
-        for p, m, t in zip(self.params, self.masks, thresholds):
-            drop = (p.abs() < t) & m
-            newly += int(drop.sum())
-            m &= ~drop
+        return self._drop_([(p.abs() < t) & m for p, m, t in zip(self.params, self.masks, thresholds)],
+                           optimizer)[0]
+
+    @torch.no_grad()
+    def keep_largest_(self, kept: int | Sequence[int], optimizer: torch.optim.Optimizer | None = None
+                      ) -> tuple[int, float]:
+        """Prune all but the ``kept`` largest |w| of the kept entries, never regrowing one;
+        returns how many entries were newly pruned and the largest |w| pruned (0.0: none).
+
+        ``kept``: one count for all tensors together, of which every tensor keeps at least its
+        largest entry (so none is emptied); or one count per tensor, in the order of ``names``.
+        Ties in |w| are broken by position (a stable sort), so the result is exact and the same
+        every time: the masks keep exactly the counts asked for (or what they kept already).
+        """
+        magnitudes = [torch.where(m, p.detach().abs(), -1.0).flatten() for p, m in zip(self.params, self.masks)]
+        if isinstance(kept, int):
+            # Each tensor's largest kept entry first, at +inf; then the rest by |w|.
+            ranked = [mag.clone() for mag in magnitudes]
+            for r, m in zip(ranked, self.masks):
+                if m.any():
+                    r[r.argmax()] = float("inf")
+            keep = _largest(torch.cat(ranked), max(kept, sum(bool(m.any()) for m in self.masks)))
+            keeps = list(keep.split([m.numel() for m in self.masks]))
+        else:
+            keeps = [_largest(mag, k) for mag, k in zip(magnitudes, kept)]
+        return self._drop_([m & ~k.reshape(m.shape) for m, k in zip(self.masks, keeps)], optimizer)
+
+    def _drop_(self, drops: list[Tensor], optimizer: torch.optim.Optimizer | None) -> tuple[int, float]:
+        """Prune the entries marked in ``drops`` (kept ones only), hold them at zero and clear
+        their optimizer state; returns how many were pruned and the largest |w| among them."""
+        newly, largest = 0, 0.0
+        for p, m, drop in zip(self.params, self.masks, drops):
+            if drop.any():
+                newly += int(drop.sum())
+                largest = max(largest, float(p.detach().abs()[drop].max()))
+                m &= ~drop
         if newly:
             self._masks_changed()
             self.apply_()
             if optimizer is not None:
                 self.zero_optimizer_state_(optimizer)
-        return newly
+        return newly, largest
 
     def state_dict(self) -> dict[str, Tensor]:
         return {n: m.clone() for n, m in zip(self.names, self.masks)}
@@ -340,3 +371,13 @@ def sparsity_stats(model: nn.Module, input_shape: tuple[int, ...], prunable: lis
         "flops": {"dense": flops_dense, "remaining": flops_left,
                   "remaining_pct": 100.0 * flops_left / max(1, flops_dense)},
     }
+
+
+def _largest(magnitudes: Tensor, k: int) -> Tensor:
+    """Where the ``k`` largest entries of ``magnitudes`` are (ties: the first in order), at most
+    as many as are not negative (negative: already pruned)."""
+    k = min(k, int((magnitudes >= 0).sum()))
+    order = torch.sort(magnitudes, descending=True, stable=True).indices
+    keep = torch.zeros_like(magnitudes, dtype=torch.bool)
+    keep[order[:k]] = True
+    return keep

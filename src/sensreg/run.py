@@ -190,6 +190,16 @@ def setup_training(cfg: TrainConfig, folder: RunFolder, summary: dict[str, Any],
     return tr
 
 
+def budget(tr: Training) -> dict[str, Any]:
+    """What the run cost: epochs, training steps, training samples seen, and its wall time on
+    its device (all sessions of a resumed run together), so that runs (and published points)
+    are compared at equal budgets."""
+    epochs = tr.loop.epoch
+    return {"epochs": epochs, "steps": epochs * tr.prune_ctx.steps_per_epoch,
+            "samples": epochs * len(tr.data.train), "wall_time_s": tr.elapsed(),
+            "device": tr.summary.get("device")}
+
+
 def finish(tr: Training) -> None:
     """The test evaluation (float32, as `sensreg eval` recomputes it), model.pt and the
     completed summary, and the closing log lines."""
@@ -211,7 +221,7 @@ def finish(tr: Training) -> None:
         "remaining_pct": stats["prunable"]["remaining_pct"], "compression": stats["prunable"]["compression"],
         "remaining_pct_all": stats["all"]["remaining_pct"], "compression_all": stats["all"]["compression"],
         "sparsity": stats, "flops": stats["flops"], "thresholds": tr.prune.thresholds,
-        "wall_time_s": tr.elapsed(), "checkpoint": MODEL_NAME,
+        "wall_time_s": tr.elapsed(), "checkpoint": MODEL_NAME, "budget": budget(tr),
     })
     if tr.dist.is_main:
         summary["checkpoint_bytes"] = model_bytes

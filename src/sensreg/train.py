@@ -233,7 +233,8 @@ class Training:
     def __post_init__(self) -> None:
         # What the pruning schedule may act on, and the validation pass it decides by.
         self.prune_ctx = PruneContext(self.model, self.masks, self.optimizer, self.data,
-                                      self.cfg.data.eval_batch_size, self.cfg.trainer.precision, self.dist)
+                                      self.cfg.data.eval_batch_size, self.cfg.trainer.precision, self.dist,
+                                      num_batches(self.data.train, self.cfg.trainer.batch_size))
 
     def elapsed(self) -> float:
         """Wall time of this run: earlier sessions and this one."""
