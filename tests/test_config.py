@@ -139,3 +139,19 @@ def test_bad_sensitivity_reduction_and_scale_are_refused(overrides, message):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_dict(composed(*overrides))
     assert message in str(err.value)
+
+
+# --- values that no comparison catches ---------------------------------------------------------------
+
+@pytest.mark.parametrize("section, key", [("sens", "lam"), ("prune", "tolerance"), ("optim", "lr"),
+                                          ("optim", "momentum")])
+def test_nan_is_refused_where_a_number_is_asked_for(section, key):
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}=nan must be a number"):
+        TrainConfig.from_dict({section: {key: float("nan")}})
+
+
+@pytest.mark.parametrize("milestones", [["abc"], "abc", [10, "x"]])
+@pytest.mark.parametrize("schedule", ["eta_schedule", "lam_schedule"])
+def test_a_milestone_that_is_not_a_number_is_a_message_not_a_traceback(schedule, milestones):
+    with pytest.raises(ConfigError, match=rf"{schedule}\.milestones=.* must be a list of integers"):
+        TrainConfig.from_dict({schedule: {"name": "step", "milestones": milestones}})

@@ -229,8 +229,11 @@ class TrainConfig:
         self._check_sens_and_optim(p)
         self._check_prune(p)
         self._check_trainer(p)
-        if not p:  # needs valid schedules, lambda and epochs
-            p += self._lambda_schedule_problems()
+        # The checks below compute with the values: they need every one of them valid, in type too
+        # (a milestone that is not a number would end them in a traceback).
+        if p or any(_type_problems(f.name, getattr(self, f.name)) for f in fields(self)):
+            return list(p)
+        p += self._lambda_schedule_problems()  # needs valid schedules, lambda and epochs
         if not p:
             p += self._model_data_problems()
         return list(p)
@@ -429,7 +432,8 @@ class _Problems(list):
             self.append(f"{key}={value!r} is not one of: {', '.join(map(str, known))}.")
 
     def at_least(self, key: str, value: Any, low: float, strict: bool = False) -> None:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+        # value != value: nan, which every comparison would let through
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or \
                 (value <= low if strict else value < low):
             self.append(f"{key}={value!r} must be a number {'>' if strict else '>='} {low}.")
 
