@@ -158,7 +158,7 @@ def read_run(run_dir: Path, name: str) -> Row | Skipped:
         data=_str(summary.get("data") or section("data").get("name")),
         sens=_str(summary.get("sens") or section("sens").get("name")),
         prune=_str(section("prune").get("name")),
-        samples=_int((summary.get("budget") or {}).get("samples")) if isinstance(summary.get("budget"), dict) else None,
+        samples=_int(summary["budget"].get("samples")) if isinstance(summary.get("budget"), dict) else None,
         lam=_num(section("sens").get("lam")), eta=_num(section("optim").get("lr")),
         epochs=epochs, epochs_done=done,
         seed=_str(summary.get("seed", section("trainer").get("seed"))),

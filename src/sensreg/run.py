@@ -70,10 +70,10 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
         summary["status"] = "interrupted" if interrupted else "failed"
         summary["error"] = str(err) if isinstance(err, Interrupted) else f"{type(err).__name__}: {err}"
         # Where the run got to: the loop's, or the resumed state's if it failed in the set-up.
-        loop = tr.loop if tr is not None else saved["loop"] if saved is not None else {}
-        loop = loop if isinstance(loop, dict) else {"epoch": loop.epoch, "elapsed": loop.elapsed}
-        summary["epochs_completed"] = loop.get("epoch", 0)
-        summary["wall_time_s"] = loop.get("elapsed", 0.0) + time.time() - started
+        done, earlier = (tr.loop.epoch, tr.loop.elapsed) if tr is not None else \
+            (saved["loop"]["epoch"], saved["loop"]["elapsed"]) if saved is not None else (0, 0.0)
+        summary["epochs_completed"] = done
+        summary["wall_time_s"] = earlier + time.time() - started
         if folder.has_checkpoint():
             summary["checkpoint_to_resume"] = CHECKPOINT_NAME
         write_summary()
@@ -190,13 +190,13 @@ def setup_training(cfg: TrainConfig, folder: RunFolder, summary: dict[str, Any],
     return tr
 
 
-def budget(tr: Training) -> dict[str, Any]:
+def budget(tr: Training, wall_time_s: float) -> dict[str, Any]:
     """What the run cost: epochs, training steps, training samples seen, and its wall time on
     its device (all sessions of a resumed run together), so that runs (and published points)
     are compared at equal budgets."""
     epochs = tr.loop.epoch
     return {"epochs": epochs, "steps": epochs * tr.prune_ctx.steps_per_epoch,
-            "samples": epochs * len(tr.data.train), "wall_time_s": tr.elapsed(),
+            "samples": epochs * len(tr.data.train), "wall_time_s": wall_time_s,
             "device": tr.summary.get("device")}
 
 
@@ -212,7 +212,7 @@ def finish(tr: Training) -> None:
             input_shape=data.input_shape, config=cfg.to_dict())
     summary.pop("error", None)
     summary.pop("checkpoint_to_resume", None)
-    rows = tr.loop.rows
+    rows, elapsed = tr.loop.rows, tr.elapsed()
     summary.update({
         "status": "completed",
         "epochs_completed": tr.loop.epoch,
@@ -221,7 +221,7 @@ def finish(tr: Training) -> None:
         "remaining_pct": stats["prunable"]["remaining_pct"], "compression": stats["prunable"]["compression"],
         "remaining_pct_all": stats["all"]["remaining_pct"], "compression_all": stats["all"]["compression"],
         "sparsity": stats, "flops": stats["flops"], "thresholds": tr.prune.thresholds,
-        "wall_time_s": tr.elapsed(), "checkpoint": MODEL_NAME, "budget": budget(tr),
+        "wall_time_s": elapsed, "checkpoint": MODEL_NAME, "budget": budget(tr, elapsed),
     })
     if tr.dist.is_main:
         summary["checkpoint_bytes"] = model_bytes
