@@ -245,3 +245,38 @@ def test_the_report_of_a_gmp_run_draws_its_pruning_by_steps(tmp_path):
     assert "thresholds.png" in [p.name for p in report.images]
     assert not [n for n in report.notes if "not drawn" in n], report.notes
     assert (tmp_path / "thresholds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("prune", [
+    {"name": "gmp", "every": 2, "target": 0.9},
+    {"name": "fixed", "threshold": 0.05},
+    {"name": "search", "patience": 0, "tolerance": 0.3},
+])
+def test_every_pruning_records_the_share_of_the_absolute_sum_it_removed(tmp_path, monkeypatch, prune):
+    """removed_l1_pct against Σ|w| of the kept entries summed in plain Python around every cut."""
+    shares = []
+    original = Masks._drop_
+
+    def kept_sum(masks):
+        return sum(abs(w) for p, m in zip(masks.params, masks.masks)
+                   for w, k in zip(p.detach().flatten().tolist(), m.flatten().tolist()) if k)
+
+    def measuring(self, drops, optimizer):
+        before = kept_sum(self)
+        result = original(self, drops, optimizer)
+        if result[0]:
+            shares.append(100 * (before - kept_sum(self)) / before)
+        return result
+
+    monkeypatch.setattr(Masks, "_drop_", measuring)
+    cfg = TrainConfig.from_dict({
+        "data": {"name": "synthetic", "num_train": 330, "num_test": 100, "noise": 3.0},
+        "sens": {"name": "spec", "lam": 1e-3}, "prune": prune,
+        "trainer": {"epochs": 3, "batch_size": 50, "device": "cpu", "deterministic": True, "progress": False},
+    })
+    decisions = train(cfg, tmp_path)["thresholds"]
+    assert decisions and len(decisions) == len(shares)
+    assert [d["removed_l1_pct"] for d in decisions] == pytest.approx(shares, rel=1e-9, abs=1e-12)
+    for d in decisions:  # a cut by magnitude removes a smaller share of Σ|w| than of the weights
+        cut = 100 * (d["remaining_pct_before"] - d["remaining_pct_after"]) / d["remaining_pct_before"]
+        assert 0 < d["removed_l1_pct"] < cut

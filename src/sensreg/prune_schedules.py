@@ -132,7 +132,7 @@ class FixedSchedule(PruneSchedule):
         cfg, masks = self.cfg, ctx.masks
         if not self.active(epoch) or (epoch - cfg.start_epoch) % cfg.every:
             return val
-        before = masks.remaining_pct()
+        before, l1_before = masks.remaining_pct(), masks.kept_l1()
         # scope=layer: prune.threshold is τ, each tensor's threshold τ·σ_l (Masks.scales)
         per_tensor = masks.scaled_thresholds(cfg.threshold, masks.scales(cfg.scope))
         pruned = masks.prune_below_(per_tensor, ctx.optimizer)
@@ -141,7 +141,7 @@ class FixedSchedule(PruneSchedule):
         val_after = ctx.validate()
         self.record({"epoch": epoch, "threshold": cfg.threshold, **scope_record(cfg.scope, masks, per_tensor),
                      "pruned": pruned, "remaining_pct_before": before,
-                     "remaining_pct_after": masks.remaining_pct(),
+                     "remaining_pct_after": masks.remaining_pct(), **l1_cut(masks, l1_before),
                      "val_loss_before": val["loss"], "val_loss_after": val_after["loss"]})
         return val_after
 
@@ -178,7 +178,7 @@ class GradualMagnitude(PruneSchedule):
         if not (t0 <= t <= t1 and ((t - t0) % self.cfg.every == 0 or t == t1)):
             return
         masks, sparsity = ctx.masks, self.sparsity_at(t, ctx.steps_per_epoch)
-        before = masks.remaining_pct()
+        before, l1_before = masks.remaining_pct(), masks.kept_l1()
         if self.cfg.scope == "layer":
             kept = [m.numel() - round(sparsity * m.numel()) for m in masks.masks]
         else:
@@ -188,7 +188,7 @@ class GradualMagnitude(PruneSchedule):
             # No validation pass between steps: the decision records the step, not the loss.
             self.record({"epoch": epoch, "step": t, "threshold": largest, "scope": self.cfg.scope,
                          "sparsity": sparsity, "pruned": pruned, "remaining_pct_before": before,
-                         "remaining_pct_after": masks.remaining_pct(),
+                         "remaining_pct_after": masks.remaining_pct(), **l1_cut(masks, l1_before),
                          "val_loss_before": None, "val_loss_after": None})
 
 
@@ -235,7 +235,7 @@ def search_and_prune(model: nn.Module, masks: Masks, optimizer, data, eval_bs: i
             p.copy_(s)
         return loss
 
-    before = masks.remaining_pct()
+    before, l1_before = masks.remaining_pct(), masks.kept_l1()
     result = search_threshold(masks.kept_magnitudes(normalized), loss_with, val_loss, tolerance,
                               limit=masks.emptying_threshold(normalized))
     if result.threshold <= 0.0:
@@ -245,8 +245,17 @@ def search_and_prune(model: nn.Module, masks: Masks, optimizer, data, eval_bs: i
     return {"epoch": epoch, "threshold": result.threshold, **scope_record(scope, masks, per_tensor),
             "pruned": pruned,
             "remaining_pct_before": before, "remaining_pct_after": masks.remaining_pct(),
+            **l1_cut(masks, l1_before),
             "val_loss_before": result.loss_before, "val_loss_after": result.loss_after,
             "evaluations": result.evaluations}
+
+
+def l1_cut(masks: Masks, l1_before: float) -> dict[str, float]:
+    """How much of the kept weights' Σ|w| a pruning just removed, in percent. Set beside the share
+    of the kept weights it removed, it says who did the pruning: near 0 % for a cut of many weights
+    means the regularizer had already driven them to zero and the threshold only made it exact;
+    plain magnitude pruning of a dense network removes a mass close to its share of the count."""
+    return {"removed_l1_pct": 100.0 * (1.0 - masks.kept_l1() / l1_before) if l1_before > 0 else 0.0}
 
 
 def scope_record(scope: str, masks: Masks, per_tensor: list[float]) -> dict[str, Any]:

@@ -216,6 +216,12 @@ class Masks:
         return 100.0 * self.kept() / max(1, self.total())
 
     @torch.no_grad()
+    def kept_l1(self) -> float:
+        """Σ|w| over the kept entries (the pruned ones are zero), in float64."""
+        return float(sum(float((p.detach() * m).abs().sum(dtype=torch.float64))
+                         for p, m in zip(self.params, self.masks)))
+
+    @torch.no_grad()
     def _kept_normalized(self, scales: Sequence[float]) -> Iterator[tuple[Tensor, Tensor]]:
         """(parameter, |w| / scale of its kept entries: float64, flattened, on the CPU) for every
         tensor of non-zero scale; a tensor of scale 0 has nothing any threshold prunes.

@@ -309,10 +309,14 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
     lines += ["", "## Threshold decisions", ""]
     if decisions:
         lines += markdown_table(["epoch", "threshold T", "pruned", "remaining before", "remaining after",
-                         "val loss before", "val loss after"], [[
+                         "Σ|w| removed", "val loss before", "val loss after"], [[
             str(x.get("epoch", "-")), _f(x.get("threshold")), _f(x.get("pruned"), ","),
             _f(x.get("remaining_pct_before"), ".3g", " %"), _f(x.get("remaining_pct_after"), ".3g", " %"),
+            _f(x.get("removed_l1_pct"), ".3g", " %"),
             _f(x.get("val_loss_before"), ".4f"), _f(x.get("val_loss_after"), ".4f")] for x in decisions])
+        lines.append("\nΣ|w| removed: the share of the kept weights' absolute sum that the pruning cut. "
+                     "Far below the share of weights it cut, the regularizer had already driven them "
+                     "to zero.")
         lines += image("thresholds", "threshold decisions")
     else:
         lines.append("No threshold was applied.")
