@@ -1,7 +1,7 @@
 """The README's Results table: one row per reference preset, mean ± std over its seeds.
 
 Reads ``<root>/<preset>/seed*/summary.json`` (completed runs only) and prints a Markdown table:
-test error, remaining % and compression ratio of the prunable parameters, the size of the
+the epochs trained, test error, remaining % and compression ratio of the prunable parameters, the size of the
 compact model.pt, and the remaining % of every weight tensor; then the published figures for
 the same networks from sensreg's references.yaml.
 
@@ -34,7 +34,8 @@ def preset_row(name: str, summaries: list[dict]) -> list[str]:
                 layers.setdefault(layer["name"].removesuffix(".weight"), []).append(layer["remaining_pct"])
     per_layer = ", ".join(f"{n} {statistics.mean(v):.2g}" for n, v in layers.items())
     kib = [s["checkpoint_bytes"] / 1024 for s in summaries if "checkpoint_bytes" in s]
-    return [f"`{name}`", str(len(summaries)),
+    epochs = sorted({s["epochs_completed"] for s in summaries})
+    return [f"`{name}`", str(len(summaries)), "/".join(map(str, epochs)),
             mean_std([100 * s["test_error"] for s in summaries], 2),
             mean_std([s["remaining_pct"] for s in summaries], 2),
             mean_std([s["compression"] for s in summaries], 0) + "×",
@@ -63,14 +64,14 @@ def main() -> None:
         rows.append(preset_row(preset.name, summaries))
         key = (summaries[0]["model"], summaries[0]["data"])
         models += [key] if key not in models else []
-    print(markdown(["runs", "seeds", "test error %", "remaining %", "compression", "model.pt KiB",
+    print(markdown(["runs", "seeds", "epochs", "test error %", "remaining %", "compression", "model.pt KiB",
                     "remaining % per weight tensor"], rows))
     published = [[f"{r['method']} ({r['model']}, {r['data']})", f"{r['test_error_pct']:.2f}",
-                  f"{100 / r['compression']:.2f}", f"{r['compression']:.0f}×"]
+                  f"{100 / r['compression']:.2f}", f"{r['compression']:.0f}×", r["budget"] or "not stated"]
                  for m, d in models for r in references_for(m, d)]
     if published:
-        print("Published:\n")
-        print(markdown(["method", "test error %", "remaining %", "compression"], published))
+        print("Published (budgets: src/sensreg/references.yaml, with sources):\n")
+        print(markdown(["method", "test error %", "remaining %", "compression", "budget"], published))
 
 
 if __name__ == "__main__":

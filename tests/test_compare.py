@@ -218,6 +218,8 @@ def test_references_only_for_the_same_network_and_dataset():
     assert "NeurIPS 2015" in han["source"]["venue"]
     vd = next(r for r in cmp.references_for("lenet5", "mnist") if r["method"] == "Sparse VD")
     assert vd["compression"] == 280 and "ICML 2017" in vd["source"]["venue"]
+    assert han["budget"] is None and vd["budget"].startswith("200 epochs")
+    assert "github.com/bayesgroup" in vd["budget_source"]["url"]
     assert cmp.references_for("lenet300", "synthetic") == []
     assert cmp.references_for("lenet300", "fashion_mnist") == []
 
@@ -333,7 +335,7 @@ def test_cli_mistakes_exit_2_with_one_message(tree, args, message):
 @pytest.mark.slow
 def test_two_real_runs_then_compare(tmp_path):
     """End to end: a two-job sweep through the CLI, then `sensreg compare` over it."""
-    tiny = ["data=synthetic", "data.num_train=300", "data.num_test=100", "trainer.epochs=1",
+    tiny = ["~experiment", "data=synthetic", "data.num_train=300", "data.num_test=100", "trainer.epochs=1",
             "trainer.device=cpu", "trainer.batch_size=50", "prune.tolerance=0.5"]
     out = sensreg("train", "-m", *tiny, "sens=spec,loss", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

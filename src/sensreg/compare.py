@@ -354,7 +354,9 @@ def load_references() -> tuple[dict, ...]:
     """The published figures shipped in ``references.yaml``, each with its source attached."""
     raw = yaml.safe_load(resources.files("sensreg").joinpath("references.yaml").read_text(encoding="utf-8"))
     sources = raw.get("sources", {})
-    return tuple({**ref, "remaining_pct": 100.0 / ref["compression"], "source": sources[ref["source"]]}
+    return tuple({**ref, "remaining_pct": 100.0 / ref["compression"], "source": sources[ref["source"]],
+                  "budget": ref.get("budget"),
+                  "budget_source": sources[ref["budget_source"]] if ref.get("budget_source") else None}
                  for ref in raw.get("references", []))
 
 
@@ -511,12 +513,21 @@ def write_markdown(rows: list[Row], skipped: list[Skipped], path: Path, *, group
     if refs:
         lines += ["", "## Published reference points", ""]
         lines += markdown_table(
-            ["network", "data", "method", "compression", "remaining %", "test err %", "source"],
+            ["network", "data", "method", "compression", "remaining %", "test err %", "budget", "source"],
             [[r["model"], r["data"], r["method"], f"{r['compression']}×", f"{r['remaining_pct']:.3g}",
-              str(r["test_error_pct"]), f"{r['source']['authors']}, *{r['source']['title']}*, "
-              f"{r['source']['venue']} ({r['source']['url']})"] for r in refs],
+              str(r["test_error_pct"]), _reference_budget(r), _cite(r["source"])] for r in refs],
             right=["compression", "remaining %", "test err %"])
     write_atomic(path, lambda f: f.write("\n".join(lines) + "\n"))
+
+
+def _cite(source: dict) -> str:
+    return f"{source['authors']}, *{source['title']}*, {source['venue']} ({source['url']})"
+
+
+def _reference_budget(ref: dict) -> str:
+    if not ref["budget"]:
+        return "not stated"
+    return ref["budget"] + (f" ({ref['budget_source']['url']})" if ref["budget_source"] else "")
 
 
 MAX_LABELLED = 30  # points per plot up to which each is labelled with its λ (etc.)

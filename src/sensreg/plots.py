@@ -114,7 +114,8 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
         x, y = ref["remaining_pct"], ref["test_error_pct"]
         ax.plot([x], [y], marker=_REF_MARKERS[i % len(_REF_MARKERS)], color="black", mfc="gold", ms=10,
                 ls="none", zorder=4, label=f"{ref['method']} (published)")
-        ref_texts.append(ax.annotate(f"{ref['method']}\n{ref['compression']:g}×, {y:g}%", (x, y),
+        budget = f"\n{ref['budget']}" if ref.get("budget") else ""
+        ref_texts.append(ax.annotate(f"{ref['method']}\n{ref['compression']:g}×, {y:g}%{budget}", (x, y),
                                      xytext=(8, 6), textcoords="offset points", fontsize=8))
         xs.append(x)
     ax.set_xscale("log")
