@@ -169,8 +169,10 @@ def test_a_two_process_run_equals_a_one_process_run(tmp_path, sens, model, augme
     for name in masks_1:
         assert torch.equal(masks_1[name], masks_2[name]), name
         assert not state_2[name][~masks_2[name]].any()  # pruned entries exactly zero
+    # Two halves summed by the all-reduce round differently from one batch; over three epochs of
+    # SGD that grows to about 2e-5 in a few LeNet-5 weights on some processors (AMD EPYC).
     for name in state_1:
-        torch.testing.assert_close(state_2[name], state_1[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(state_2[name], state_1[name], rtol=1e-3, atol=1e-4)
     s1 = json.loads((one / "summary.json").read_text())
     s2 = json.loads((two[0] / "summary.json").read_text())
     assert s1["remaining_pct"] < 100  # the search pruned: the masks were put to the test
