@@ -205,7 +205,7 @@ def stop_at_step(monkeypatch, n: int, signum=signal.SIGINT) -> None:
 
 
 # The arguments of a tiny CLI training run: synthetic data, two epochs, on the CPU.
-TINY = ["data=synthetic", "data.num_train=400", "data.num_test=200", "trainer.epochs=2",
+TINY = ["~experiment", "data=synthetic", "data.num_train=400", "data.num_test=200", "trainer.epochs=2",
         "trainer.device=cpu", "trainer.batch_size=50"]
 
 

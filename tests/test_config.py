@@ -17,8 +17,22 @@ from conftest import composed
 
 
 def test_dataclass_defaults_are_the_shipped_defaults():
-    # Code that builds TrainConfig() directly must train what `sensreg train` trains.
-    assert TrainConfig.from_dict(composed()) == TrainConfig()
+    # Code that builds TrainConfig() directly trains what the config groups' own defaults do
+    # (`sensreg train ~experiment`): the main job is a preset on top of them.
+    assert TrainConfig.from_dict(composed("~experiment")) == TrainConfig()
+
+
+def test_the_main_job_is_the_default_preset_and_a_named_preset_replaces_it():
+    main = TrainConfig.from_dict(composed())
+    assert main == TrainConfig.from_dict(composed(
+        "~experiment", "prune=gmp", "prune.target=0.955", "prune.stop_epoch=-4",
+        "schedule@eta_schedule=step", "eta_schedule.milestones=[-4]"))
+    assert main.model.name == "lenet300" and main.sens.name == "spec" and main.trainer.epochs == 20
+    assert composed("experiment=default") == composed()
+    assert composed("experiment=lenet300_quick")["prune"]["name"] == "search"  # nothing of the main job left
+    # A group chosen on the command line replaces the main job's choice; its values stay
+    assert composed("prune=search")["prune"] | {"target": None} == composed(
+        "~experiment", "prune=search", "prune.stop_epoch=-4")["prune"]
 
 
 def experiments() -> list[str]:
@@ -93,7 +107,7 @@ def test_a_key_added_later_keeps_old_configs_hash_and_resumable():
     # data.augment=false does what runs saved before the key existed did: their configs keep
     # their hash (computed as it was then, without the key) and resume without a difference.
     # (Likewise every other key added later, at its old value; saved configs lack them all.)
-    cfg = TrainConfig.from_dict(composed())
+    cfg = TrainConfig.from_dict(composed("~experiment"))  # the main job sets prune.target, a later key
     old = cfg.to_dict()
     for section, key in LATER_KEYS:
         del old[section][key]
@@ -104,7 +118,7 @@ def test_a_key_added_later_keeps_old_configs_hash_and_resumable():
     old_hash = hashlib.sha256(json.dumps(stripped, sort_keys=True, default=str).encode()).hexdigest()[:12]
     assert cfg.hash() == old_hash
     assert config_differences(old, cfg.to_dict()) == []
-    augmented = TrainConfig.from_dict(composed("+data.augment=true"))
+    augmented = TrainConfig.from_dict(composed("~experiment", "+data.augment=true"))
     assert augmented.hash() != cfg.hash()
     assert config_differences(old, augmented.to_dict()) == ["data.augment: False in the saved run, True now"]
 
@@ -155,3 +169,21 @@ def test_nan_is_refused_where_a_number_is_asked_for(section, key):
 def test_a_milestone_that_is_not_a_number_is_a_message_not_a_traceback(schedule, milestones):
     with pytest.raises(ConfigError, match=rf"{schedule}\.milestones=.* must be a list of integers"):
         TrainConfig.from_dict({schedule: {"name": "step", "milestones": milestones}})
+
+
+def test_epochs_counted_back_from_the_last_stretch_with_the_run_and_are_checked():
+    from sensreg.prune_schedules import build_prune_schedule
+    from sensreg.regularizer import step
+
+    for epochs in (5, 20, 60):
+        back, forth = step([-4]), step([epochs - 4])
+        assert [back(e, epochs) for e in range(epochs)] == [forth(e, epochs) for e in range(epochs)]
+        cfg = TrainConfig.from_dict(composed("trainer.epochs=%d" % epochs))
+        schedule = build_prune_schedule(cfg.prune, epochs)
+        assert schedule.stop_epoch == epochs - 4 and schedule.window(10) == (0, (epochs - 4) * 10)
+        assert schedule.active(epochs - 4) and not schedule.active(epochs - 3)
+    with pytest.raises(ConfigError, match=r"prune.stop_epoch=-4 counts back .* epoch -1, before"):
+        TrainConfig.from_dict(composed("trainer.epochs=3"))
+    with pytest.raises(ConfigError, match=r"eta_schedule.milestones: -30 counts back"):
+        TrainConfig.from_dict(composed("trainer.epochs=20", "eta_schedule.milestones=[-30]"))
+    TrainConfig.from_dict(composed("trainer.epochs=5"))  # epoch 1: still a window

@@ -240,7 +240,7 @@ def test_cifar_configs_validate_with_cifar_models_and_turn_augmentation_on(name)
 
 def cifar_config(root: Path, *overrides: str) -> TrainConfig:
     return TrainConfig.from_dict(composed(
-        "data=cifar10", f"data.root={root}", "model=resnet20", "trainer.epochs=1", "trainer.batch_size=8",
+        "~experiment", "data=cifar10", f"data.root={root}", "model=resnet20", "trainer.epochs=1", "trainer.batch_size=8",
         "trainer.device=cpu", "trainer.progress=false", "data.eval_batch_size=16", *overrides))
 
 

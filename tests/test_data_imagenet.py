@@ -260,7 +260,7 @@ def test_imagenet_yaml_and_dataclass_agree_and_loader_keys_do_not_change_the_has
 
 def imagenet_config(root: Path, *overrides: str) -> TrainConfig:
     return TrainConfig.from_dict(composed(
-        "data=imagenet", f"data.root={root}", "data.image_size=32", "data.resize=36", "data.val_fraction=0.25",
+        "~experiment", "data=imagenet", f"data.root={root}", "data.image_size=32", "data.resize=36", "data.val_fraction=0.25",
         "data.num_workers=2", "data.eval_batch_size=8", "model=resnet18", "trainer.epochs=1",
         "trainer.batch_size=8", "trainer.device=cpu", "trainer.progress=false", *overrides))
 

@@ -276,7 +276,7 @@ def test_torchrun_writes_one_run_folder_with_one_summary(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "sensreg", "train", "model=resnet20", "data=synthetic", "data.num_train=200",
+         "-m", "sensreg", "train", "~experiment", "model=resnet20", "data=synthetic", "data.num_train=200",
          "trainer.device=cpu", "trainer.epochs=1", "trainer.progress=false"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

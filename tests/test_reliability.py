@@ -32,7 +32,7 @@ BASE = {
     "prune": {"name": "search", "patience": 0, "tolerance": 0.1},
     "trainer": {"epochs": 3, "batch_size": 50, "device": "cpu", "deterministic": True, "progress": False},
 }
-CLI_ARGS = ["data=synthetic", "data.num_train=3000", "data.num_test=200", "data.noise=3.0",
+CLI_ARGS = ["~experiment", "data=synthetic", "data.num_train=3000", "data.num_test=200", "data.noise=3.0",
             "trainer.epochs=4", "trainer.batch_size=50", "trainer.device=cpu",
             "trainer.deterministic=true", "sens=unspec"]
 
@@ -299,7 +299,7 @@ def test_a_schedulers_requeue_handler_runs_after_the_checkpoint(tmp_path, monkey
 
 @pytest.mark.slow
 def test_a_diverging_job_does_not_cancel_the_rest_of_a_sweep(tmp_path):
-    p = sensreg("-m", "data=synthetic", "data.num_train=300", "data.num_test=100", "trainer.epochs=2",
+    p = sensreg("-m", "~experiment", "data=synthetic", "data.num_train=300", "data.num_test=100", "trainer.epochs=2",
                 "trainer.device=cpu", "prune=none", "schedule@eta_schedule=step", "eta_schedule.milestones=[1]",
                 "eta_schedule.gamma=1e20,1", "schedule@lam_schedule=constant", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     out, err = p.communicate(timeout=300)

@@ -25,7 +25,7 @@ from .models import MODELS, build_model
 from .precision import PRECISIONS
 from .prune_schedules import PRUNE_SCHEDULES, target_sparsity
 from .per_sample import LayerTape, PerSampleError
-from .regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, lambda_schedule
+from .regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, epoch_from_end, lambda_schedule
 from .sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
 
 OPTIMIZERS = ("sgd", "adam")
@@ -304,6 +304,13 @@ class TrainConfig:
             s: ScheduleConfig = getattr(self, name)
             p.at_least(f"{name}.gamma", s.gamma, 0)
             p.at_least(f"{name}.min_factor", s.min_factor, 0)
+            if s.name == "step" and isinstance(self.trainer.epochs, int) and isinstance(s.milestones, list):
+                for m in s.milestones:
+                    if isinstance(m, int) and m < 0 and epoch_from_end(m, self.trainer.epochs) <= 0:
+                        p.append(f"{name}.milestones: {m} counts back from the last epoch to before the "
+                                 f"first (of trainer.epochs={self.trainer.epochs} it is epoch "
+                                 f"{epoch_from_end(m, self.trainer.epochs)}), which would divide the factor "
+                                 f"from the start. Train at least {1 - m} epochs or count back fewer.")
 
     def _check_prune(self, p: "_Problems") -> None:
         for key, low in getattr(PRUNE_SCHEDULES.get(self.prune.name), "MINIMUMS", {}).items():
@@ -311,9 +318,18 @@ class TrainConfig:
         p.at_least("prune.start_epoch", self.prune.start_epoch, 1)
         if self.prune.name == "gmp":
             self._check_gmp(p)
-        if self.prune.stop_epoch is not None:
-            p.at_least("prune.stop_epoch", self.prune.stop_epoch, self.prune.start_epoch
-                       if isinstance(self.prune.start_epoch, int) else 1)
+        stop, start = self.prune.stop_epoch, self.prune.start_epoch
+        if isinstance(stop, int) and stop < 0 and isinstance(self.trainer.epochs, int):
+            first = start if isinstance(start, int) else 1
+            if epoch_from_end(stop, self.trainer.epochs) < first:
+                p.append(f"prune.stop_epoch={stop} counts back from the last epoch: of trainer.epochs="
+                         f"{self.trainer.epochs} it is epoch {epoch_from_end(stop, self.trainer.epochs)}, "
+                         f"before prune.start_epoch={start}, so nothing would be pruned. Train at least "
+                         f"{first - stop} epochs, count back fewer, or give the last pruning epoch itself "
+                         f"(prune.stop_epoch={self.trainer.epochs}); ~experiment leaves the main job's "
+                         f"schedule out altogether.")
+        elif stop is not None:
+            p.at_least("prune.stop_epoch", stop, start if isinstance(start, int) else 1)
 
     def _check_gmp(self, p: "_Problems") -> None:
         try:

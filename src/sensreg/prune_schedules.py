@@ -16,7 +16,8 @@ never looks at the name.
 - ``none``: never prune.
 
 Every schedule acts only from ``start_epoch`` to ``stop_epoch`` (1-based, inclusive; None: to
-the last epoch); the loop asks none of them during the dense warm-up.
+the last epoch; negative: counted back from the last, -4 of 20 is 16); the loop asks none of them
+during the dense warm-up.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 from . import evaluate as evaluation
 from .distributed import SINGLE, Dist
 from .pruning import Masks, search_threshold
+from .regularizer import epoch_from_end
 
 
 @dataclass
@@ -66,9 +68,15 @@ class PruneSchedule:
         self.threshold = 0.0  # the last one applied: metrics.csv's threshold column
         self.thresholds: list[dict[str, Any]] = []  # every decision, in order
 
+    @property
+    def stop_epoch(self) -> int:
+        """The last epoch of the window (prune.stop_epoch; None: the run's last)."""
+        stop = self.cfg.stop_epoch
+        return self.epochs if stop is None else epoch_from_end(stop, self.epochs)
+
     def active(self, epoch: int) -> bool:
         """Whether ``epoch`` (1-based) lies in the window from start_epoch to stop_epoch."""
-        return self.cfg.start_epoch <= epoch <= (self.cfg.stop_epoch or self.epochs)
+        return self.cfg.start_epoch <= epoch <= self.stop_epoch
 
     def after_epoch(self, epoch: int, val: dict[str, float], ctx: PruneContext) -> dict[str, float]:
         """Decide after epoch ``epoch`` (1-based), whose validation figures are ``val``; return
@@ -163,7 +171,7 @@ class GradualMagnitude(PruneSchedule):
     def window(self, steps_per_epoch: int) -> tuple[int, int]:
         cfg = self.cfg
         t0 = cfg.start_step if cfg.start_step is not None else (cfg.start_epoch - 1) * steps_per_epoch
-        t1 = cfg.end_step if cfg.end_step is not None else (cfg.stop_epoch or self.epochs) * steps_per_epoch
+        t1 = cfg.end_step if cfg.end_step is not None else self.stop_epoch * steps_per_epoch
         return t0, t1
 
     def sparsity_at(self, t: int, steps_per_epoch: int) -> float:
