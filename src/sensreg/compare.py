@@ -548,13 +548,18 @@ def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
         varying = [(sym, attr, fmt) for sym, attr, fmt in (("λ", "lam", _fmt_lam), ("η", "eta", _fmt_num),
                                                           ("epochs", "epochs", _fmt_num))
                    if len({getattr(r, attr) for r in members}) > 1] if len(members) <= MAX_LABELLED else []
+        # The budget a point's marker stands for: the samples seen where every run of the plot
+        # records them, else the epochs (runs saved before budgets were recorded have only those;
+        # on one network and dataset the two say the same).
+        in_samples = all(r.samples for r in members)
         series: dict[str, list[dict]] = {}
         for r in members:
             # One series per variant; a schedule other than the threshold search is part of its name.
             name = (r.sens or "?") + (f" prune={r.prune}" if r.prune not in (None, "search") else "")
             series.setdefault(name, []).append({
                 "x": r.remaining_pct, "y": r.test_error_pct, "pareto": r.pareto,
-                "budget": f"{_fmt_count(r.samples)} samples" if r.samples else None,
+                "budget": f"{_fmt_count(r.samples)} samples" if in_samples
+                          else f"{_fmt_num(r.epochs)} epochs" if r.epochs else None,
                 "xerr": r.std.get("remaining_pct"), "yerr": r.std.get("test_error_pct"),
                 "label": " ".join(f"{sym}={fmt(getattr(r, attr))}" for sym, attr, fmt in varying)})
         path = out_dir / f"compare_{_safe(model)}_{_safe(data)}.png"
