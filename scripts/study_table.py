@@ -4,7 +4,8 @@
 One row per finished run folder found below the given paths: the sensitivity settings that
 differ between studies (variant, reduction, scale, threshold scope, λ, seed), the final
 validation error, remaining % and compression of the prunable parameters, the remaining % of
-each weight tensor, and the insensitivity figures of the last epoch (mean insensitivity of the
+each weight tensor, the share of Σ|w| its prunings cut (compounded: prune_schedules.l1_removed_in_all),
+and the insensitivity figures of the last epoch (mean insensitivity of the
 kept regularized weights, share below 0.5). Test figures are left out on purpose: choices are
 made on these.
 
@@ -19,6 +20,7 @@ import math
 import sys
 from pathlib import Path
 
+from sensreg.prune_schedules import l1_removed_in_all
 from sensreg.run_folder import SUMMARY_NAME, RunFolder
 from sensreg.tables import markdown_table
 
@@ -40,6 +42,7 @@ def row(run: Path, root: Path) -> dict | None:
     scale = {"gamma": f"γ {sens.get('gamma'):g}", "max": f"max/{sens.get('scale_over', 'tensor')}"}.get(scale, scale)
     weights = [layer for layer in summary["sparsity"]["layers"] if layer["prunable"] and len(layer["shape"]) > 1]
     insens, below = last.get("insens_mean", math.nan), last.get("insens_below_half", math.nan)
+    l1_cut = l1_removed_in_all(summary.get("thresholds", []))
     return {
         "run": str(run.relative_to(root)) if run != root else run.name, "sens": sens["name"],
         "reduction": sens.get("reduction", "batch") if sens["name"] in ("spec", "unspec", "loss") else "",
@@ -50,6 +53,7 @@ def row(run: Path, root: Path) -> dict | None:
         "layers": ", ".join(f"{w['name'].removesuffix('.weight')} {w['remaining_pct']:.2g}" for w in weights),
         "insens": "" if math.isnan(insens) else f"{insens:.3f}",
         "below": "" if math.isnan(below) else f"{100 * below:.1f} %",
+        "l1_cut": "" if l1_cut is None else f"{l1_cut:.3g} %",
     }
 
 
@@ -62,10 +66,10 @@ def main() -> None:
     rows = [r for r in (row(run, root) for run in runs_below(args.paths)) if r is not None]
     rows.sort(key=lambda r: r[args.sort])
     header = ["run", "sens", "reduction", "scale", "scope", "λ", "seed", "epochs", "val error", "remaining",
-              "compression", "remaining % per weight tensor", "insensitivity (last epoch)", "below 0.5"]
+              "compression", "Σ|w| cut", "remaining % per weight tensor", "insensitivity (last epoch)", "below 0.5"]
     cells = [[r["run"], r["sens"], r["reduction"], r["scale"], r["scope"], f"{r['lam']:g}", str(r["seed"]),
               str(r["epochs"]), f"{r['val']:.2f} %", f"{r['remaining']:.2f} %", f"{r['compression']:.0f}×",
-              r["layers"], r["insens"], r["below"]] for r in rows]
+              r["l1_cut"], r["layers"], r["insens"], r["below"]] for r in rows]
     sys.stdout.write("\n".join(markdown_table(header, cells)) + "\n")
 
 

@@ -280,3 +280,13 @@ def test_every_pruning_records_the_share_of_the_absolute_sum_it_removed(tmp_path
     for d in decisions:  # a cut by magnitude removes a smaller share of Σ|w| than of the weights
         cut = 100 * (d["remaining_pct_before"] - d["remaining_pct_after"]) / d["remaining_pct_before"]
         assert 0 < d["removed_l1_pct"] < cut
+
+
+def test_the_share_of_the_absolute_sum_cut_compounds_over_a_runs_decisions():
+    from sensreg.prune_schedules import l1_removed_in_all
+
+    # Cutting 50 % of what is left, then 50 % of that, removes 75 % of what there was.
+    assert l1_removed_in_all([{"removed_l1_pct": 50.0}, {"removed_l1_pct": 50.0}]) == pytest.approx(75.0)
+    assert l1_removed_in_all([{"removed_l1_pct": 0.0}] * 5) == 0.0
+    assert l1_removed_in_all([]) is None
+    assert l1_removed_in_all([{"removed_l1_pct": 1.0}, {"epoch": 3}]) is None  # a decision without the record

@@ -266,6 +266,22 @@ def l1_cut(masks: Masks, l1_before: float) -> dict[str, float]:
     return {"removed_l1_pct": 100.0 * (1.0 - masks.kept_l1() / l1_before) if l1_before > 0 else 0.0}
 
 
+def l1_removed_in_all(decisions: list[dict[str, Any]]) -> float | None:
+    """The share of Σ|w| that a run's prunings removed, compounded over its decisions, in percent:
+    100 (1 - Π(1 - removed_l1_pct / 100)), what they would have removed together had training
+    moved no weight between them. Beside the share of weights they cut (100 - remaining %), it
+    says who did the pruning: near 0 % when the regularizer had driven the weights to zero, close
+    to the share cut for magnitude pruning of a network no regularizer shaped. None when a
+    decision predates the record (or there was none)."""
+    shares = [d.get("removed_l1_pct") for d in decisions]
+    if not shares or any(r is None for r in shares):
+        return None
+    kept = 1.0
+    for r in shares:
+        kept *= 1.0 - r / 100.0
+    return 100.0 * (1.0 - kept)
+
+
 def scope_record(scope: str, masks: Masks, per_tensor: list[float]) -> dict[str, Any]:
     """The scope of a threshold decision and, for ``layer``, each tensor's own threshold τ·σ_l
     (0.0 for a tensor the rule leaves alone: Masks.scales)."""
