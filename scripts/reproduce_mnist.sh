@@ -5,13 +5,15 @@
 #   scripts/reproduce_mnist.sh                                    # everything, into outputs/reproduce/
 #   scripts/reproduce_mnist.sh outputs/reference lenet300_spec    # chosen runs, into the given folder
 #
-# The committed results in outputs/reference/ came from this script. Runtimes on a 2-core CPU,
-# one thread a run: 2.5 minutes per LeNet-300-100 run (6 for unspec), 10-12 per LeNet-5 run
-# (about twice that for unspec); see docs/tuning.md.
+# The committed results in outputs/reference/ came from this script's runs. Runtimes on a 2-core
+# CPU, one thread a run: 2.5 minutes per 60-epoch LeNet-300-100 run (6 for unspec), 6-9 per
+# 200-epoch one (lenet300_long_*) on an AMD EPYC, 5-12 per LeNet-5 run (about twice that for
+# unspec); see docs/tuning.md.
 set -euo pipefail
 
-# folder | overrides. The presets, then two more points on the error-sparsity curves of spec and
-# of the l2 control, so that the two can be compared at about equal error (README "Results").
+# folder | overrides. The presets, two more points on the error-sparsity curves of spec and of
+# the l2 control, so that the two can be compared at about equal error, and the magnitude-pruning
+# baselines (prune=gmp, no regularizer) at the spec presets' budget and compression (README "Results").
 RUNS=(
   "lenet300_spec|experiment=lenet300_spec"
   "lenet300_unspec|experiment=lenet300_unspec"
@@ -19,10 +21,15 @@ RUNS=(
   "lenet300_l2|experiment=lenet300_l2"
   "lenet300_spec_lam5e-4|experiment=lenet300_spec sens.lam=5e-4"
   "lenet300_l2_lam2e-3|experiment=lenet300_l2 sens.lam=2e-3"
+  "lenet300_gmp|experiment=lenet300_gmp"
+  "lenet300_long_spec|experiment=lenet300_long_spec"
+  "lenet300_long_l2|experiment=lenet300_long_l2"
+  "lenet300_long_gmp|experiment=lenet300_long_gmp"
   "lenet5_spec|experiment=lenet5_spec"
   "lenet5_unspec|experiment=lenet5_unspec"
   "lenet5_loss|experiment=lenet5_loss"
   "lenet5_l2|experiment=lenet5_l2"
+  "lenet5_gmp|experiment=lenet5_gmp"
 )
 
 out=${1:-outputs/reproduce}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def runs_below(paths: list[str]) -> list[Path]:
 
 
 def row(run: Path, root: Path) -> dict | None:
+    run = run.absolute()
     record = RunFolder(run).read()
     if record.status != "completed":
         return None
@@ -62,7 +64,8 @@ def main() -> None:
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--sort", default="run", choices=["run", "val", "remaining"])
     args = ap.parse_args()
-    root = Path(args.paths[0])
+    # Runs are named by their path below the folder the given paths have in common.
+    root = Path(os.path.commonpath([os.path.abspath(p) for p in args.paths]))
     rows = [r for r in (row(run, root) for run in runs_below(args.paths)) if r is not None]
     rows.sort(key=lambda r: r[args.sort])
     header = ["run", "sens", "reduction", "scale", "scope", "λ", "seed", "epochs", "val error", "remaining",
