@@ -187,3 +187,10 @@ def test_epochs_counted_back_from_the_last_stretch_with_the_run_and_are_checked(
     with pytest.raises(ConfigError, match=r"eta_schedule.milestones: -30 counts back"):
         TrainConfig.from_dict(composed("trainer.epochs=20", "eta_schedule.milestones=[-30]"))
     TrainConfig.from_dict(composed("trainer.epochs=5"))  # epoch 1: still a window
+
+
+def test_a_gmp_window_past_the_last_epoch_is_refused_where_a_search_window_is_not():
+    with pytest.raises(ConfigError, match=r"prune.stop_epoch=30 comes after the last epoch .* never reach"):
+        TrainConfig.from_dict(composed("trainer.epochs=20", "prune.stop_epoch=30"))
+    TrainConfig.from_dict(composed("trainer.epochs=20", "prune.stop_epoch=30", "prune.end_step=100"))
+    TrainConfig.from_dict(composed("~experiment", "trainer.epochs=20", "prune.stop_epoch=30"))  # search

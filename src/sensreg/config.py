@@ -348,6 +348,11 @@ class TrainConfig:
                 and self.prune.end_step <= self.prune.start_step:
             p.append(f"prune.end_step={self.prune.end_step} must come after prune.start_step="
                      f"{self.prune.start_step}.")
+        stop, epochs = self.prune.stop_epoch, self.trainer.epochs
+        if self.prune.end_step is None and isinstance(stop, int) and isinstance(epochs, int) and stop > epochs:
+            p.append(f"prune.stop_epoch={stop} comes after the last epoch (trainer.epochs={epochs}): gmp "
+                     f"would never reach prune.target={self.prune.target}. Set prune.stop_epoch to at most "
+                     f"{epochs} (or count back from the end, e.g. -4).")
 
     def _check_trainer(self, p: "_Problems") -> None:
         p.at_least("trainer.epochs", self.trainer.epochs, 1)
