@@ -143,8 +143,13 @@ def test_eval_refuses_bad_checkpoints(tmp_path):
     assert bad.returncode == 2 and "not a sensreg model checkpoint" in bad.stderr
     unfinished = tmp_path / "run"
     unfinished.mkdir()
+    (unfinished / "summary.json").write_text('{"status": "stopped"}')
     bad = sensreg("eval", str(unfinished), cwd=tmp_path)
     assert bad.returncode == 2 and "has no model.pt" in bad.stderr and "trainer.resume" in bad.stderr
+    nothing = tmp_path / "elsewhere"  # not a run folder at all: no resume advice
+    nothing.mkdir()
+    bad = sensreg("eval", str(nothing), cwd=tmp_path)
+    assert bad.returncode == 2 and "is not a run folder" in bad.stderr and "resume" not in bad.stderr
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path):

@@ -322,15 +322,19 @@ def test_cli_prints_the_table_and_lists_skipped_folders(tree):
 @pytest.mark.parametrize("args, message", [
     (["compare", "missing-folder"], "missing-folder does not exist"),
     (["compare", "empty"], "no run folders"),
+    (["compare", "unreadable"], "none of the 1 run folder(s) below unreadable could be read"),
     (["compare", "outputs", "--where", "colour=red"], "unknown key 'colour'"),
     (["compare", "outputs", "--sort", "speed"], "unknown key 'speed'"),
     (["compare"], "the following arguments are required"),
 ])
 def test_cli_mistakes_exit_2_with_one_message(tree, args, message):
     (tree.parent / "empty").mkdir()
+    (tree.parent / "unreadable" / "run").mkdir(parents=True)
+    (tree.parent / "unreadable" / "run" / "summary.json").write_text("{half-written")
     out = sensreg(*args, cwd=tree.parent)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tree.parent / "unreadable" / "compare.md").exists()  # nothing written
 
 
 @pytest.mark.slow

@@ -309,7 +309,11 @@ def run_eval(args: list[str]) -> None:
         fail(problem)
     checkpoint = Path(paths[0])
     if checkpoint.is_dir():  # a run folder: its final model
-        if not RunFolder(checkpoint).model_path.is_file():
+        folder = RunFolder(checkpoint)
+        if not folder.model_path.is_file() and not folder.summary_path.is_file():
+            fail(f"{checkpoint} is not a run folder: it holds neither a {MODEL_NAME} nor a summary.json. "
+                 f"Give sensreg eval a run folder (outputs/runs/<date>/<run>) or a {MODEL_NAME} file.")
+        if not folder.model_path.is_file():
             fail(f"the run folder {checkpoint} has no {MODEL_NAME}: the run has not finished (its summary.json "
                  f"says how far it got; continue it with `sensreg train ... trainer.resume={checkpoint}`).")
         checkpoint = RunFolder(checkpoint).model_path

@@ -603,6 +603,11 @@ def compare(paths: list[str], *, where: Iterable[str] = (), sort: str | None = N
                            f"summary.json); point sensreg compare at outputs/ or at a sweep folder.")
     base = Path(os.path.commonpath([str(r.resolve()) for r in roots]))
     rows, skipped = read_runs(run_dirs, base)
+    if not rows:
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        raise CompareError(f"none of the {len(skipped)} run folder(s) below {', '.join(map(str, roots))} "
+                           f"could be read ({reasons}), so there is nothing to compare and nothing was "
+                           f"written; fix or remove those folders, or point sensreg compare elsewhere.")
     if where:
         kept = filter_rows(rows, where)
         if rows and not kept:
