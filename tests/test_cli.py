@@ -153,11 +153,12 @@ def test_eval_refuses_bad_checkpoints(tmp_path):
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path):
-    out = sensreg("train", "~experiment", "data=mnist", f"data.root={tmp_path / 'empty'}", "trainer.epochs=1",
-                  cwd=tmp_path)
+    out = sensreg("train", "~experiment", "data=mnist", f"data.root={tmp_path / 'no' / 'such' / 'dir'}",
+                  "trainer.epochs=1", cwd=tmp_path)
     assert out.returncode != 0
-    assert str(tmp_path / "empty" / "MNIST" / "raw") in out.stderr
+    assert str(tmp_path / "no" / "such" / "dir" / "MNIST" / "raw") in out.stderr
     assert "Traceback" not in out.stderr
+    assert not (tmp_path / "no").exists()  # the folders the failed download made are gone
 
 
 @pytest.mark.slow

@@ -92,6 +92,7 @@ def _torchvision_mnist(name: str, root: Path, normalization: Stats) -> tuple[Spl
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
     raw = root / cls.__name__ / "raw"
+    existed = _first_existing(raw)  # what is above it is the user's; below it, what a failure made
     if name == "fashion_mnist" and _DEBIAN_FASHION.is_dir():
         # Debian ships the same images, recompressed (so torchvision's checksums of the .gz files
         # do not match). torchvision reads the decompressed files when they exist, so decompress
@@ -107,11 +108,7 @@ def _torchvision_mnist(name: str, root: Path, normalization: Stats) -> tuple[Spl
         train = cls(str(root), train=True, download=True)
         test = cls(str(root), train=False, download=True)
     except Exception as err:  # torchvision raises RuntimeError/URLError/OSError variously
-        for folder in (raw, raw.parent):  # the empty folders torchvision made before it failed
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_made_folders(raw, existed)
         raise DatasetMissing(
             f"{cls.__name__} is not in {raw} and could not be downloaded ({type(err).__name__}: {err}). "
             f"Put the four original .gz files ({', '.join(_FILES)}) in {raw}, or set data.root to a "
@@ -123,6 +120,25 @@ def _torchvision_mnist(name: str, root: Path, normalization: Stats) -> tuple[Spl
         return Split(x, ds.targets.long())
 
     return normalized(train), normalized(test)
+
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _remove_made_folders(deepest: Path, existed: Path) -> None:
+    """Remove the empty folders from ``deepest`` up to, not including, ``existed``: those a failed
+    download made (torchvision creates data.root and the dataset's folders before it fails), so
+    that a mistyped data.root leaves no tree behind."""
+    path = deepest
+    while path != existed and existed in path.parents:
+        try:
+            path.rmdir()  # only if empty: a file put there stays, and so does its folder
+        except OSError:
+            return
+        path = path.parent
 
 
 # --- CIFAR-10 and CIFAR-100 ---------------------------------------------------------------------
@@ -152,7 +168,7 @@ def _torchvision_cifar(name: str, root: Path, normalization: Stats) -> tuple[Spl
     folder = root / cls.base_folder
     expected = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
     complete = all((folder / f).is_file() for f, _ in expected)
-    root_existed = root.exists()
+    existed = _first_existing(folder)
     try:
         train = cls(str(root), train=True, download=not complete)
         test = cls(str(root), train=False, download=False)
@@ -164,8 +180,7 @@ def _torchvision_cifar(name: str, root: Path, normalization: Stats) -> tuple[Spl
                 f"dataset ({', '.join(bad) or type(err).__name__ + ': ' + str(err)}). They are left "
                 f"as they are: replace them with the originals, or delete {folder} to download it "
                 f"again.") from None
-        if not root_existed and root.is_dir() and not any(root.iterdir()):
-            root.rmdir()  # the empty folder torchvision made before the download failed
+        _remove_made_folders(folder, existed)
         raise DatasetMissing(
             f"{cls.__name__} is not in {folder} and could not be downloaded ({type(err).__name__}: {err}). "
             f"Put the extracted files of {cls.filename} ({', '.join(f for f, _ in expected)}) in "
