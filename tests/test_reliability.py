@@ -77,6 +77,34 @@ def test_atomic_write_keeps_the_previous_file_when_a_write_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
 
 
+class FillsUp:
+    """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):  # flush, tell, seek: the real file's
+        return getattr(self.f, name)
+
+
+def test_a_full_disk_under_torch_save_is_the_os_error_naming_the_file(tmp_path):
+    # torch.save's zip writer raises a RuntimeError ("unexpected pos") on top of the failed
+    # write, which the CLI's handler of OSError would not see.
+    path = tmp_path / "last.pt"
+    atomic.write_atomic(path, lambda f: torch.save({"epoch": 1}, f), binary=True)
+    with pytest.raises(OSError) as caught:
+        atomic.write_atomic(path, lambda f: torch.save({"x": torch.zeros(100_000)}, FillsUp(f, 1000)), binary=True)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert torch.load(path) == {"epoch": 1}  # the previous file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 # --- 2. resume -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stop_step", [30, 22])  # 22 steps an epoch: mid-epoch 2; the last step of epoch 1

@@ -29,9 +29,24 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False)
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_error_under(err)
+        if cause is not None:
+            # torch.save's zip writer turns a failed write (a full disk) into a RuntimeError
+            # ("unexpected pos ..."): raise the OSError underneath, naming the file meant.
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
         raise
+
+
+def _os_error_under(err: BaseException) -> OSError | None:
+    """The OSError a non-OSError exception was raised while handling, if any."""
+    if isinstance(err, OSError) or not isinstance(err, Exception):
+        return None
+    seen = err.__cause__ or err.__context__
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
 
 
 def _umask() -> int:
