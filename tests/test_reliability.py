@@ -92,6 +92,12 @@ class FillsUp:
     def __getattr__(self, name):  # flush, tell, seek: the real file's
         return getattr(self.f, name)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
 
 def test_a_full_disk_under_torch_save_is_the_os_error_naming_the_file(tmp_path):
     # torch.save's zip writer raises a RuntimeError ("unexpected pos") on top of the failed
@@ -194,6 +200,31 @@ def test_a_requeued_slurm_job_takes_over_the_lock_its_earlier_run_left_on_anothe
     with RunLock(tmp_path) as lock:
         assert lock.held
         assert (tmp_path / ".lock").read_text().split()[2] == "slurm-job-123"
+
+
+def test_a_full_disk_while_taking_the_lock_leaves_no_lock_and_an_old_empty_lock_is_stale(tmp_path, monkeypatch):
+    from sensreg import run_folder
+
+    real_fdopen = os.fdopen
+
+    def full(fd, *args, **kwargs):
+        return FillsUp(real_fdopen(fd, *args, **kwargs), 0)
+
+    monkeypatch.setattr(run_folder.os, "fdopen", full)
+    with pytest.raises(OSError, match="No space left"):
+        RunLock(tmp_path).__enter__()
+    assert not (tmp_path / ".lock").exists()
+    monkeypatch.setattr(run_folder.os, "fdopen", real_fdopen)
+    with RunLock(tmp_path):  # the space is back: the folder is free
+        pass
+    # An empty lock (written by an older version, or under a race) blocks only while it is young.
+    (tmp_path / ".lock").write_text("")
+    with pytest.raises(RunFolderError, match="in use"):
+        RunLock(tmp_path).__enter__()
+    old = time.time() - 2 * run_folder.EMPTY_LOCK_GRACE_S
+    os.utime(tmp_path / ".lock", (old, old))
+    with RunLock(tmp_path) as lock:
+        assert lock.held and (tmp_path / ".lock").read_text().split()[0] == str(os.getpid())
 
 
 def test_taking_the_lock_removes_what_a_killed_writer_left_half_written(tmp_path):

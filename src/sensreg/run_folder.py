@@ -22,6 +22,7 @@ import csv
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,12 @@ class RunLock:
                         f"such process exists any more, delete the lock file.") from None
                 self.path.unlink(missing_ok=True)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(me)
+            except OSError:  # a full disk: an empty lock left here would lock the folder for good
+                self.path.unlink(missing_ok=True)
+                raise
             self.held = True
             # Temporary files of atomic writes that a killed process never renamed into place.
             for leftover in self.path.parent.glob(TEMPORARY_GLOB):
@@ -141,7 +146,18 @@ def _read_lock(path: Path) -> tuple[int | None, str, str]:
         return None, "", ""
 
 
+# An empty lock file older than this is stale: its writer could not write its own name into it
+# (the disk was full) and cannot have been holding it since; a younger one may be mid-write.
+EMPTY_LOCK_GRACE_S = 60.0
+
+
 def _lock_is_stale(path: Path) -> bool:
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    if info.st_size == 0 and time.time() - info.st_mtime > EMPTY_LOCK_GRACE_S:
+        return True
     pid, host, job = _read_lock(path)
     if job and f" {job}" == _job_suffix():
         return True  # this job's earlier run, before Slurm requeued it: that process is gone
