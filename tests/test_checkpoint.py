@@ -77,3 +77,26 @@ def test_damaged_sparse_tensor_is_named(tmp_path):
     torch.save(payload, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="version 99"):
         load_checkpoint(tmp_path / "future.pt")
+
+
+class RunsCode:
+    """Unpickled, it would call its __reduce__ target: here a marker file is written."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_that_would_run_code_is_refused_as_such_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": {}, "trap": RunsCode(marker)}, tmp_path / "trap.pt")
+    for load in (load_checkpoint, load_init_state):
+        with pytest.raises(CheckpointError, match=r"holds more than weights.*never does") as caught:
+            load(tmp_path / "trap.pt")
+        assert "corrupt" not in str(caught.value)
+    assert not marker.exists()
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "trap.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):  # a damaged file is still called that
+        load_checkpoint(tmp_path / "cut.pt")

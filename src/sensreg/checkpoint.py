@@ -10,6 +10,8 @@ so that a checkpoint's size follows the number of remaining weights, not the net
 from __future__ import annotations
 
 import math
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,16 @@ def load_file(path: str | Path, what: str, advice: str = "") -> Any:
         raise CheckpointError(f"{what} {path} does not exist.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise CheckpointError(f"{what} {path} cannot be read as a PyTorch file (truncated, corrupt or "
+                                  f"not a checkpoint): {type(err).__name__}.{advice}") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        raise CheckpointError(
+            f"{what} {path} is a whole PyTorch file but holds more than weights: a pickled Python object "
+            f"({found.group(1) if found else 'not a tensor or plain value'}) that loading would have to run "
+            f"as code, which sensreg never does. Save the weights alone (torch.save(model.state_dict(), "
+            f"PATH)) and give that file.{advice}") from None
     except Exception as err:
         raise CheckpointError(f"{what} {path} cannot be read as a PyTorch file (truncated, corrupt or "
                               f"not a checkpoint): {type(err).__name__}.{advice}") from None
