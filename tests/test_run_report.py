@@ -183,6 +183,14 @@ def test_corrupt_summary_is_a_note_not_a_crash(finished_run, tmp_path):
     assert {"epochs.png", "weights_hist.png"} <= {p.name for p in result.images}
 
 
+def test_a_garbled_metrics_file_of_a_finished_run_is_called_damaged_not_unstarted(finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path / "run")
+    (run / "metrics.csv").write_bytes(b"epoch,eta\n1,xx,\x00\x01garbage\n")
+    md = write_report(run, batches=0).path.read_text()
+    assert "no readable epoch row, though summary.json reports" in md and "damaged" in md
+    assert "no epoch finished yet" not in md
+
+
 def test_not_a_run_folder(tmp_path):
     with pytest.raises(ReportError, match="is not a folder"):
         write_report(tmp_path / "nope")

@@ -69,10 +69,18 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # odd summary contents
             notes.append(f"{what}: not drawn ({type(err).__name__}: {err}).")
 
+    done = summary.get("epochs_completed")
     if rows:
         test = summary.get("test_error")
         draw("epochs", "per-epoch plot", plots.epochs_plot, rows, [d.get("epoch") for d in decisions],
              out / "epochs.png", test_error_pct=100 * test if isinstance(test, (int, float)) else None)
+        if isinstance(done, int) and len(rows) < done:
+            notes.append(f"per-epoch plot: metrics.csv holds {len(rows)} readable row(s) of the {done} epochs "
+                         f"summary.json reports: the rest of the file is damaged.")
+    elif isinstance(done, int) and done > 0:
+        notes.append(f"per-epoch plot: not drawn: metrics.csv holds no readable epoch row, though summary.json "
+                     f"reports {done} finished epoch(s). The file is damaged; the other files of the run "
+                     f"are read as they are.")
     else:
         notes.append("per-epoch plot: no epoch finished yet (metrics.csv is missing or empty).")
     if decisions:
