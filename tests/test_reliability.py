@@ -244,6 +244,23 @@ def test_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path):
     assert resolve(tmp_path / "elsewhere", str(tmp_path / "last.pt"))[0] == tmp_path
 
 
+def test_a_run_that_failed_before_its_first_epoch_leaves_its_folder_free_for_a_fresh_run(tmp_path):
+    bad_init = tmp_path / "not_weights.pt"
+    bad_init.write_bytes(b"not a checkpoint")
+    cfg = config(trainer={"init": str(bad_init)})
+    run = tmp_path / "run"
+    with pytest.raises(CheckpointError, match="trainer.init"):
+        train(cfg, run)
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    assert resolve(run, False) == (run, None)  # nothing to lose: the folder is free
+    assert train(config(), run)["status"] == "completed"
+    # A run that failed later, with an epoch done, keeps its folder to itself.
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        resolve(run, False)
+
+
 # --- the command line: real signals to a real process --------------------------------------------
 
 def sensreg(*args: str, cwd: Path) -> subprocess.Popen:

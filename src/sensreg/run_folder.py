@@ -8,7 +8,8 @@ holds, however far the run got, and says what it could not read instead of raisi
 
 Which folder a run uses and whether it continues an earlier run there (``resolve``):
 
-- A fresh run (``trainer.resume=false``) refuses a folder that already holds a run.
+- A fresh run (``trainer.resume=false``) refuses a folder that already holds a run, unless
+  that run failed before its first epoch (nothing to resume or lose).
 - ``trainer.resume=true`` continues from ``last.pt`` in the run's own folder (a fixed
   ``hydra.run.dir`` / ``hydra.sweep.dir``, or a requeued cluster job); without one it starts
   from scratch, so that a requeued job that never checkpointed still runs.
@@ -52,10 +53,23 @@ class RunFolderError(UserError, RuntimeError):
     """The run folder cannot be used as asked; the message says why and what to do."""
 
 
+def _failed_before_its_first_epoch(folder: Path) -> bool:
+    """Whether the run in ``folder`` failed before it finished an epoch (a trainer.init file it
+    could not read, a dataset it could not find), leaving nothing to resume or to lose: a fresh
+    run may then take the folder over, its summary replacing the failed one."""
+    try:
+        summary = json.loads((folder / SUMMARY_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(summary, dict) and summary.get("status") == "failed"
+            and summary.get("epochs_completed") == 0
+            and not any((folder / name).exists() for name in (CHECKPOINT_NAME, MODEL_NAME, METRICS_NAME)))
+
+
 def resolve(hydra_dir: Path, resume: bool | str) -> tuple[Path, Path | None]:
     """The folder this run writes, and the checkpoint it continues from (None: from scratch)."""
     if resume is False:
-        if (hydra_dir / SUMMARY_NAME).exists():
+        if (hydra_dir / SUMMARY_NAME).exists() and not _failed_before_its_first_epoch(hydra_dir):
             raise RunFolderError(
                 f"the run folder {hydra_dir} already holds a run (summary.json). Add "
                 f"trainer.resume=true to continue it, or choose another hydra.run.dir.")
