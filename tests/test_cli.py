@@ -152,6 +152,13 @@ def test_eval_refuses_bad_checkpoints(tmp_path):
     assert bad.returncode == 2 and "is not a run folder" in bad.stderr and "resume" not in bad.stderr
 
 
+def test_a_mistyped_key_names_the_key_it_most_likely_meant(tmp_path):
+    out = sensreg("train", *TINY, "trainer.epoch=3", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "did you mean trainer.epochs?" in out.stderr and "+trainer.epoch" not in out.stderr
+    assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run folder
+
+
 def test_missing_dataset_says_where_it_looked(tmp_path):
     out = sensreg("train", "~experiment", "data=mnist", f"data.root={tmp_path / 'no' / 'such' / 'dir'}",
                   "trainer.epochs=1", cwd=tmp_path)

@@ -85,6 +85,7 @@ def run_train(overrides: list[str]) -> None:
 
     _check_launcher_plugin(overrides)
     _check_output_folders(overrides)
+    _check_override_keys(overrides)
     if os.environ.get("RANK", "0") != "0":
         # A further process of a torchrun run: process 0 writes the run folder (Hydra's .hydra/ too).
         overrides = [*overrides, "hydra.output_subdir=null"]
@@ -116,6 +117,28 @@ def _check_output_folders(overrides: list[str]) -> None:
         if not os.access(existing, os.W_OK | os.X_OK):
             fail(f"{o}: {existing} is not writable here, so the run folder cannot be made. Choose a "
                  f"path you can write to for {key}.")
+
+
+def _check_override_keys(overrides: list[str]) -> None:
+    """A key=value override of a key that no config section has (a typo such as trainer.epoch)
+    names the key it most likely meant; Hydra's own answer would suggest adding the typo with
+    +trainer.epoch=3. Keys with + or ++, Hydra's own and group choices are left to Hydra."""
+    import difflib
+    from dataclasses import fields
+
+    from .config import TrainConfig
+
+    sections = {f.name: f.default_factory() for f in fields(TrainConfig)}
+    for o, key, _ in _key_values(overrides):
+        section, dot, name = key.partition(".")
+        if o.startswith("+") or not dot or "." in name or section not in sections or "=" not in o:
+            continue
+        known = [f.name for f in fields(sections[section])]
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {section}.{close[0]}? " if close else ""
+            fail(f"{o}: the config has no key {key}; {hint}The keys of {section}: {', '.join(known)}. "
+                 f"(`sensreg train --cfg job` prints the whole config.)")
 
 
 def _check_launcher_plugin(overrides: list[str]) -> None:
