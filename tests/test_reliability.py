@@ -397,3 +397,19 @@ def test_a_stop_during_the_set_up_is_orderly(tmp_path, monkeypatch):
         train(config(), tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_legal_but_useless_settings_get_a_one_line_warning_before_the_first_step(tmp_path, caplog):
+    from sensreg.run import useless_settings
+
+    assert useless_settings(config(), 1080, 10) == []  # the small run is a sensible one
+    cfg = config(sens={"name": "unspec", "lam": 0.999, "classes": 10}, trainer={"batch_size": 2000, "epochs": 1})
+    found = useless_settings(cfg, 1080, 10)  # BASE: 1200 samples, 10 % held out for validation
+    assert len(found) == 3 and all("\n" not in w for w in found)
+    assert "sens.lam=0.999" in found[0] and "1 step(s)" in found[0] and "near chance" in found[0]
+    assert "trainer.batch_size=2000" in found[1] and "1080 samples" in found[1]
+    assert "sens.classes=10" in found[2]
+    with caplog.at_level("WARNING", logger="sensreg"):
+        train(cfg, tmp_path / "run")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w.removeprefix("warning: ") for w in warned[:3]] == found

@@ -12,6 +12,7 @@ summary (``failed`` or ``interrupted``, with the error) before it is raised agai
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import replace
@@ -137,6 +138,28 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+# λ from which the shrink takes a weight of insensitivity 1 below a hundredth of its value within
+# 50 steps ((1 - 0.09)^50 < 0.01): faster than any gradient can hold it up.
+USELESS_LAM = 0.09
+
+
+def useless_settings(cfg: TrainConfig, train_size: int, num_classes: int) -> list[str]:
+    """Settings the config check lets through, as they are legal, that certainly waste the run;
+    each a one-line warning, logged before the first step."""
+    found = []
+    if cfg.sens.name != "none" and cfg.sens.lam >= USELESS_LAM:
+        found.append(f"sens.lam={cfg.sens.lam:g} shrinks a weight that the output does not depend on "
+                     f"to under 1 % of its value within {math.ceil(math.log(0.01) / math.log(1 - cfg.sens.lam))} "
+                     f"step(s): the network will end near chance. Usual values are 1e-5 to 1e-3.")
+    if cfg.trainer.batch_size > train_size:
+        found.append(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training split "
+                     f"({train_size} samples): every epoch is one step over all of them.")
+    if cfg.sens.name == "unspec" and cfg.sens.classes is not None and cfg.sens.classes >= num_classes:
+        found.append(f"sens.classes={cfg.sens.classes} is not fewer than the dataset's {num_classes} "
+                     f"classes: the exact sensitivity over all of them is computed (sens.classes=null).")
+    return found
+
+
 def setup(cfg: TrainConfig, dist: Dist = SINGLE) -> tuple[torch.device, Dataset, nn.Module]:
     """Device, data and model for ``cfg``; raises on a missing dataset or a bad init checkpoint."""
     device = dist.device(resolve_device(cfg.trainer.device))
@@ -167,6 +190,8 @@ def setup_training(cfg: TrainConfig, folder: RunFolder, summary: dict[str, Any],
              folder.path, cfg.model.name, cfg.data.name, cfg.sens.name, summary["device"],
              f" x {dist.world} processes" if dist.enabled else "",
              len(data.train), len(data.val), len(data.test))
+    for warning in useless_settings(cfg, len(data.train), data.num_classes):
+        log.warning("warning: %s", warning)
     t = cfg.trainer
     optimizer = build_optimizer(cfg, model.parameters())
     masks = Masks(model, prunable_names(model, cfg.prune.params, cfg.prune.batchnorm))
