@@ -21,6 +21,7 @@ from sensreg.config import ConfigError
 from sensreg.interrupt import Interrupted
 from sensreg.run_folder import RunFolderError, RunLock, resolve
 from sensreg.run import resume_state, train
+from sensreg.train import TrainStep
 from sensreg.train_state import load_training_state
 
 from conftest import assert_same_run, metrics_without_time, stop_at_step, train_config
@@ -174,6 +175,25 @@ def test_divergence_stops_with_failed_status_and_keeps_the_last_good_checkpoint(
     state = load_training_state(tmp_path / "last.pt")
     assert state["loop"]["epoch"] == 1
     assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
+
+
+def test_divergence_is_caught_within_a_few_dozen_steps_not_at_the_end_of_the_epoch(tmp_path, monkeypatch):
+    from sensreg import train as training
+
+    steps = []
+    original = TrainStep.__call__
+
+    def counting(self, *args, **kwargs):
+        steps.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainStep, "__call__", counting)
+    # 1080 training samples in batches of 5: 216 steps an epoch; eta 1e6 diverges at once.
+    cfg = config(optim={"lr": 1e6}, trainer={"batch_size": 5, "epochs": 1})
+    with pytest.raises(FloatingPointError, match=rf"epoch 1, by step {training.DIVERGENCE_EVERY} of 216"):
+        train(cfg, tmp_path)
+    assert len(steps) == training.DIVERGENCE_EVERY  # stopped there, not after all 216
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
 
 
 # --- 6. output safety ----------------------------------------------------------------------------

@@ -341,6 +341,11 @@ def train_epoch(tr: Training, lam: float, epoch_start: float, prune_steps: bool 
                 draws = [part_of(d, dist.shard) for d in crop_flip_draws(total, tr.augment_gen)]
                 x = crop_flip(x, draws, fill=data.pad_value)
             loss_sum += tr.step(x, y, lam, total, measure=b == n_batches - 1)
+            # A look at the loss every DIVERGENCE_EVERY steps (one host synchronisation each) stops a
+            # diverged run there rather than at the end of its epoch.
+            if (b + 1) % DIVERGENCE_EVERY == 0 and dist.any(not math.isfinite(float(loss_sum))):
+                raise diverged(tr, f"epoch {loop.epoch + 1}, by step {b + 1} of {n_batches}",
+                               tr.optimizer.param_groups[0]["lr"], lam)
             if prune_steps:
                 tr.prune.after_step(loop.epoch + 1, b, tr.prune_ctx)
             if b == n_batches - 1:
@@ -358,16 +363,23 @@ def train_epoch(tr: Training, lam: float, epoch_start: float, prune_steps: bool 
     return float(loss_sum) / n_batches
 
 
+DIVERGENCE_EVERY = 50  # training steps between two looks at the loss (train_epoch)
+
+
 def check_finite(tr: Training, train_loss: float, eta: float, lam: float) -> None:
     """Raise ``Diverged`` if the epoch's loss or any weight is inf or nan."""
     if math.isfinite(train_loss) and all(bool(torch.isfinite(p).all()) for p in tr.model.parameters()):
         return
+    raise diverged(tr, f"epoch {tr.loop.epoch + 1}", eta, lam)
+
+
+def diverged(tr: Training, where: str, eta: float, lam: float) -> Diverged:
     kept = (f"the last good checkpoint, {tr.folder.checkpoint_path}, holds epoch {tr.loop.epoch}"
             if tr.folder.has_checkpoint() else "no checkpoint was written before it")
     # Loss scaling guards the gradient, not the forward pass: float16 logits overflow at 65504.
     bf16 = " (or use trainer.precision=bf16)" if tr.cfg.trainer.precision == "fp16" else ""
-    raise Diverged(
-        f"the training loss or the weights became non-finite (inf/nan) in epoch {tr.loop.epoch + 1} "
+    return Diverged(
+        f"the training loss or the weights became non-finite (inf/nan) in {where} "
         f"(eta {eta:g}, lam {lam:g}); {kept}. Lower sens.lam or optim.lr{bf16} and start again.")
 
 
