@@ -320,6 +320,25 @@ def test_sigterm_then_resume_matches_an_uninterrupted_cli_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigkill_loses_at_most_the_epoch_under_way_and_the_resume_matches_an_uninterrupted_run(tmp_path):
+    full = sensreg(*CLI_ARGS, f"hydra.run.dir={tmp_path / 'full'}", cwd=tmp_path)
+    assert full.wait(timeout=300) == 0, full.communicate()
+    cut_dir = tmp_path / "cut"
+    cut = sensreg(*CLI_ARGS, f"hydra.run.dir={cut_dir}", cwd=tmp_path)
+    wait_for_epoch(cut_dir, 2, cut)
+    time.sleep(0.3)  # somewhere in epoch 3, or writing the checkpoint of epoch 2
+    cut.kill()  # SIGKILL: no handler runs, the lock and perhaps a temporary file stay
+    cut.communicate(timeout=60)
+    assert json.loads((cut_dir / "summary.json").read_text())["status"] == "running"
+    assert load_training_state(cut_dir / "last.pt")["loop"]["epoch"] >= 2  # at most epoch 3 lost
+    again = sensreg(*CLI_ARGS, f"trainer.resume={cut_dir}", cwd=tmp_path)  # takes the stale lock over
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert_same_run(tmp_path / "full", cut_dir)
+    assert not list(cut_dir.glob(".*.tmp")) and not (cut_dir / ".lock").exists()
+
+
+@pytest.mark.slow
 def test_second_sigint_exits_at_once(tmp_path):
     run = tmp_path / "run"
     p = sensreg(*CLI_ARGS, "trainer.epochs=50", f"hydra.run.dir={run}", cwd=tmp_path)
