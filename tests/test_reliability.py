@@ -299,14 +299,21 @@ def wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen, timeout: fl
     raise TimeoutError(f"epoch {epoch} not reached")
 
 
-@pytest.mark.slow
-def test_sigterm_then_resume_matches_an_uninterrupted_cli_run(tmp_path):
+def full_run_and_one_under_way(tmp_path: Path, epoch: int) -> tuple[Path, subprocess.Popen]:
+    """An uninterrupted run in tmp_path/full; then the same in tmp_path/cut, running, a moment
+    after it has logged ``epoch``."""
     full = sensreg(*CLI_ARGS, f"hydra.run.dir={tmp_path / 'full'}", cwd=tmp_path)
     assert full.wait(timeout=300) == 0, full.communicate()
     cut_dir = tmp_path / "cut"
     cut = sensreg(*CLI_ARGS, f"hydra.run.dir={cut_dir}", cwd=tmp_path)
-    wait_for_epoch(cut_dir, 1, cut)
-    time.sleep(0.3)  # somewhere in epoch 2
+    wait_for_epoch(cut_dir, epoch, cut)
+    time.sleep(0.3)  # somewhere in the next epoch, or writing this one's checkpoint
+    return cut_dir, cut
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_matches_an_uninterrupted_cli_run(tmp_path):
+    cut_dir, cut = full_run_and_one_under_way(tmp_path, 1)
     cut.send_signal(signal.SIGTERM)
     out, err = cut.communicate(timeout=120)
     assert cut.returncode == 128 + signal.SIGTERM
@@ -321,12 +328,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_cli_run(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_loses_at_most_the_epoch_under_way_and_the_resume_matches_an_uninterrupted_run(tmp_path):
-    full = sensreg(*CLI_ARGS, f"hydra.run.dir={tmp_path / 'full'}", cwd=tmp_path)
-    assert full.wait(timeout=300) == 0, full.communicate()
-    cut_dir = tmp_path / "cut"
-    cut = sensreg(*CLI_ARGS, f"hydra.run.dir={cut_dir}", cwd=tmp_path)
-    wait_for_epoch(cut_dir, 2, cut)
-    time.sleep(0.3)  # somewhere in epoch 3, or writing the checkpoint of epoch 2
+    cut_dir, cut = full_run_and_one_under_way(tmp_path, 2)
     cut.kill()  # SIGKILL: no handler runs, the lock and perhaps a temporary file stay
     cut.communicate(timeout=60)
     assert json.loads((cut_dir / "summary.json").read_text())["status"] == "running"

@@ -39,6 +39,13 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False)
         raise
 
 
+def first_existing(path: Path) -> Path:
+    """``path`` or the nearest of its parents that exists: where a folder to be made would hang."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _os_error_under(err: BaseException) -> OSError | None:
     """The OSError a non-OSError exception was raised while handling, if any."""
     if isinstance(err, OSError) or not isinstance(err, Exception):

@@ -68,17 +68,14 @@ def load_file(path: str | Path, what: str, advice: str = "") -> Any:
         raise CheckpointError(f"{what} {path} does not exist.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise CheckpointError(f"{what} {path} cannot be read as a PyTorch file (truncated, corrupt or "
-                                  f"not a checkpoint): {type(err).__name__}.{advice}") from None
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        raise CheckpointError(
-            f"{what} {path} is a whole PyTorch file but holds more than weights: a pickled Python object "
-            f"({found.group(1) if found else 'not a tensor or plain value'}) that loading would have to run "
-            f"as code, which sensreg never does. Save the weights alone (torch.save(model.state_dict(), "
-            f"PATH)) and give that file.{advice}") from None
     except Exception as err:
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            raise CheckpointError(
+                f"{what} {path} is a whole PyTorch file but holds more than weights: a pickled Python "
+                f"object ({found.group(1) if found else 'not a tensor or plain value'}) that loading "
+                f"would have to run as code, which sensreg never does. Save the weights alone "
+                f"(torch.save(model.state_dict(), PATH)) and give that file.{advice}") from None
         raise CheckpointError(f"{what} {path} cannot be read as a PyTorch file (truncated, corrupt or "
                               f"not a checkpoint): {type(err).__name__}.{advice}") from None
 

@@ -105,12 +105,12 @@ def _check_output_folders(overrides: list[str]) -> None:
     """A run or sweep folder given on the command line must be creatable: Hydra makes it before
     the task starts and would answer a path under a file, or in a folder without write
     permission, with a traceback. (Paths built from ${...} are Hydra's to resolve; not checked.)"""
+    from .atomic import first_existing
+
     for o, key, value in _key_values(overrides):
         if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
             continue
-        existing = Path(value).expanduser().absolute()
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
+        existing = first_existing(Path(value).expanduser().absolute())
         if not existing.is_dir():
             fail(f"{o}: {existing} is a file, so no folder can be made there. Choose another path "
                  f"for {key}.")
@@ -123,15 +123,19 @@ def _check_override_keys(overrides: list[str]) -> None:
     """A key=value override of a key that no config section has (a typo such as trainer.epoch)
     names the key it most likely meant; Hydra's own answer would suggest adding the typo with
     +trainer.epoch=3. Keys with + or ++, Hydra's own and group choices are left to Hydra."""
+    dotted = [(o, key) for o, key, _ in _key_values(overrides)
+              if "=" in o and not o.startswith("+") and key.count(".") == 1]
+    if not dotted:  # nothing to look up: spare `sensreg train --help` the config's imports
+        return
     import difflib
     from dataclasses import fields
 
     from .config import TrainConfig
 
     sections = {f.name: f.default_factory() for f in fields(TrainConfig)}
-    for o, key, _ in _key_values(overrides):
-        section, dot, name = key.partition(".")
-        if o.startswith("+") or not dot or "." in name or section not in sections or "=" not in o:
+    for o, key in dotted:
+        section, _, name = key.partition(".")
+        if section not in sections:
             continue
         known = [f.name for f in fields(sections[section])]
         if name not in known:
@@ -339,7 +343,7 @@ def run_eval(args: list[str]) -> None:
         if not folder.model_path.is_file():
             fail(f"the run folder {checkpoint} has no {MODEL_NAME}: the run has not finished (its summary.json "
                  f"says how far it got; continue it with `sensreg train ... trainer.resume={checkpoint}`).")
-        checkpoint = RunFolder(checkpoint).model_path
+        checkpoint = folder.model_path
     with user_errors():
         result = evaluate_checkpoint(checkpoint, overrides, resolve_device(device))
     result["matches_summary"] = _compare_with_summary(checkpoint, result)

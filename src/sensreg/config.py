@@ -319,8 +319,8 @@ class TrainConfig:
         if self.prune.name == "gmp":
             self._check_gmp(p)
         stop, start = self.prune.stop_epoch, self.prune.start_epoch
+        first = start if isinstance(start, int) else 1
         if isinstance(stop, int) and stop < 0 and isinstance(self.trainer.epochs, int):
-            first = start if isinstance(start, int) else 1
             if epoch_from_end(stop, self.trainer.epochs) < first:
                 p.append(f"prune.stop_epoch={stop} counts back from the last epoch: of trainer.epochs="
                          f"{self.trainer.epochs} it is epoch {epoch_from_end(stop, self.trainer.epochs)}, "
@@ -329,7 +329,7 @@ class TrainConfig:
                          f"(prune.stop_epoch={self.trainer.epochs}); ~experiment leaves the main job's "
                          f"schedule out altogether.")
         elif stop is not None:
-            p.at_least("prune.stop_epoch", stop, start if isinstance(start, int) else 1)
+            p.at_least("prune.stop_epoch", stop, first)
 
     def _check_gmp(self, p: "_Problems") -> None:
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..atomic import first_existing
 from ..errors import RunError
 
 # Per-channel (mean, std) of a dataset's training images.
@@ -92,7 +93,7 @@ def _torchvision_mnist(name: str, root: Path, normalization: Stats) -> tuple[Spl
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
     raw = root / cls.__name__ / "raw"
-    existed = _first_existing(raw)  # what is above it is the user's; below it, what a failure made
+    existed = first_existing(raw)  # what is above it is the user's; below it, what a failure made
     if name == "fashion_mnist" and _DEBIAN_FASHION.is_dir():
         # Debian ships the same images, recompressed (so torchvision's checksums of the .gz files
         # do not match). torchvision reads the decompressed files when they exist, so decompress
@@ -120,12 +121,6 @@ def _torchvision_mnist(name: str, root: Path, normalization: Stats) -> tuple[Spl
         return Split(x, ds.targets.long())
 
     return normalized(train), normalized(test)
-
-
-def _first_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 def _remove_made_folders(deepest: Path, existed: Path) -> None:
@@ -168,7 +163,7 @@ def _torchvision_cifar(name: str, root: Path, normalization: Stats) -> tuple[Spl
     folder = root / cls.base_folder
     expected = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
     complete = all((folder / f).is_file() for f, _ in expected)
-    existed = _first_existing(folder)
+    existed = first_existing(folder)
     try:
         train = cls(str(root), train=True, download=not complete)
         test = cls(str(root), train=False, download=False)
