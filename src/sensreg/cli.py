@@ -171,6 +171,7 @@ def train_task(cfg) -> dict | None:
     with user_errors(unused_folder=hydra_dir, advice=FIX_VALUES):
         dist = distributed.from_environment()
         config = TrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+        cfg.optim.lr = config.optim.lr  # null stood for the network's default: config.yaml shows it
         # Every process checks the config first and meets the same problems, so none of them
         # waits in the process group for one that has already given up.
         dist = distributed.init(dist, resolve_device(config.trainer.device))

@@ -21,7 +21,7 @@ import torch
 
 from .errors import UserError
 from .data import DATASETS, input_shape
-from .models import MODELS, build_model
+from .models import MODELS, OPTIMIZER_LR, build_model, default_lr
 from .precision import PRECISIONS
 from .prune_schedules import PRUNE_SCHEDULES, target_sparsity
 from .per_sample import LayerTape, PerSampleError
@@ -122,7 +122,9 @@ class SensConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"
-    lr: float = 0.05
+    # None: the network's default for this optimizer (models.default_lr), filled in when the
+    # config is built, so that the saved config, the hash and the run see the number
+    lr: float | None = None
     momentum: float = 0.9
     nesterov: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
@@ -193,6 +195,12 @@ class TrainConfig:
     lam_schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name=FOLLOW_ETA))
     prune: PruneConfig = field(default_factory=PruneConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        model, optimizer = self.model.name, self.optim.name
+        if self.optim.lr is None and isinstance(model, str) and model in MODELS \
+                and isinstance(optimizer, str) and optimizer in OPTIMIZER_LR:
+            self.optim = replace(self.optim, lr=default_lr(model, optimizer))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
@@ -296,7 +304,8 @@ class TrainConfig:
                      f"weight removed per step; typical values 1e-6 to 1e-3).")
         if self.sens.classes is not None:
             p.at_least("sens.classes", self.sens.classes, 1)
-        p.at_least("optim.lr", self.optim.lr, 0, strict=True)
+        if self.optim.lr is not None:  # None: the model or optimizer name is unknown, said above
+            p.at_least("optim.lr", self.optim.lr, 0, strict=True)
         p.at_least("optim.momentum", self.optim.momentum, 0)
         if self.optim.name == "sgd" and self.optim.nesterov and self.optim.momentum <= 0:
             p.append("optim.nesterov=true needs optim.momentum > 0.")
