@@ -159,6 +159,17 @@ def test_a_mistyped_key_names_the_key_it_most_likely_meant(tmp_path):
     assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run folder
 
 
+def test_a_refused_config_removes_its_run_folder_but_never_the_folder_it_runs_in(tmp_path):
+    # The dated folders Hydra made above the run folder go; the (now empty) working folder stays.
+    here = tmp_path / "project"
+    here.mkdir()
+    out = sensreg("train", *TINY, "sens.lam=-1", "hydra.run.dir=runs/2026/a", cwd=here)
+    assert out.returncode == 2 and "sens.lam" in out.stderr
+    assert here.is_dir() and not any(here.iterdir())
+    out = sensreg("train", *TINY, "sens.lam=-1", f"hydra.run.dir={tmp_path / 'run'}", cwd=here)
+    assert out.returncode == 2 and here.is_dir() and tmp_path.is_dir() and not (tmp_path / "run").exists()
+
+
 def test_missing_dataset_says_where_it_looked(tmp_path):
     out = sensreg("train", "~experiment", "data=mnist", f"data.root={tmp_path / 'no' / 'such' / 'dir'}",
                   "trainer.epochs=1", cwd=tmp_path)

@@ -269,7 +269,12 @@ def _remove_if_empty(run_dir: Path) -> None:
     """A config rejected before any work leaves no run folder behind (only Hydra's .hydra/)."""
     if run_dir.is_dir() and all(p.name == ".hydra" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
-        for parent in list(run_dir.parents)[:3]:  # the dated folders above it, if now empty
+        # The dated folders above it, if now empty, but only those inside the working folder:
+        # one the user made (or stands in) is never removed.
+        cwd = Path.cwd().resolve()
+        for parent in list(run_dir.resolve().parents)[:3]:
+            if not parent.is_relative_to(cwd) or parent == cwd:
+                break
             try:
                 parent.rmdir()
             except OSError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -91,7 +92,7 @@ class DataConfig:
         if self.name == "synthetic":
             return {"num_train": self.num_train, "num_test": self.num_test,
                     "num_classes": self.num_classes, "noise": self.noise, "shape": tuple(self.shape)}
-        if self.name in DATASETS and DATASETS[self.name].from_files:
+        if _registered(self.name, DATASETS) and DATASETS[self.name].from_files:
             return {"image_size": self.image_size, "resize": self.resize, "augment": self.augment,
                     "num_workers": self.num_workers, "pin_memory": self.pin_memory,
                     "persistent_workers": self.persistent_workers, "prefetch_factor": self.prefetch_factor}
@@ -283,7 +284,9 @@ class TrainConfig:
                     and all(_TYPES["int"][0](v) and v >= 1 for v in self.data.shape)):
                 p.append(f"data.shape={self.data.shape!r} must be three positive integers, channels, height "
                          f"and width of one image, e.g. [1,28,28] (like MNIST) or [3,32,32] (like CIFAR).")
-        if self.data.name in DATASETS and DATASETS[self.data.name].from_files:
+            elif not p:
+                self._check_synthetic_size(p)
+        if _registered(self.data.name, DATASETS) and DATASETS[self.data.name].from_files:
             if self.data.on_device:
                 p.append(f"data.on_device=true cannot hold data.name={self.data.name}: its images are "
                          f"decoded from files batch by batch, never held on the device as a whole; "
@@ -297,6 +300,17 @@ class TrainConfig:
                          f"the evaluation crop would reach past the resized image. Set data.resize >= "
                          f"data.image_size (ImageNet's usual pair: 256 and 224).")
 
+    def _check_synthetic_size(self, p: "_Problems") -> None:
+        """The generated images are held in memory whole: more than this machine has would end
+        the run in an out-of-memory kill instead of a message."""
+        c, h, w = self.data.shape
+        need = (self.data.num_train + self.data.num_test) * c * h * w * 4  # float32
+        have = _memory_bytes()
+        if have and need > have:
+            p.append(f"data.num_train={self.data.num_train} and data.num_test={self.data.num_test} images of "
+                     f"data.shape={list(self.data.shape)} need {need / 2**30:.3g} GiB of memory, more than this "
+                     f"machine's {have / 2**30:.3g} GiB; generate fewer or smaller images.")
+
     def _check_sens_and_optim(self, p: "_Problems") -> None:
         p.at_least("sens.lam", self.sens.lam, 0)
         if isinstance(self.sens.lam, (int, float)) and self.sens.lam >= 1:
@@ -307,7 +321,8 @@ class TrainConfig:
         if self.optim.lr is not None:  # None: the model or optimizer name is unknown, said above
             p.at_least("optim.lr", self.optim.lr, 0, strict=True)
         p.at_least("optim.momentum", self.optim.momentum, 0)
-        if self.optim.name == "sgd" and self.optim.nesterov and self.optim.momentum <= 0:
+        if self.optim.name == "sgd" and self.optim.nesterov is True and _TYPES["float"][0](self.optim.momentum) \
+                and self.optim.momentum <= 0:
             p.append("optim.nesterov=true needs optim.momentum > 0.")
         for name in ("eta_schedule", "lam_schedule"):
             s: ScheduleConfig = getattr(self, name)
@@ -322,7 +337,8 @@ class TrainConfig:
                                  f"from the start. Train at least {1 - m} epochs or count back fewer.")
 
     def _check_prune(self, p: "_Problems") -> None:
-        for key, low in getattr(PRUNE_SCHEDULES.get(self.prune.name), "MINIMUMS", {}).items():
+        schedule = PRUNE_SCHEDULES[self.prune.name] if _registered(self.prune.name, PRUNE_SCHEDULES) else None
+        for key, low in getattr(schedule, "MINIMUMS", {}).items():
             p.at_least(f"prune.{key}", getattr(self.prune, key), low)
         p.at_least("prune.start_epoch", self.prune.start_epoch, 1)
         if self.prune.name == "gmp":
@@ -399,6 +415,13 @@ class TrainConfig:
         except ValueError as err:
             return [f"model.name={self.model.name} cannot train on data.name={self.data.name} "
                     f"(inputs {'x'.join(map(str, shape))}): {err}. Choose a model made for this dataset."]
+        # Weights, gradients, the optimizer's state and the sensitivity: four copies at least.
+        need = 4 * 4 * sum(param.numel() for param in model.parameters())
+        have = _memory_bytes()
+        if have and need > have:
+            return [f"model.name={self.model.name} with {classes} classes (data.num_classes) has "
+                    f"{need // 16:,} parameters, which need {need / 2**30:.3g} GiB to train, more than this "
+                    f"machine's {have / 2**30:.3g} GiB; use fewer classes or a smaller model."]
         if self.sens.reduction == "sample" and VARIANTS[self.sens.name].uses_sensitivity:
             try:
                 LayerTape(model, [p for p in model.parameters() if p.requires_grad])
@@ -409,9 +432,15 @@ class TrainConfig:
     def _lambda_schedule_problems(self) -> list[str]:
         """lambda times its schedule's factor must stay below 1 in every regularized epoch (a step
         schedule with gamma > 1, or one that follows such an eta schedule, can take it there)."""
-        lam_at = lambda_schedule(vars(self.lam_schedule), vars(self.eta_schedule), self.trainer.epochs,
-                                 self.trainer.warmup_epochs)
-        for epoch in range(self.trainer.warmup_epochs, self.trainer.epochs):
+        epochs, warmup = self.trainer.epochs, self.trainer.warmup_epochs
+        lam_at = lambda_schedule(vars(self.lam_schedule), vars(self.eta_schedule), epochs, warmup)
+        # The factor is constant between milestones and monotone under cosine: its largest value
+        # is at the first or last regularized epoch or where a milestone takes effect (looking at
+        # every epoch would take forever for trainer.epochs=10**12).
+        marks = {epoch_from_end(m, epochs) + shift for s in (self.eta_schedule, self.lam_schedule)
+                 if s.name == "step" for m in s.milestones for shift in (-1, 0, 1, warmup)}
+        candidates = {warmup, epochs - 1} | {e for e in marks if warmup <= e < epochs}
+        for epoch in sorted(candidates):
             lam = self.sens.lam * lam_at(epoch)
             if lam >= 1:
                 which = "the eta schedule it follows" if self.lam_schedule.name == FOLLOW_ETA else "its schedule"
@@ -444,7 +473,8 @@ class TrainConfig:
 # What each annotation of the dataclasses above accepts, and how a problem is worded.
 _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    # nan is refused too ("sens.lam=nan must be a number"): every comparison would let it through.
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v, "a number"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "str": (lambda v: isinstance(v, str), "text"),
     "list[int]": (lambda v: isinstance(v, (list, tuple)) and all(_TYPES["int"][0](x) for x in v),
@@ -452,6 +482,19 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tuple[float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2
                             and all(_TYPES["float"][0](x) for x in v), "two numbers, e.g. [0.9,0.999]"),
 }
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _registered(name: Any, registry: dict) -> bool:
+    """Whether ``name`` names an entry of ``registry`` (a list given as a name names none)."""
+    return isinstance(name, str) and name in registry
 
 
 class _Problems(list):

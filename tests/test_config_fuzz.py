@@ -1,0 +1,158 @@
+"""Hostile values for every key of every config group option: each ends in a config the value
+legitimately allows or in a refusal that names the key, never in another exception or a hang.
+
+Three layers:
+- every key of every option of every group (each option composed by Hydra as `sensreg train
+  GROUP=OPTION` composes it) against a fixed list of hostile values, through
+  ``TrainConfig.from_dict``, the check the CLI runs;
+- random values drawn by hypothesis for random keys, the same property;
+- one hostile value per key through the CLI's own entry in-process: exit code 2, the key named,
+  no traceback and no run folder, or else a run that completes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+from contextlib import contextmanager
+from importlib import resources
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sensreg.cli import main as sensreg_main
+from sensreg.config import ConfigError, TrainConfig
+
+# A run small enough to finish in a second where a value is accepted.
+BASE = ["~experiment", "data=synthetic", "data.num_train=64", "data.num_test=32", "trainer.epochs=1",
+        "trainer.device=cpu", "trainer.batch_size=32", "trainer.progress=false"]
+GROUPS = {"data": "data", "model": "model", "sens": "sens", "optim": "optim", "prune": "prune",
+          "trainer": "trainer", "schedule@eta_schedule": "eta_schedule", "schedule@lam_schedule": "lam_schedule"}
+HOSTILE = [float("nan"), float("inf"), float("-inf"), -1, 0, 10**12, 1e30, "abc", "", [], ["abc"], True, None]
+SECONDS_PER_CHECK = 2.0  # far above the milliseconds a check takes: more is a hang
+
+
+def options(group: str) -> list[str]:
+    folder = resources.files("sensreg.configs") / group.partition("@")[0]
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def base_overrides(group: str, option: str) -> list[str]:
+    if group == "data" and option != "synthetic":  # the synthetic-only keys do not apply
+        return [o for o in BASE if not o.startswith("data")] + [f"data={option}"]
+    return [*BASE, f"{group}={option}"]
+
+
+@pytest.fixture(scope="module")
+def composed_options() -> list[tuple[str, str, str, dict]]:
+    """(group, option, section, composed config) for every option of every group."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    out = []
+    with initialize_config_module(config_module="sensreg.configs", version_base="1.3"):
+        for group, section in GROUPS.items():
+            for option in options(group):
+                cfg = compose("train", overrides=base_overrides(group, option))
+                out.append((group, option, section, OmegaConf.to_container(cfg, resolve=True)))
+    return out
+
+
+@contextmanager
+def time_limit(seconds: float):
+    def hang(*_):
+        raise TimeoutError(f"the config check took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def check(raw: dict, key: str) -> str | None:
+    """None if ``raw`` is accepted, else the refusal's message, which must name ``key``."""
+    try:
+        with time_limit(SECONDS_PER_CHECK):
+            TrainConfig.from_dict(raw)
+    except ConfigError as err:
+        assert key in str(err), (key, str(err))
+        return str(err)
+    return None
+
+
+def with_value(raw: dict, section: str, key: str, value) -> dict:
+    out = copy.deepcopy(raw)
+    out[section][key] = value
+    return out
+
+
+def test_every_key_of_every_option_takes_every_hostile_value(composed_options):
+    cases = refused = 0
+    for group, option, section, raw in composed_options:
+        for key in raw[section]:
+            for value in HOSTILE:
+                cases += 1
+                refused += check(with_value(raw, section, key, value), f"{section}.{key}") is not None
+    assert len(composed_options) == sum(len(options(g)) for g in GROUPS)
+    assert refused > cases // 2  # most hostile values are refusals, so the checks ran
+
+
+def test_a_nan_or_a_wrong_type_is_refused_for_every_number_of_a_config(composed_options):
+    # The property above holds trivially for a check that accepts everything: these must be refused.
+    _, _, _, raw = composed_options[0]  # data=cifar10: the synthetic-only keys are not in it
+    for section, values in raw.items():
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                for bad in (float("nan"), "abc", []):
+                    assert check(with_value(raw, section, key, bad), f"{section}.{key}") is not None, (key, bad)
+
+
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4), max_leaves=6)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_values_for_random_keys_are_accepted_or_refused_by_name(composed_options, data):
+    group, option, section, raw = data.draw(st.sampled_from(composed_options))
+    key = data.draw(st.sampled_from(sorted(raw[section])))
+    check(with_value(raw, section, key, data.draw(anything)), f"{section}.{key}")
+
+
+def cli_cases() -> list[tuple[str, str]]:
+    """One (key, value) override per key of the main config's groups, the hostile value taken in
+    turn from a list, so that every kind of value meets some key."""
+    from conftest import composed
+
+    raw = composed(*BASE)
+    values = ["nan", "-inf", "abc", "[]", "[abc]", "-1", "1e30"]
+    keys = [f"{s}.{k}" for s in raw for k in raw[s] if f"{s}.{k}" not in ("trainer.device", "trainer.progress")]
+    return [(key, values[i % len(values)]) for i, key in enumerate(keys)]
+
+
+@pytest.mark.slow
+def test_hostile_values_through_the_cli_are_refused_with_exit_2_or_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "")
+    ran = 0
+    for i, (key, value) in enumerate(cli_cases()):
+        run_dir = tmp_path / f"run{i}"
+        with pytest.raises(SystemExit) as exit_:
+            sensreg_main(["train", *BASE, f"{key}={value}", f"hydra.run.dir={run_dir}"])
+            raise SystemExit(0)
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, (key, value, err)
+        if exit_.value.code == 0:  # accepted: the run completed
+            assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed", (key, value)
+            ran += 1
+        else:
+            assert exit_.value.code == 2, (key, value, exit_.value.code, err)
+            assert key in err and "Nothing was trained" in err, (key, value, err)
+            assert not run_dir.exists(), (key, value)
+    assert ran < len(cli_cases()) // 2
