@@ -31,12 +31,18 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False)
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        cause = _os_error_under(err)
+        cause = err if isinstance(err, OSError) else _os_error_under(err)
         if cause is not None:
-            # torch.save's zip writer turns a failed write (a full disk) into a RuntimeError
-            # ("unexpected pos ..."): raise the OSError underneath, naming the file meant.
-            raise OSError(cause.errno, cause.strerror, str(path)) from None
+            # A failed write names no file (write(2) knows only a descriptor), and torch.save's
+            # zip writer turns one into a RuntimeError ("unexpected pos ..."): raise the OSError,
+            # naming the file meant.
+            raise named_os_error(cause, path) from None
         raise
+
+
+def named_os_error(err: OSError, path: Path) -> OSError:
+    """``err`` naming ``path`` (its message then reads "[Errno 28] No space left on device: 'PATH'")."""
+    return OSError(err.errno, err.strerror or str(err), str(path))
 
 
 def first_existing(path: Path) -> Path:
@@ -48,7 +54,7 @@ def first_existing(path: Path) -> Path:
 
 def _os_error_under(err: BaseException) -> OSError | None:
     """The OSError a non-OSError exception was raised while handling, if any."""
-    if isinstance(err, OSError) or not isinstance(err, Exception):
+    if not isinstance(err, Exception):
         return None
     seen = err.__cause__ or err.__context__
     while seen is not None and not isinstance(seen, OSError):

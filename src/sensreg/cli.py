@@ -226,9 +226,16 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path) -> dict | None:
         fail(f"interrupted at once; the run folder {run_dir} says status: interrupted and keeps its "
              f"last checkpoint, if it had one.", code=130)
     except OSError as err:
+        if folder.has_checkpoint():
+            then = f"continue with `sensreg train <the same overrides> trainer.resume={run_dir}`"
+        else:
+            _remove_if_empty(run_dir)
+            then = "run the command again" if not run_dir.exists() else (
+                f"start it over in the same folder (it has no checkpoint to continue from) with `sensreg "
+                f"train <the same overrides> hydra.run.dir={run_dir} trainer.resume=true`")
         fail(f"could not read or write a file ({err}). Every file of the run folder {run_dir} is "
              f"replaced only by a complete new version, so what was there before is intact; free "
-             f"space or fix the permissions, then continue with trainer.resume={run_dir}.", code=1)
+             f"space or fix the permissions, then {then}.", code=1)
 
 
 @contextmanager
@@ -298,9 +305,26 @@ def _setup_logging(log_file: Path | None) -> None:
     # disable_existing_loggers), which would silence this logger from the second job on.
     logger.disabled = False
     fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(log_file, encoding="utf-8")):
+    for handler in (logging.StreamHandler(sys.stdout), _RunLogHandler(log_file)):
         handler.setFormatter(fmt)
         logger.addHandler(handler)
+
+
+class _RunLogHandler(logging.FileHandler):
+    """train.log. A line that cannot be written (a full disk) ends the run like any other failed
+    write of the run folder, with the one message naming the file, where logging's default
+    would print a traceback and carry on without its log."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            from .atomic import named_os_error
+
+            raise named_os_error(err, Path(self.baseFilename)) from None
+        super().handleError(record)
 
 
 # --- eval --------------------------------------------------------------------------------------
@@ -437,7 +461,7 @@ def run_compare(args: list[str]) -> None:
             result = compare(ns.paths, where=ns.where, sort=ns.sort, group=ns.group, out=ns.out,
                              plots=not ns.no_plots)
     except OSError as err:
-        fail(f"could not write the comparison files ({err}); choose a writable folder with --out DIR.")
+        fail(f"could not write the comparison files ({err}); free space, or choose a writable folder with --out DIR.", code=1)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     console.print(rich_table(result.rows, result.grouped))
     for s in result.skipped:
@@ -470,7 +494,7 @@ def run_report(args: list[str]) -> None:
         with user_errors():
             result = write_report(ns.run_dir, ns.out, ns.batches, ns.data_root)
     except OSError as err:
-        fail(f"could not write the report ({err}); choose a writable folder with --out DIR.")
+        fail(f"could not write the report ({err}); free space, or choose a writable folder with --out DIR.", code=1)
     console = Console(highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"note: {note}")

@@ -56,9 +56,9 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
     started = time.time()
     summary = started_summary(cfg, started, saved, dist)
     write_summary = (lambda: folder.write_summary(summary)) if dist.is_main else (lambda: None)
-    write_summary()
     tr = None
     try:
+        write_summary()  # inside: where even this first write fails, the summary says so if it can
         # Signals are caught from here on, so a stop during the set-up is orderly too.
         with StopSignals() as stop:
             tr = setup_training(cfg, folder, summary, saved, stop, dist, session_start=started)

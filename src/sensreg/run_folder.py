@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from . import checkpoint, train_state
-from .atomic import TEMPORARY_GLOB, write_atomic, write_json
+from .atomic import TEMPORARY_GLOB, named_os_error, write_atomic, write_json
 from .errors import UserError
 
 CONFIG_NAME = "config.yaml"  # the composed config, resolved
@@ -118,9 +118,9 @@ class RunLock:
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write(me)
-            except OSError:  # a full disk: an empty lock left here would lock the folder for good
+            except OSError as err:  # a full disk: an empty lock left here would lock the folder for good
                 self.path.unlink(missing_ok=True)
-                raise
+                raise named_os_error(err, self.path) from None
             self.held = True
             # Temporary files of atomic writes that a killed process never renamed into place.
             for leftover in self.path.parent.glob(TEMPORARY_GLOB):
