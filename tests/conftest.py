@@ -132,6 +132,25 @@ def random_batch(n: int, shape: tuple[int, ...], classes: int, seed: int = 0) ->
     return torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
 
 
+@pytest.fixture
+def in_process_cli(monkeypatch):
+    """For tests that call ``sensreg.cli.main`` in this process: the working folder made
+    temporary by the caller, and the "sensreg" logger put back afterwards (the CLI gives it its
+    own handlers and stops it propagating, which would hide its records from later tests'
+    caplog)."""
+    import logging
+
+    logger = logging.getLogger("sensreg")
+    before = (list(logger.handlers), logger.level, logger.propagate, logger.disabled)
+    yield
+    for handler in list(logger.handlers):
+        if handler not in before[0]:
+            logger.removeHandler(handler)
+            handler.close()
+    logger.setLevel(before[1])
+    logger.propagate, logger.disabled = before[2], before[3]
+
+
 def composed(*overrides: str) -> dict:
     """The shipped configs composed by Hydra (as `sensreg train OVERRIDES` does), as a plain dict."""
     from hydra import compose, initialize_config_module

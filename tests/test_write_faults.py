@@ -104,7 +104,7 @@ def written_files(monkeypatch, capsys, *args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_every_write_of_a_training_run_failed_in_turn_is_one_message_and_the_advice_recovers_it(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, monkeypatch, capsys, in_process_cli):
     monkeypatch.chdir(tmp_path)
     reference = tmp_path / "reference"
     writes = written_files(monkeypatch, capsys, "train", *RUN, f"hydra.run.dir={reference}")
@@ -137,7 +137,7 @@ def test_every_write_of_a_training_run_failed_in_turn_is_one_message_and_the_adv
 
 @pytest.mark.slow
 def test_every_write_of_report_and_compare_failed_in_turn_is_one_message_and_leaves_nothing_half_written(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, monkeypatch, capsys, in_process_cli):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "a"
     assert cli("train", *RUN, f"hydra.run.dir={run}", capsys=capsys)[0] == 0

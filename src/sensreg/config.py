@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from collections.abc import Callable
@@ -321,6 +322,9 @@ class TrainConfig:
         if self.optim.lr is not None:  # None: the model or optimizer name is unknown, said above
             p.at_least("optim.lr", self.optim.lr, 0, strict=True)
         p.at_least("optim.momentum", self.optim.momentum, 0)
+        if _TYPES["float"][0](self.optim.momentum) and self.optim.momentum >= 1:
+            p.append(f"optim.momentum={self.optim.momentum} must be below 1: the velocity would never "
+                     f"forget a gradient and the run would not settle. 0.9 is usual.")
         if self.optim.name == "sgd" and self.optim.nesterov is True and _TYPES["float"][0](self.optim.momentum) \
                 and self.optim.momentum <= 0:
             p.append("optim.nesterov=true needs optim.momentum > 0.")
@@ -473,8 +477,9 @@ class TrainConfig:
 # What each annotation of the dataclasses above accepts, and how a problem is worded.
 _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    # nan is refused too ("sens.lam=nan must be a number"): every comparison would let it through.
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v, "a number"),
+    # nan would slip through every comparison, and no key means anything by an infinity.
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+              "a finite number"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "str": (lambda v: isinstance(v, str), "text"),
     "list[int]": (lambda v: isinstance(v, (list, tuple)) and all(_TYPES["int"][0](x) for x in v),
