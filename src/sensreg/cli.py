@@ -84,11 +84,18 @@ def run_train(overrides: list[str]) -> None:
     import hydra
 
     _check_launcher_plugin(overrides)
+    _check_sweeper_package(overrides)
     _check_output_folders(overrides)
     _check_override_keys(overrides)
     if os.environ.get("RANK", "0") != "0":
         # A further process of a torchrun run: process 0 writes the run folder (Hydra's .hydra/ too).
         overrides = [*overrides, "hydra.output_subdir=null"]
+    # Hydra finds plugins by walking the hydra_plugins package, which an editable install
+    # (pip install -e) hides from it: sensreg's sweeper is registered by hand.
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.sensreg_pareto import ParetoSweeper
+
+    Plugins.instance().register(ParetoSweeper)
     # Hydra reads its arguments from sys.argv; the program name shows up in its --help.
     sys.argv = ["sensreg train", *overrides]
     hydra.main(config_path=CONFIG_PACKAGE, config_name="train", version_base="1.3")(train_task)()
@@ -145,6 +152,19 @@ def _check_override_keys(overrides: list[str]) -> None:
                  f"(`sensreg train --cfg job` prints the whole config.)")
 
 
+def _check_sweeper_package(overrides: list[str]) -> None:
+    """hydra/sweeper=pareto needs optuna, an optional extra."""
+    for o, key, value in _key_values(overrides):
+        if key == "hydra/sweeper" and value == "pareto":
+            try:
+                import optuna  # noqa: F401
+            except ImportError:
+                from rich.markup import escape
+
+                fail(escape(f"{o} needs optuna, which is not installed: pip install -e '.[sweep]' "
+                            f"(or pip install 'optuna>=4,<6'). Nothing was trained."))
+
+
 def _check_launcher_plugin(overrides: list[str]) -> None:
     """The submitit launchers come from an optional plugin; without it Hydra would only say that
     the config hydra/launcher/submitit_slurm is not found."""
@@ -160,14 +180,30 @@ def _check_launcher_plugin(overrides: list[str]) -> None:
 
 
 def train_task(cfg) -> dict | None:
-    """The Hydra task: composed config in, plain values and the run folder passed down."""
+    """The Hydra task: composed config in, plain values and the run folder passed down; the
+    run's summary (with its run_dir) out, None for a job of a sweep that failed."""
     from hydra.core.hydra_config import HydraConfig
+
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    if str(HydraConfig.get().sweeper.get("_target_", "")).endswith("ParetoSweeper"):
+        # A value the search drew that the config check refuses (exit code 2) fails this trial
+        # only: the message is printed, the study is told, and the search goes on. A stop
+        # (Ctrl-C, a scheduler's signal) still stops the sweep.
+        try:
+            return _train_task(cfg, hydra_dir)
+        except SystemExit as exit_:
+            if exit_.code != 2:
+                raise
+            return None
+    return _train_task(cfg, hydra_dir)
+
+
+def _train_task(cfg, hydra_dir: Path) -> dict | None:
     from omegaconf import OmegaConf
 
     from . import distributed
     from .config import TrainConfig, resolve_device
 
-    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors(unused_folder=hydra_dir, advice=FIX_VALUES):
         dist = distributed.from_environment()
         config = TrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
@@ -214,7 +250,8 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path) -> dict | None:
                 if dist.is_main:
                     folder.write_config(OmegaConf.to_yaml(cfg, resolve=True))
                 _setup_logging(folder.log_path if dist.is_main else None)
-                return train(config, run_dir, saved, dist)
+                # The run folder travels with the summary: a sweeper reads its trials from it.
+                return {**train(config, run_dir, saved, dist), "run_dir": str(run_dir)}
         return None  # this job of a sweep failed (its summary says so); the sweep goes on
     except Interrupted as err:
         if folder.has_checkpoint():

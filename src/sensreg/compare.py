@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob
+import json
 import math
 import os
 import re
@@ -31,7 +32,7 @@ from rich.table import Table
 
 from .atomic import write_atomic
 from .errors import UserError
-from .run_folder import CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, RunFolder
+from .run_folder import CONFIG_NAME, METRICS_NAME, STUDY_JSON, SUMMARY_NAME, RunFolder
 from .tables import markdown_table
 
 CSV_NAME, MD_NAME = "compare.csv", "compare.md"
@@ -77,6 +78,7 @@ class Row:
     n: int = 0  # how many runs contributed results (1 for a finished run, 0 for a running one)
     std: dict[str, float] = field(default_factory=dict)  # sample std of AVERAGED, groups only
     pareto: bool = False
+    study_front: bool = False  # on the front a pareto sweep's study found (validation figures)
 
 
 # What --where and --sort accept: user key -> Row attribute. Aliases are the names a user may
@@ -86,6 +88,7 @@ KEYS: dict[str, str] = {
     "sens": "sens", "prune": "prune", "samples": "samples", "lam": "lam", "eta": "eta", "epochs": "epochs", "seed": "seed",
     "error": "test_error_pct", "remaining": "remaining_pct", "compression": "compression",
     "wall": "wall_time_s", "hash": "config_hash", "n": "n", "pareto": "pareto",
+    "front": "study_front",
 }
 ALIASES = {"lambda": "lam", "lr": "eta", "sens.name": "sens", "sens.lam": "lam", "optim.lr": "eta",
            "model.name": "model", "data.name": "data", "trainer.seed": "seed", "trainer.epochs": "epochs",
@@ -331,6 +334,20 @@ def group_rows(rows: list[Row]) -> list[Row]:
     return out
 
 
+def mark_study_fronts(rows: list[Row], roots: list[Path]) -> None:
+    """Mark the runs a pareto sweep's study (study.json, sensreg.pareto) found on its front."""
+    front: set[str] = set()
+    for root in roots:
+        for study in [*root.glob(STUDY_JSON), *root.glob(f"*/{STUDY_JSON}"), *root.glob(f"*/*/{STUDY_JSON}")]:
+            try:
+                trials = json.loads(study.read_text(encoding="utf-8"))["trials"]
+                front |= {str(Path(t["run_dir"]).resolve()) for t in trials if t.get("on_front") and t.get("run_dir")}
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a damaged study file marks nothing; the runs are still compared
+    for r in rows:
+        r.study_front = any(str(Path(p).resolve()) in front for p in r.path.split(";"))
+
+
 def mark_pareto(rows: list[Row]) -> list[Row]:
     """Mark the rows no other row beats: none has both fewer-or-equal remaining parameters and a
     lower-or-equal test error (one of them strictly). Only rows with both figures take part, and
@@ -419,13 +436,14 @@ def _epochs(row: Row) -> str:
 
 
 PARETO_MARK = "★"
+FRONT_MARK = "◆"
 TEXT_COLUMNS = ("run", "config", "model", "data", "sens", "prune", "status")  # left-aligned; the rest are numbers
 
 
 def columns(grouped: bool) -> list[tuple[str, Callable[[Row], str]]]:
     """(header, cell) pairs of the table, the same for the terminal and compare.md."""
     cols: list[tuple[str, Callable[[Row], str]]] = [
-        ("", lambda r: PARETO_MARK if r.pareto else ""),
+        ("", lambda r: (PARETO_MARK if r.pareto else "") + (FRONT_MARK if r.study_front else "")),
         ("config" if grouped else "run", lambda r: r.run),
         ("model", lambda r: r.model or "-"), ("data", lambda r: r.data or "-"),
         ("sens", lambda r: r.sens or "-"), ("λ", lambda r: _fmt_lam(r.lam)),
@@ -447,8 +465,11 @@ def columns(grouped: bool) -> list[tuple[str, Callable[[Row], str]]]:
 
 def rich_table(rows: list[Row], grouped: bool = False, title: str | None = None) -> Table:
     """The comparison as a rich table; Pareto-optimal rows are starred and bold."""
-    t = Table(title=title, caption=f"{PARETO_MARK} Pareto-optimal: no run of the same network and data has "
-                                   f"both fewer remaining parameters and a lower test error")
+    caption = (f"{PARETO_MARK} Pareto-optimal: no run of the same network and data has both fewer remaining "
+               f"parameters and a lower test error")
+    if any(r.study_front for r in rows):
+        caption += f"\n{FRONT_MARK} on the front its sweep's study found (validation error against remaining)"
+    t = Table(title=title, caption=caption)
     for header, _ in columns(grouped):
         t.add_column(header, justify="left" if header in TEXT_COLUMNS else "right", no_wrap=header in ("test err %", "remaining %"))
     for r in rows:
@@ -460,7 +481,7 @@ def rich_table(rows: list[Row], grouped: bool = False, title: str | None = None)
 CSV_COLUMNS = ("run", "status", "model", "data", "sens", "lam", "eta", "epochs", "epochs_done", "seed", "n",
                "test_error_pct", "test_error_pct_std", "remaining_pct", "remaining_pct_std",
                "compression", "compression_std", "wall_time_s", "wall_time_s_std", "prune", "samples", "config_hash",
-               "pareto", "path")
+               "pareto", "study_front", "path")
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
@@ -617,6 +638,7 @@ def compare(paths: list[str], *, where: Iterable[str] = (), sort: str | None = N
     if group:
         rows = group_rows(rows)
     mark_pareto(rows)
+    mark_study_fronts(rows, roots)
     rows = sort_rows(rows, sort)
     out_dir = Path(out) if out is not None else roots[0]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,8 @@ MODEL_NAME = "model.pt"  # the final model, compact (checkpoint.py)
 CHECKPOINT_NAME = "last.pt"  # the training state to resume from (checkpoint.py)
 LOG_NAME = "train.log"
 LOCK_NAME = ".lock"
+# A pareto sweep's folder (sensreg.pareto): the study, and its trials and front as JSON.
+STUDY_DB, STUDY_JSON = "study.db", "study.json"
 RUN_FILES = (SUMMARY_NAME, METRICS_NAME, CONFIG_NAME, MODEL_NAME)  # any of them marks a run folder
 
 # insens_mean, insens_below_half: the mean insensitivity max(0, 1 - S) of the kept regularized

@@ -1,0 +1,8 @@
+"""Hydra finds sweepers only in the hydra_plugins package: this registers sensreg's
+`hydra/sweeper=pareto` (the search itself is sensreg.pareto)."""
+
+from sensreg.pareto import ParetoSearch
+
+
+class ParetoSweeper(ParetoSearch):
+    """hydra/sweeper=pareto (configs/hydra/sweeper/pareto.yaml)."""

@@ -1,0 +1,271 @@
+"""`hydra/sweeper=pareto`: a multi-objective Optuna search for the front of validation error
+against remaining parameters.
+
+Both objectives are minimized and come from each trial's run folder (summary.json's val_error
+and remaining_pct): validation figures only, so a sweep never selects on the test split. The
+study lives in SQLite beside the trials (SWEEP_DIR/study.db), so the same command run again
+continues it:
+
+- trial numbers go on, and finished trials, completed or failed, are not run again;
+- a trial that an earlier invocation left running (it was stopped) is told failed and asked
+  again with the same parameters, continuing its run folder from last.pt where it has one;
+- `n_trials` is the study's total, not the number to add.
+
+A trial whose run fails (it diverged, or the sampler drew a value the config check refuses) is
+reported to the study as failed and the sweep goes on. After every batch SWEEP_DIR/study.json
+lists the trials and the front, which `sensreg compare SWEEP_DIR` marks.
+
+This is a Hydra sweeper of its own rather than hydra-optuna-sweeper: that plugin (1.3.0) needs
+optuna < 3, and reruns none of the above on a restart (it adds `n_trials` more each time, and
+its seeded sampler proposes the points of the first invocation again).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.plugins.sweeper import Sweeper
+
+from .atomic import write_json
+from .config import NOT_COMPUTATION
+from .run_folder import STUDY_DB, STUDY_JSON
+
+
+def say(message: str) -> None:
+    """A line of the sweep's own progress (the jobs log theirs to their run folders)."""
+    print(f"pareto sweep: {message}", flush=True)
+
+OBJECTIVES = ("val_error", "remaining_pct")  # summary.json keys, both minimized
+SAMPLERS = ("nsgaii", "tpe")
+
+
+class SweepError(ValueError):
+    """A sweep set up wrongly (its message says what to change)."""
+
+
+def search_space(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Optuna distributions of the sweep overrides (``interval(a,b)``, ``tag(log, interval(a,b))``,
+    ``choice(...)``, ``range(...)``), and the overrides that fix one value."""
+    import optuna
+
+    space, fixed = {}, []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            fixed.append(f"{key}={override.get_value_element_as_str()}")
+            continue
+        value = override.value()
+        if isinstance(value, IntervalSweep):
+            log_scale = "log" in value.tags
+            # Hydra reads an interval's ends as floats: a key the config holds as an integer
+            # (prune.patience) gets integers, as does tag(int, interval(a,b)).
+            if "int" in value.tags or _is_int_key(key):
+                space[key] = optuna.distributions.IntDistribution(int(value.start), int(value.end), log=log_scale)
+            else:
+                space[key] = optuna.distributions.FloatDistribution(value.start, value.end, log=log_scale)
+        elif isinstance(value, (ChoiceSweep, RangeSweep)):
+            choices = list(override.sweep_iterator(transformer=lambda v: v))
+            space[key] = optuna.distributions.CategoricalDistribution(choices)
+        else:
+            raise SweepError(f"{_text(override)}: hydra/sweeper=pareto searches interval(a,b) (with "
+                             f"tag(log, ...) for a log scale), choice(...) and range(...), not this.")
+    return space, fixed
+
+
+def _is_int_key(key: str) -> bool:
+    """Whether ``section.key`` of the train config holds an integer."""
+    from dataclasses import fields
+
+    from .config import TrainConfig
+
+    section, _, name = key.partition(".")
+    for f in fields(TrainConfig):
+        if f.name == section:
+            return any(g.name == name and str(g.type).startswith("int") for g in fields(f.default_factory()))
+    return False
+
+
+def _text(override: Override) -> str:
+    return override.input_line or override.get_key_element()
+
+
+def make_sampler(name: str, seed: int | None, population_size: int):
+    import optuna
+
+    if name == "nsgaii":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=population_size)
+    raise SweepError(f"hydra.sweeper.sampler={name} is not one of: {', '.join(SAMPLERS)}.")
+
+
+def objectives(summary: Any) -> list[float] | None:
+    """The two objectives of a finished run's summary, or None if it did not complete."""
+    if not isinstance(summary, dict) or summary.get("status") != "completed":
+        return None
+    try:
+        return [float(summary[key]) for key in OBJECTIVES]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class ParetoSearch(Sweeper):
+    """The search behind hydra/sweeper=pareto (see the module docstring); registered with Hydra as
+    hydra_plugins.sensreg_pareto.ParetoSweeper."""
+
+    def __init__(self, sampler: str = "nsgaii", seed: int | None = 0, n_trials: int = 12, n_jobs: int = 1,
+                 population_size: int = 6, study_name: str = "pareto", params: dict | None = None):
+        self.sampler_name, self.seed, self.n_trials, self.n_jobs = sampler, seed, n_trials, n_jobs
+        self.population_size, self.study_name = population_size, study_name
+        self.params = {str(k): str(v) for k, v in (params or {}).items()}
+        self.config = self.launcher = self.hydra_context = None
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> None:
+        try:
+            self._sweep(arguments)
+        except SweepError as err:
+            from .cli import fail
+
+            fail(f"{err} Nothing was trained.")
+
+    def _sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # The command line's sweeps replace the configured ones of the same keys.
+        given = {o.partition("=")[0]: o for o in arguments}
+        space, fixed = search_space([f"{k}={v}" for k, v in self.params.items() if k not in given]
+                                    + list(given.values()))
+        self._check(space)
+        sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{sweep_dir / STUDY_DB}"
+        study = optuna.create_study(study_name=self.study_name, storage=storage, load_if_exists=True,
+                                    directions=["minimize"] * len(OBJECTIVES))
+        self._check_same_study(study, fixed, space, sweep_dir)
+        # Seeded by how far the study got: reproducible, and a continued study draws new points.
+        seed = None if self.seed is None else self.seed + len(study.trials)
+        study.sampler = make_sampler(self.sampler_name, seed, self.population_size)
+        self._requeue_stopped(study, sweep_dir)
+        say(f"study {self.study_name} in {sweep_dir / STUDY_DB}, {trials_done(study)} trial(s) of "
+            f"{self.n_trials} done; searching {', '.join(space)}")
+        while trials_done(study) < self.n_trials:
+            # Trials asked one after another have consecutive numbers; each trial's run folder
+            # is numbered by its trial (hydra.job.num), so the folders of a continued study
+            # follow on from the first invocation's.
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - trials_done(study)))]
+            jobs = []
+            for trial in trials:
+                resume = trial.user_attrs.get("resume")
+                jobs.append([*fixed, *(f"{k}={v}" for k, v in trial.params.items()),
+                             *([f"trainer.resume={resume}"] if resume else [])])
+            returns = self.launcher.launch(jobs, initial_job_idx=trials[0].number)
+            for trial, ret in zip(trials, returns):
+                self._tell(study, trial, ret)
+            write_study(study, sweep_dir)
+        write_study(study, sweep_dir)
+        front = len(study.best_trials) if any(t.values for t in study.trials) else 0
+        say(f"{trials_done(study)} trial(s), {front} on the front; the trials: {sweep_dir / STUDY_JSON}, "
+            f"the front drawn: sensreg compare {sweep_dir}")
+
+    def _check(self, space: dict[str, Any]) -> None:
+        if not space:
+            raise SweepError("hydra/sweeper=pareto has nothing to search: give hydra.sweeper.params or "
+                             "sweeps on the command line, e.g. 'sens.lam=tag(log, interval(1e-6, 1e-3))'.")
+        prune = self.config.prune.name
+        if "prune.tolerance" in space and prune != "search":
+            raise SweepError(f"prune.tolerance is searched, but prune={prune} does not read it (only "
+                             f"prune=search does). Add prune=search (or ~experiment), or search other "
+                             f"keys with hydra.sweeper.params.")
+        if self.sampler_name not in SAMPLERS:
+            raise SweepError(f"hydra.sweeper.sampler={self.sampler_name} is not one of: {', '.join(SAMPLERS)}.")
+
+    @staticmethod
+    def _check_same_study(study, fixed: list[str], space: dict[str, Any], sweep_dir: Path) -> None:
+        """A study is continued only by the command that started it (the same fixed overrides
+        and searched keys): its trials would not be comparable otherwise."""
+        # Where and how visibly the runs execute does not change their results (NOT_COMPUTATION).
+        ignored = {".".join(key) for key in NOT_COMPUTATION}
+        command = {"fixed": sorted(o for o in fixed if o.partition("=")[0] not in ignored), "searched": sorted(space)}
+        before = study.user_attrs.get("command")
+        if before is None:
+            study.set_user_attr("command", command)
+        elif before != command:
+            raise SweepError(
+                f"the study in {sweep_dir / STUDY_DB} was started by another command (fixed "
+                f"{' '.join(before['fixed']) or 'nothing'}; searching {', '.join(before['searched'])}), "
+                f"not this one (fixed {' '.join(command['fixed']) or 'nothing'}; searching "
+                f"{', '.join(command['searched'])}). Continue it with that command, or start another "
+                f"study with hydra.sweeper.study_name=NAME (or hydra.sweep.dir=DIR).")
+
+    @staticmethod
+    def _requeue_stopped(study, sweep_dir: Path) -> None:
+        """Trials an earlier invocation left running (it was stopped) are told failed and
+        enqueued again with their parameters, to be asked first; their run folders continue
+        from last.pt where they have one."""
+        import optuna
+
+        for trial in study.trials:
+            if trial.state != optuna.trial.TrialState.RUNNING:
+                continue
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            folder = trial.user_attrs.get("resume") or _trial_folder(sweep_dir, trial.number)
+            resume = str(folder) if folder is not None and (Path(folder) / "last.pt").exists() else None
+            study.enqueue_trial(trial.params, user_attrs={"continues": trial.number, "resume": resume})
+            say(f"trial {trial.number} was stopped; it is run again" + (f", continuing {folder}" if resume else ""))
+
+    def _tell(self, study, trial, ret) -> None:
+        import optuna
+
+        try:
+            summary = ret.return_value
+        except Exception as err:  # the job raised: the launcher keeps the exception for us
+            summary, why = None, f"{type(err).__name__}: {err}"
+        else:
+            why = "its run did not complete (its messages above, or its job's log, say why)"
+        values = objectives(summary)
+        if values is None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            say(f"trial {trial.number} failed, the sweep goes on: {why}")
+            return
+        trial.set_user_attr("run_dir", summary.get("run_dir"))
+        study.tell(trial, values)
+
+
+def trials_done(study) -> int:
+    """Trials finished, completed or failed, but not those stopped and run again (each such
+    trial has one that continues it)."""
+    import optuna
+
+    finished = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL) for t in study.trials)
+    return finished - sum("continues" in t.user_attrs for t in study.trials)
+
+
+def _trial_folder(sweep_dir: Path, number: int) -> Path | None:
+    """The run folder of trial ``number`` (named ``NUMBER_...`` by hydra.sweep.subdir)."""
+    found = sorted(p for p in sweep_dir.glob(f"{number}_*") if p.is_dir())
+    return found[0] if found else None
+
+
+def write_study(study, sweep_dir: Path) -> None:
+    """SWEEP_DIR/study.json: every trial (number, state, parameters, objectives, run folder) and
+    the numbers of those on the front."""
+    front = {t.number for t in study.best_trials} if any(t.values for t in study.trials) else set()
+    trials = [{"number": t.number, "state": t.state.name, "params": t.params,
+               "values": dict(zip(OBJECTIVES, t.values)) if t.values else None,
+               "run_dir": t.user_attrs.get("run_dir"), "on_front": t.number in front}
+              for t in study.trials]
+    write_json(sweep_dir / STUDY_JSON, {"study": study.study_name, "objectives": list(OBJECTIVES),
+                                        "directions": ["minimize"] * len(OBJECTIVES),
+                                        "trials": trials, "front": sorted(front)})

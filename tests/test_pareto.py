@@ -1,0 +1,124 @@
+"""hydra/sweeper=pareto (sensreg.pareto): a multi-objective Optuna study over real sensreg runs
+on synthetic data, read back with optuna's own API."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from conftest import stop_at_step  # noqa: E402
+from sensreg.cli import main as sensreg_main  # noqa: E402
+from sensreg.compare import compare  # noqa: E402
+from sensreg.pareto import objectives, search_space, trials_done  # noqa: E402
+
+# Short trials that prune (patience 0: a threshold search after every epoch).
+SWEEP = ["-m", "hydra/sweeper=pareto", "~experiment", "data=synthetic", "data.num_train=400", "data.num_test=200",
+         "data.noise=3.0", "trainer.epochs=2", "trainer.batch_size=50", "trainer.device=cpu",
+         "trainer.progress=false", "prune.patience=0"]
+
+
+def sweep(sweep_dir: Path, *extra: str) -> int:
+    try:
+        sensreg_main(["train", *SWEEP, f"hydra.sweep.dir={sweep_dir}", *extra])
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0
+
+
+def load(sweep_dir: Path):
+    return optuna.load_study(study_name="synthetic_lenet300_spec", storage=f"sqlite:///{sweep_dir / 'study.db'}")
+
+
+def test_the_search_space_is_read_from_hydras_sweep_syntax():
+    space, fixed = search_space(["sens.lam=tag(log, interval(1e-6, 1e-3))", "prune.tolerance=interval(0.01, 0.3)",
+                                 "prune.patience=interval(0, 3)", "sens=choice(spec,unspec)", "trainer.epochs=4"])
+    assert space["sens.lam"] == optuna.distributions.FloatDistribution(1e-6, 1e-3, log=True)
+    assert space["prune.tolerance"] == optuna.distributions.FloatDistribution(0.01, 0.3)
+    assert space["prune.patience"] == optuna.distributions.IntDistribution(0, 3)
+    assert space["sens"] == optuna.distributions.CategoricalDistribution(["spec", "unspec"])
+    assert fixed == ["trainer.epochs=4"]
+
+
+def test_objectives_come_from_a_completed_summary_only():
+    assert objectives({"status": "completed", "val_error": 0.1, "remaining_pct": 5.0, "test_error": 0.9}) == [0.1, 5.0]
+    assert objectives({"status": "failed", "val_error": 0.1, "remaining_pct": 5.0}) is None
+    assert objectives(None) is None
+
+
+@pytest.mark.slow
+def test_a_pareto_sweep_records_validation_objectives_continues_and_marks_its_front(
+        tmp_path, monkeypatch, in_process_cli):
+    monkeypatch.chdir(tmp_path)
+    sweep_dir = tmp_path / "sweep"
+    assert sweep(sweep_dir, "hydra.sweeper.n_trials=3") == 0
+    study = load(sweep_dir)
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        run = Path(trial.user_attrs["run_dir"])
+        assert run.name.startswith(f"{trial.number}_")
+        summary = json.loads((run / "summary.json").read_text())
+        # The objectives are the run's validation figures, never its test error.
+        assert trial.values == [summary["val_error"], summary["remaining_pct"]]
+        config = (run / "config.yaml").read_text()
+        assert f"lam: {trial.params['sens.lam']}" in config
+    first = {t.number: (Path(t.user_attrs["run_dir"]) / "summary.json").stat().st_mtime_ns for t in study.trials}
+
+    # The same command again, with a larger total: trials 3 and 4 run, 0-2 are not rerun.
+    assert sweep(sweep_dir, "hydra.sweeper.n_trials=5") == 0
+    study = load(sweep_dir)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4] and trials_done(study) == 5
+    assert {n: (Path(study.trials[n].user_attrs["run_dir"]) / "summary.json").stat().st_mtime_ns
+            for n in first} == first
+    assert len({t.params["sens.lam"] for t in study.trials}) == 5  # a continued study draws new points
+
+    # Another command cannot continue it (its trials would not be comparable).
+    assert sweep(sweep_dir, "hydra.sweeper.n_trials=6", "trainer.epochs=3") == 2
+    assert len(load(sweep_dir).trials) == 5
+
+    # The study's front, as optuna computes it, is what study.json and sensreg compare mark.
+    front = {Path(t.user_attrs["run_dir"]).resolve() for t in study.best_trials}
+    recorded = json.loads((sweep_dir / "study.json").read_text())
+    assert {Path(t["run_dir"]).resolve() for t in recorded["trials"] if t["on_front"]} == front
+    rows = compare([str(sweep_dir)], plots=False).rows
+    assert {Path(r.path).resolve() for r in rows if r.study_front} == front and len(rows) == 5
+
+
+@pytest.mark.slow
+def test_failed_trials_are_told_failed_and_the_sweep_goes_on(tmp_path, monkeypatch, in_process_cli, capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep_dir = tmp_path / "sweep"
+    # A negative tolerance is refused by the config check: the sampler can draw one here.
+    assert sweep(sweep_dir, "hydra.sweeper.n_trials=4", "prune.tolerance=choice(-1.0,0.2)") == 0
+    states = [t.state for t in load(sweep_dir).trials]
+    assert len(states) == 4 and optuna.trial.TrialState.FAIL in states and optuna.trial.TrialState.COMPLETE in states
+    assert "trial" in capsys.readouterr().out  # "pareto sweep: trial N failed, the sweep goes on"
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_in_a_trial_continues_that_trial_from_its_checkpoint(tmp_path, monkeypatch, in_process_cli):
+    monkeypatch.chdir(tmp_path)
+    sweep_dir = tmp_path / "sweep"
+    # 8 steps per epoch of 360 training samples at batch 50: trial 0 takes steps 1-16, and step
+    # 20 is the 4th of trial 1, whose stop writes last.pt in the middle of its first epoch.
+    with monkeypatch.context() as m:
+        stop_at_step(m, 20, signal.SIGINT)
+        assert sweep(sweep_dir, "hydra.sweeper.n_trials=3") == 130
+    study = load(sweep_dir)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
+    stopped = study.trials[1]
+    assert sweep(sweep_dir, "hydra.sweeper.n_trials=3") == 0
+    study = load(sweep_dir)
+    assert trials_done(study) == 3
+    again = [t for t in study.trials if t.user_attrs.get("continues") == 1]
+    assert len(again) == 1 and again[0].params == stopped.params
+    assert again[0].state == optuna.trial.TrialState.COMPLETE
+    run = Path(again[0].user_attrs["run_dir"])
+    assert run.name.startswith("1_")  # trial 1's own folder, continued from its last.pt
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed"][0] == {**summary["resumed"][0], "epoch": 0, "batch": 4}
