@@ -44,6 +44,16 @@ def test_the_search_space_is_read_from_hydras_sweep_syntax():
     assert fixed == ["trainer.epochs=4"]
 
 
+def test_the_sweeper_without_optuna_is_one_message_before_any_training(tmp_path, monkeypatch, capsys, in_process_cli):
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import fails as if not installed
+    assert sweep(tmp_path / "sweep", "hydra.sweeper.n_trials=2") == 2
+    err = capsys.readouterr().err
+    assert "pip install -e '.[sweep]'" in err and "Traceback" not in err and not (tmp_path / "sweep").exists()
+
+
 def test_objectives_come_from_a_completed_summary_only():
     assert objectives({"status": "completed", "val_error": 0.1, "remaining_pct": 5.0, "test_error": 0.9}) == [0.1, 5.0]
     assert objectives({"status": "failed", "val_error": 0.1, "remaining_pct": 5.0}) is None

@@ -52,7 +52,9 @@ def fail(message: str, code: int = 2) -> None:
     """Print a user-facing error and exit; no traceback. Of the processes of a distributed run,
     which all meet the same error, only the first prints it."""
     if os.environ.get("RANK", "0") == "0":
-        err_console.print(f"[bold red]error:[/bold red] {message}", markup=True)
+        from rich.markup import escape  # the message is text: "[slurm]" or "[abc]" must show as written
+
+        err_console.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True)
     raise SystemExit(code)
 
 
@@ -159,10 +161,8 @@ def _check_sweeper_package(overrides: list[str]) -> None:
             try:
                 import optuna  # noqa: F401
             except ImportError:
-                from rich.markup import escape
-
-                fail(escape(f"{o} needs optuna, which is not installed: pip install -e '.[sweep]' "
-                            f"(or pip install 'optuna>=4,<6'). Nothing was trained."))
+                fail(f"{o} needs optuna, which is not installed: pip install -e '.[sweep]' "
+                     f"(or pip install 'optuna>=4,<6'). Nothing was trained.")
 
 
 def _check_launcher_plugin(overrides: list[str]) -> None:
@@ -173,10 +173,8 @@ def _check_launcher_plugin(overrides: list[str]) -> None:
             try:
                 import hydra_plugins.hydra_submitit_launcher  # noqa: F401
             except ImportError:
-                from rich.markup import escape  # fail() prints rich markup; "[slurm]" is text
-
-                fail(escape(f"{o} needs Hydra's submitit launcher plugin, which is not installed: "
-                            f"pip install -e '.[slurm]' (or pip install 'hydra-submitit-launcher>=1.2,<1.3')."))
+                fail(f"{o} needs Hydra's submitit launcher plugin, which is not installed: "
+                     f"pip install -e '.[slurm]' (or pip install 'hydra-submitit-launcher>=1.2,<1.3').")
 
 
 def train_task(cfg) -> dict | None:
@@ -201,18 +199,23 @@ def train_task(cfg) -> dict | None:
 def _train_task(cfg, hydra_dir: Path) -> dict | None:
     from omegaconf import OmegaConf
 
-    from . import distributed
+    from . import distributed, trackers
     from .config import TrainConfig, resolve_device
 
     with user_errors(unused_folder=hydra_dir, advice=FIX_VALUES):
         dist = distributed.from_environment()
-        config = TrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+        raw = OmegaConf.to_container(cfg, resolve=True)
+        config = TrainConfig.from_dict(raw)
+        names = trackers.check_logger_config(raw.get("logger"))
         cfg.optim.lr = config.optim.lr  # null stood for the network's default: config.yaml shows it
         # Every process checks the config first and meets the same problems, so none of them
         # waits in the process group for one that has already given up.
         dist = distributed.init(dist, resolve_device(config.trainer.device))
+    # Process 0 tracks for all.
+    tracked = trackers.Trackers(names, raw.get("logger"), trackers.group_of_job()) if dist.is_main \
+        else trackers.NO_TRACKERS
     try:
-        return _train_in_folder(cfg, config, dist, hydra_dir)
+        return _train_in_folder(cfg, config, dist, hydra_dir, tracked)
     finally:
         distributed.shutdown(dist)
 
@@ -220,7 +223,7 @@ def _train_task(cfg, hydra_dir: Path) -> dict | None:
 FIX_VALUES = " Fix the value(s) above on the command line or in the config."
 
 
-def _train_in_folder(cfg, config, dist, hydra_dir: Path) -> dict | None:
+def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None:
     """Choose the run folder (process 0 chooses for all), train, and turn failures into messages."""
     from omegaconf import OmegaConf
 
@@ -251,7 +254,7 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path) -> dict | None:
                     folder.write_config(OmegaConf.to_yaml(cfg, resolve=True))
                 _setup_logging(folder.log_path if dist.is_main else None)
                 # The run folder travels with the summary: a sweeper reads its trials from it.
-                return {**train(config, run_dir, saved, dist), "run_dir": str(run_dir)}
+                return {**train(config, run_dir, saved, dist, tracked), "run_dir": str(run_dir)}
         return None  # this job of a sweep failed (its summary says so); the sweep goes on
     except Interrupted as err:
         if folder.has_checkpoint():

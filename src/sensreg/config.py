@@ -35,6 +35,9 @@ PRUNE_SCOPES = ("global", "layer")  # one threshold on |w|, or τ·σ_l per tens
 PARAM_SETS = ("all", "weights")
 # Keys that say where and how a run executes, not what it computes: left out of the config hash
 # and free to change when a run is resumed.
+# Sections of the composed config that are not part of the experiment: the CLI reads them
+# (logger: the experiment trackers, trackers.py).
+NOT_EXPERIMENT = ("logger",)
 NOT_COMPUTATION = (("trainer", "device"), ("trainer", "progress"), ("trainer", "channels_last"),
                    ("trainer", "checkpoint_every"), ("trainer", "resume"), ("data", "root"),
                    ("data", "num_workers"), ("data", "pin_memory"), ("data", "persistent_workers"),
@@ -208,6 +211,7 @@ class TrainConfig:
     def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
         """Build and validate; raises ConfigError listing every problem found."""
         problems: list[str] = []
+        raw = {k: v for k, v in raw.items() if k not in NOT_EXPERIMENT}
         extra = sorted(set(raw) - {f.name for f in fields(cls)})
         if extra:
             problems.append(f"unknown top-level key(s) {', '.join(extra)}.")

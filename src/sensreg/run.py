@@ -31,6 +31,7 @@ from .init_weights import init_model_
 from .interrupt import Interrupted, StopSignals
 from .models import build_model
 from .prune_schedules import build_prune_schedule
+from .trackers import NO_TRACKERS, Trackers
 from .pruning import Masks, prunable_names, sparsity_stats
 from .run_folder import CHECKPOINT_NAME, MODEL_NAME, RunFolder
 from .sensitivity import get_variant
@@ -43,12 +44,13 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
 
 def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
-          dist: Dist = SINGLE) -> dict[str, Any]:
+          dist: Dist = SINGLE, trackers: Trackers = NO_TRACKERS) -> dict[str, Any]:
     """Train, regularize, prune and evaluate as ``cfg`` says; write the run folder; return the summary.
 
     ``saved``: the training state to continue from (``resume_state``), None for a fresh run.
     ``dist``: this process's place among several (``distributed.py``); only process 0 writes
-    the run folder, every process returns the summary.
+    the run folder, every process returns the summary. ``trackers``: the experiment trackers
+    the run is logged to (``trackers.py``; process 0's, none on the others).
     """
     folder = RunFolder(run_dir)
     if dist.is_main:
@@ -62,9 +64,16 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
         # Signals are caught from here on, so a stop during the set-up is orderly too.
         with StopSignals() as stop:
             tr = setup_training(cfg, folder, summary, saved, stop, dist, session_start=started)
+            if trackers:
+                trackers.start(folder.path, cfg.to_dict(), summary, tr.loop.epoch if saved else None,
+                               decisions_done=len(tr.prune.thresholds))
+                tr.trackers = trackers
+                write_summary()  # with the tracker runs' ids
             run_epochs(tr)
             finish(tr)
             write_summary()
+            trackers.finish(folder.path, summary, cfg.to_dict())
+            trackers.close("completed")
     except BaseException as err:
         # SystemExit: a scheduler's signal handler (submitit's requeue) ended the process.
         interrupted = isinstance(err, (Interrupted, KeyboardInterrupt, SystemExit))
@@ -78,6 +87,7 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
         if folder.has_checkpoint():
             summary["checkpoint_to_resume"] = CHECKPOINT_NAME
         write_summary()
+        trackers.close(summary["status"])
         raise
     return summary
 
@@ -94,6 +104,8 @@ def started_summary(cfg: TrainConfig, started: float, saved: dict[str, Any] | No
     }
     if saved is not None:
         summary["started"] = saved["summary"].get("started", summary["started"])
+        if "trackers" in saved["summary"]:  # the tracker runs it continues
+            summary["trackers"] = saved["summary"]["trackers"]
         summary["resumed"] = saved["summary"].get("resumed", []) + [
             {"at": time.strftime(TIME_FORMAT), "epoch": saved["loop"]["epoch"],
              "batch": saved["loop"]["batch"]}]

@@ -30,6 +30,7 @@ from .interrupt import StopSignals
 from .per_sample import LayerTape, has_batch_statistics, held_batch_statistics
 from .precision import autocast, grad_scaler
 from .prune_schedules import PruneContext, PruneSchedule
+from .trackers import NO_TRACKERS, Trackers
 from .pruning import Masks
 from .regularizer import build_schedule, insensitivity_stats, lambda_schedule, rescale_, shrink_
 from .run_folder import RunFolder
@@ -229,6 +230,7 @@ class Training:
     dist: Dist = SINGLE
     loop: LoopState = field(default_factory=LoopState)
     session_start: float = field(default_factory=time.time)
+    trackers: Trackers = NO_TRACKERS  # TensorBoard, MLflow (process 0 only)
 
     def __post_init__(self) -> None:
         # What the pruning schedule may act on, and the validation pass it decides by.
@@ -309,6 +311,7 @@ def run_epochs(tr: Training) -> None:
         loop.shuffle_state = tr.shuffle_gen.get_state()
         if dist.is_main:
             tr.folder.write_metrics(loop.rows)
+            tr.trackers.log_epoch(row, tr.prune.thresholds)
         log.info(epoch_line(row))
         if dist.any(stop.requested is not None):
             stop.agree()
