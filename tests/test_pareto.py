@@ -54,6 +54,19 @@ def test_the_sweeper_without_optuna_is_one_message_before_any_training(tmp_path,
     assert "pip install -e '.[sweep]'" in err and "Traceback" not in err and not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 must be an integer >= 1"),
+    ("hydra.sweeper.sampler=grid", "hydra.sweeper.sampler=grid is not one of: nsgaii, tpe"),
+    ("prune=gmp", "prune.tolerance is searched, but prune=gmp does not read it"),
+])
+def test_a_sweep_set_up_wrongly_is_one_message_before_any_trial(override, message, tmp_path, monkeypatch, capsys,
+                                                                in_process_cli):
+    monkeypatch.chdir(tmp_path)
+    assert sweep(tmp_path / "sweep", override) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "sweep" / "study.db").exists()
+
+
 def test_objectives_come_from_a_completed_summary_only():
     assert objectives({"status": "completed", "val_error": 0.1, "remaining_pct": 5.0, "test_error": 0.9}) == [0.1, 5.0]
     assert objectives({"status": "failed", "val_error": 0.1, "remaining_pct": 5.0}) is None
@@ -94,7 +107,8 @@ def test_a_pareto_sweep_records_validation_objectives_continues_and_marks_its_fr
     # The study's front, as optuna computes it, is what study.json and sensreg compare mark.
     front = {Path(t.user_attrs["run_dir"]).resolve() for t in study.best_trials}
     recorded = json.loads((sweep_dir / "study.json").read_text())
-    assert {Path(t["run_dir"]).resolve() for t in recorded["trials"] if t["on_front"]} == front
+    assert {(sweep_dir / t["run_dir"]).resolve() for t in recorded["trials"] if t["on_front"]} == front
+    assert all(not Path(t["run_dir"]).is_absolute() for t in recorded["trials"])  # the folder can move
     rows = compare([str(sweep_dir)], plots=False).rows
     assert {Path(r.path).resolve() for r in rows if r.study_front} == front and len(rows) == 5
 

@@ -341,7 +341,8 @@ def mark_study_fronts(rows: list[Row], roots: list[Path]) -> None:
         for study in [*root.glob(STUDY_JSON), *root.glob(f"*/{STUDY_JSON}"), *root.glob(f"*/*/{STUDY_JSON}")]:
             try:
                 trials = json.loads(study.read_text(encoding="utf-8"))["trials"]
-                front |= {str(Path(t["run_dir"]).resolve()) for t in trials if t.get("on_front") and t.get("run_dir")}
+                front |= {str((study.parent / t["run_dir"]).resolve())  # relative to the sweep folder
+                          for t in trials if t.get("on_front") and t.get("run_dir")}
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # a damaged study file marks nothing; the runs are still compared
     for r in rows:
@@ -520,6 +521,9 @@ def write_markdown(rows: list[Row], skipped: list[Skipped], path: Path, *, group
              f"{PARETO_MARK} = Pareto-optimal: no other run of the same network and dataset has both "
              "fewer-or-equal remaining parameters and a lower-or-equal test error. Test error and "
              "remaining parameters (of the prunable tensors) in percent.", ""]
+    if any(r.study_front for r in rows):
+        lines[-1:] = ["", f"{FRONT_MARK} = on the front its sweep's study found (hydra/sweeper=pareto: validation "
+                      "error against remaining parameters; study.json).", ""]
     header = [h or "Pareto" for h, _ in cols]
     lines += markdown_table(header, [[_md_escape(cell(r)) for _, cell in cols] for r in rows],
                             right=[h for h in header if h not in TEXT_COLUMNS])

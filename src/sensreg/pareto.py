@@ -22,7 +22,7 @@ its seeded sampler proposes the points of the first invocation again).
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,9 @@ class ParetoSearch(Sweeper):
     hydra_plugins.sensreg_pareto.ParetoSweeper."""
 
     def __init__(self, sampler: str = "nsgaii", seed: int | None = 0, n_trials: int = 12, n_jobs: int = 1,
-                 population_size: int = 6, study_name: str = "pareto", params: dict | None = None):
+                 population_size: int = 6, study_name: str = "pareto", params: dict | None = None,
+                 sweep_dir: str | None = None):
+        # sweep_dir: read by train.yaml as hydra.sweep.dir, which is where the study goes.
         self.sampler_name, self.seed, self.n_trials, self.n_jobs = sampler, seed, n_trials, n_jobs
         self.population_size, self.study_name = population_size, study_name
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
@@ -170,7 +172,12 @@ class ParetoSearch(Sweeper):
                 resume = trial.user_attrs.get("resume")
                 jobs.append([*fixed, *(f"{k}={v}" for k, v in trial.params.items()),
                              *([f"trainer.resume={resume}"] if resume else [])])
-            returns = self.launcher.launch(jobs, initial_job_idx=trials[0].number)
+            try:
+                returns = self.launcher.launch(jobs, initial_job_idx=trials[0].number)
+            except (KeyboardInterrupt, SystemExit):
+                say("stopped; the same command continues the study (the trial under way resumes "
+                    "from its last checkpoint)")
+                raise
             for trial, ret in zip(trials, returns):
                 self._tell(study, trial, ret)
             write_study(study, sweep_dir)
@@ -190,6 +197,10 @@ class ParetoSearch(Sweeper):
                              f"keys with hydra.sweeper.params.")
         if self.sampler_name not in SAMPLERS:
             raise SweepError(f"hydra.sweeper.sampler={self.sampler_name} is not one of: {', '.join(SAMPLERS)}.")
+        for key, low in (("n_trials", 1), ("n_jobs", 1), ("population_size", 2)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise SweepError(f"hydra.sweeper.{key}={value!r} must be an integer >= {low}.")
 
     @staticmethod
     def _check_same_study(study, fixed: list[str], space: dict[str, Any], sweep_dir: Path) -> None:
@@ -259,12 +270,20 @@ def _trial_folder(sweep_dir: Path, number: int) -> Path | None:
 
 
 def write_study(study, sweep_dir: Path) -> None:
-    """SWEEP_DIR/study.json: every trial (number, state, parameters, objectives, run folder) and
-    the numbers of those on the front."""
+    """SWEEP_DIR/study.json: every trial (number, state, parameters, objectives, run folder:
+    relative to SWEEP_DIR where it is below it, so the file stays right when the folder moves)
+    and the numbers of those on the front."""
     front = {t.number for t in study.best_trials} if any(t.values for t in study.trials) else set()
+
+    def shown(run_dir: str | None) -> str | None:
+        if run_dir is None:
+            return None
+        rel = os.path.relpath(run_dir, sweep_dir)
+        return run_dir if rel.startswith("..") else Path(rel).as_posix()
+
     trials = [{"number": t.number, "state": t.state.name, "params": t.params,
                "values": dict(zip(OBJECTIVES, t.values)) if t.values else None,
-               "run_dir": t.user_attrs.get("run_dir"), "on_front": t.number in front}
+               "run_dir": shown(t.user_attrs.get("run_dir")), "on_front": t.number in front}
               for t in study.trials]
     write_json(sweep_dir / STUDY_JSON, {"study": study.study_name, "objectives": list(OBJECTIVES),
                                         "directions": ["minimize"] * len(OBJECTIVES),
