@@ -146,3 +146,26 @@ def test_a_sweep_stopped_in_a_trial_continues_that_trial_from_its_checkpoint(tmp
     assert run.name.startswith("1_")  # trial 1's own folder, continued from its last.pt
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed"][0] == {**summary["resumed"][0], "epoch": 0, "batch": 4}
+
+
+@pytest.mark.slow
+def test_a_pareto_sweep_through_submitits_launcher_runs_trials_in_parallel_and_continues(tmp_path):
+    # The launcher behind hydra/launcher=slurm, with its local executor: each trial its own process.
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import os
+    import subprocess
+
+    sweep_dir = tmp_path / "sweep"
+    cmd = ["sensreg", "train", *SWEEP, "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2",
+           f"hydra.sweep.dir={sweep_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for total in (2, 3):
+        out = subprocess.run([*cmd, f"hydra.sweeper.n_trials={total}"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    study = load(sweep_dir)
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    for trial in study.trials:
+        summary = json.loads((Path(trial.user_attrs["run_dir"]) / "summary.json").read_text())
+        assert trial.values == [summary["val_error"], summary["remaining_pct"]]
