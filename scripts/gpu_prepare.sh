@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl/MNIST/raw
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform any -d .whl hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 \
-  || python3 -m pip download -q --no-deps -d .whl antlr4-python3-runtime==4.9.3
+  --platform any -d .whl hydra-core==1.3.2 omegaconf==2.3.0
+# antlr4's runtime is published as a source archive only: built here into a pure-Python wheel.
+python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
 cp data/MNIST/raw/*.gz .whl/MNIST/raw/
 du -sh .whl
