@@ -122,6 +122,13 @@ def test_failed_trials_are_told_failed_and_the_sweep_goes_on(tmp_path, monkeypat
     states = [t.state for t in load(sweep_dir).trials]
     assert len(states) == 4 and optuna.trial.TrialState.FAIL in states and optuna.trial.TrialState.COMPLETE in states
     assert "trial" in capsys.readouterr().out  # "pareto sweep: trial N failed, the sweep goes on"
+    # Runs that diverge (a learning rate of 1e30 is legal) fail their trials the same way.
+    diverging = tmp_path / "diverging"
+    assert sweep(diverging, "hydra.sweeper.n_trials=2", "trainer.epochs=1", "optim.lr=choice(1e30)") == 0
+    trials = load(diverging).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+    errors = [json.loads(p.read_text())["error"] for p in diverging.glob("*/summary.json")]
+    assert len(errors) == 2 and all("non-finite" in e for e in errors)
 
 
 @pytest.mark.slow
