@@ -139,6 +139,16 @@ def test_where_keeps_the_matching_runs(tree, where, expected):
     assert set(by_run(cmp.filter_rows(rows, where))) == expected
 
 
+def test_where_pareto_selects_the_runs_pareto_optimal_among_all_found(tree):
+    # Through compare() itself: the rows are marked before they are filtered.
+    rows = cmp.compare([str(tree)], where=["pareto=true"], plots=False, out=tree.parent / "cmp").rows
+    # (4 %, 2.0 %) and (8 %, 1.8 %): no run has both fewer remaining and a lower error.
+    assert set(by_run(rows)) == {"a_spec_s0", "0_loss_s0"} and all(r.pareto for r in rows)
+    rows = cmp.compare([str(tree)], where=["pareto=false", "status=completed"], plots=False,
+                       out=tree.parent / "cmp").rows
+    assert set(by_run(rows)) == {"a_spec_s1", "a_spec_s2", "1_loss_s1"}
+
+
 @pytest.mark.parametrize("where, message", [
     ("sensitivity=spec", "unknown key 'sensitivity'"),
     ("lam=big", "is a number"),

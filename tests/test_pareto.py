@@ -111,6 +111,8 @@ def test_a_pareto_sweep_records_validation_objectives_continues_and_marks_its_fr
     assert all(not Path(t["run_dir"]).is_absolute() for t in recorded["trials"])  # the folder can move
     rows = compare([str(sweep_dir)], plots=False).rows
     assert {Path(r.path).resolve() for r in rows if r.study_front} == front and len(rows) == 5
+    rows = compare([str(sweep_dir)], where=["front=true"], plots=False).rows
+    assert {Path(r.path).resolve() for r in rows} == front
 
 
 @pytest.mark.slow

@@ -86,7 +86,6 @@ def run_train(overrides: list[str]) -> None:
     import hydra
 
     _check_launcher_plugin(overrides)
-    _check_sweeper_package(overrides)
     _check_output_folders(overrides)
     _check_override_keys(overrides)
     if os.environ.get("RANK", "0") != "0":
@@ -152,17 +151,6 @@ def _check_override_keys(overrides: list[str]) -> None:
             hint = f"did you mean {section}.{close[0]}? " if close else ""
             fail(f"{o}: the config has no key {key}; {hint}The keys of {section}: {', '.join(known)}. "
                  f"(`sensreg train --cfg job` prints the whole config.)")
-
-
-def _check_sweeper_package(overrides: list[str]) -> None:
-    """hydra/sweeper=pareto needs optuna, an optional extra."""
-    for o, key, value in _key_values(overrides):
-        if key == "hydra/sweeper" and value == "pareto":
-            try:
-                import optuna  # noqa: F401
-            except ImportError:
-                fail(f"{o} needs optuna, which is not installed: pip install -e '.[sweep]' "
-                     f"(or pip install 'optuna>=4,<6'). Nothing was trained.")
 
 
 def _check_launcher_plugin(overrides: list[str]) -> None:

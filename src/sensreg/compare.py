@@ -237,7 +237,7 @@ def parse_where(expr: str) -> Callable[[Row], bool]:
             values = [_number(v) for v in values]
         except ValueError:
             raise CompareError(f"--where {expr!r}: {key} is a number, and {text!r} is not one.") from None
-    elif attr == "pareto":
+    elif attr in ("pareto", "study_front"):
         values = [v.lower() in ("1", "true", "yes", "y") for v in values]
     elif op not in ("=", "==", "!="):
         raise CompareError(f"--where {expr!r}: {key} is text; use = or != with it.")
@@ -323,7 +323,7 @@ def group_rows(rows: list[Row]) -> list[Row]:
         g = replace(first, run=first.config_hash or first.run, path=";".join(m.path for m in members),
                     status=status, seed=" ".join(sorted((m.seed for m in members if m.seed is not None),
                                                         key=_sort_value)) or None,
-                    n=len(done), std={}, pareto=False,
+                    n=len(done), std={}, pareto=False, study_front=any(m.study_front for m in members),
                     epochs_done=min((m.epochs_done for m in members if m.epochs_done is not None), default=None))
         for attr in AVERAGED:
             values = [getattr(m, attr) for m in done if getattr(m, attr) is not None]
@@ -334,19 +334,27 @@ def group_rows(rows: list[Row]) -> list[Row]:
     return out
 
 
-def mark_study_fronts(rows: list[Row], roots: list[Path]) -> None:
-    """Mark the runs a pareto sweep's study (study.json, sensreg.pareto) found on its front."""
-    front: set[str] = set()
-    for root in roots:
-        for study in [*root.glob(STUDY_JSON), *root.glob(f"*/{STUDY_JSON}"), *root.glob(f"*/*/{STUDY_JSON}")]:
-            try:
-                trials = json.loads(study.read_text(encoding="utf-8"))["trials"]
-                front |= {str((study.parent / t["run_dir"]).resolve())  # relative to the sweep folder
-                          for t in trials if t.get("on_front") and t.get("run_dir")}
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # a damaged study file marks nothing; the runs are still compared
+def mark_study_fronts(rows: list[Row]) -> None:
+    """Mark the runs that a pareto sweep's study found on its front: study.json in the sweep
+    folder, the run folders' parent (sensreg.pareto), names them relative to itself."""
+    fronts: dict[Path, set[Path]] = {}  # sweep folder -> the run folders on its front
+
+    def front_of(sweep_dir: Path) -> set[Path]:
+        if sweep_dir not in fronts:
+            fronts[sweep_dir] = set()
+            study = sweep_dir / STUDY_JSON
+            if study.is_file():
+                try:
+                    trials = json.loads(study.read_text(encoding="utf-8"))["trials"]
+                    fronts[sweep_dir] = {(sweep_dir / t["run_dir"]).resolve()
+                                         for t in trials if t.get("on_front") and t.get("run_dir")}
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass  # a damaged study file marks nothing; the runs are still compared
+        return fronts[sweep_dir]
+
     for r in rows:
-        r.study_front = any(str(Path(p).resolve()) in front for p in r.path.split(";"))
+        paths = [Path(p).resolve() for p in r.path.split(";")]
+        r.study_front = any(p in front_of(p.parent) for p in paths)
 
 
 def mark_pareto(rows: list[Row]) -> list[Row]:
@@ -522,8 +530,8 @@ def write_markdown(rows: list[Row], skipped: list[Skipped], path: Path, *, group
              "fewer-or-equal remaining parameters and a lower-or-equal test error. Test error and "
              "remaining parameters (of the prunable tensors) in percent.", ""]
     if any(r.study_front for r in rows):
-        lines[-1:] = ["", f"{FRONT_MARK} = on the front its sweep's study found (hydra/sweeper=pareto: validation "
-                      "error against remaining parameters; study.json).", ""]
+        lines += [f"{FRONT_MARK} = on the front its sweep's study found (hydra/sweeper=pareto: validation "
+                  "error against remaining parameters; study.json).", ""]
     header = [h or "Pareto" for h, _ in cols]
     lines += markdown_table(header, [[_md_escape(cell(r)) for _, cell in cols] for r in rows],
                             right=[h for h in header if h not in TEXT_COLUMNS])
@@ -633,6 +641,11 @@ def compare(paths: list[str], *, where: Iterable[str] = (), sort: str | None = N
         raise CompareError(f"none of the {len(skipped)} run folder(s) below {', '.join(map(str, roots))} "
                            f"could be read ({reasons}), so there is nothing to compare and nothing was "
                            f"written; fix or remove those folders, or point sensreg compare elsewhere.")
+    # Marked before the filter, so that --where pareto=true and --where front=true select by
+    # them (Pareto-optimal among every run found); the stars are then drawn again among the
+    # rows shown.
+    mark_pareto(rows)
+    mark_study_fronts(rows)
     if where:
         kept = filter_rows(rows, where)
         if rows and not kept:
@@ -642,7 +655,6 @@ def compare(paths: list[str], *, where: Iterable[str] = (), sort: str | None = N
     if group:
         rows = group_rows(rows)
     mark_pareto(rows)
-    mark_study_fronts(rows, roots)
     rows = sort_rows(rows, sort)
     out_dir = Path(out) if out is not None else roots[0]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -142,7 +142,11 @@ class ParetoSearch(Sweeper):
             fail(f"{err} Nothing was trained.")
 
     def _sweep(self, arguments: list[str]) -> None:
-        import optuna
+        try:
+            import optuna
+        except ImportError:  # however hydra/sweeper=pareto was chosen: command line or a config file
+            raise SweepError("hydra/sweeper=pareto needs optuna, which is not installed: pip install -e "
+                             "'.[sweep]' (or pip install 'optuna>=4,<6').") from None
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # The command line's sweeps replace the configured ones of the same keys.
