@@ -32,7 +32,7 @@ from rich.table import Table
 
 from .atomic import write_atomic
 from .errors import UserError
-from .run_folder import CONFIG_NAME, METRICS_NAME, STUDY_JSON, SUMMARY_NAME, RunFolder
+from .run_folder import CONFIG_NAME, METRICS_NAME, STUDY_JSON, SUMMARY_NAME, RunFolder, relative_below
 from .tables import markdown_table
 
 CSV_NAME, MD_NAME = "compare.csv", "compare.md"
@@ -498,16 +498,12 @@ def write_csv(rows: list[Row], path: Path) -> None:
 
     Run folders below the csv's own folder are given relative to it, so that the file stays
     right where the folder is moved or checked out (the committed reference results)."""
-    def shown(run_dir: str) -> str:
-        rel = os.path.relpath(run_dir, Path(path).parent.resolve())
-        return run_dir if rel.startswith("..") else Path(rel).as_posix()
-
     def write(f) -> None:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(CSV_COLUMNS)
         for r in rows:
             values = {**vars(r), **{f"{k}_std": v for k, v in r.std.items()},
-                      "path": ";".join(shown(p) for p in r.path.split(";"))}
+                      "path": ";".join(relative_below(p, Path(path).parent.resolve()) for p in r.path.split(";"))}
             w.writerow(["" if values.get(c) is None else repr(values[c]) if isinstance(values[c], float)
                         else values[c] for c in CSV_COLUMNS])
     write_atomic(path, write)

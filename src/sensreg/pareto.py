@@ -22,7 +22,6 @@ its seeded sampler proposes the points of the first invocation again).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +31,15 @@ from hydra.plugins.sweeper import Sweeper
 
 from .atomic import write_json
 from .config import NOT_COMPUTATION
-from .run_folder import STUDY_DB, STUDY_JSON
+from .run_folder import CHECKPOINT_NAME, STUDY_DB, STUDY_JSON, relative_below
+
+OBJECTIVES = ("val_error", "remaining_pct")  # summary.json keys, both minimized
+SAMPLERS = ("nsgaii", "tpe")
 
 
 def say(message: str) -> None:
     """A line of the sweep's own progress (the jobs log theirs to their run folders)."""
     print(f"pareto sweep: {message}", flush=True)
-
-OBJECTIVES = ("val_error", "remaining_pct")  # summary.json keys, both minimized
-SAMPLERS = ("nsgaii", "tpe")
 
 
 class SweepError(ValueError):
@@ -185,9 +184,8 @@ class ParetoSearch(Sweeper):
             for trial, ret in zip(trials, returns):
                 self._tell(study, trial, ret)
             write_study(study, sweep_dir)
-        write_study(study, sweep_dir)
-        front = len(study.best_trials) if any(t.values for t in study.trials) else 0
-        say(f"{trials_done(study)} trial(s), {front} on the front; the trials: {sweep_dir / STUDY_JSON}, "
+        front = write_study(study, sweep_dir)  # also where the loop had nothing left to run
+        say(f"{trials_done(study)} trial(s), {len(front)} on the front; the trials: {sweep_dir / STUDY_JSON}, "
             f"the front drawn: sensreg compare {sweep_dir}")
 
     def _check(self, space: dict[str, Any]) -> None:
@@ -236,7 +234,7 @@ class ParetoSearch(Sweeper):
                 continue
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             folder = trial.user_attrs.get("resume") or _trial_folder(sweep_dir, trial.number)
-            resume = str(folder) if folder is not None and (Path(folder) / "last.pt").exists() else None
+            resume = str(folder) if folder is not None and (Path(folder) / CHECKPOINT_NAME).exists() else None
             study.enqueue_trial(trial.params, user_attrs={"continues": trial.number, "resume": resume})
             say(f"trial {trial.number} was stopped; it is run again" + (f", continuing {folder}" if resume else ""))
 
@@ -273,22 +271,17 @@ def _trial_folder(sweep_dir: Path, number: int) -> Path | None:
     return found[0] if found else None
 
 
-def write_study(study, sweep_dir: Path) -> None:
+def write_study(study, sweep_dir: Path) -> set[int]:
     """SWEEP_DIR/study.json: every trial (number, state, parameters, objectives, run folder:
     relative to SWEEP_DIR where it is below it, so the file stays right when the folder moves)
-    and the numbers of those on the front."""
+    and the numbers of those on the front, which it returns."""
     front = {t.number for t in study.best_trials} if any(t.values for t in study.trials) else set()
-
-    def shown(run_dir: str | None) -> str | None:
-        if run_dir is None:
-            return None
-        rel = os.path.relpath(run_dir, sweep_dir)
-        return run_dir if rel.startswith("..") else Path(rel).as_posix()
-
     trials = [{"number": t.number, "state": t.state.name, "params": t.params,
                "values": dict(zip(OBJECTIVES, t.values)) if t.values else None,
-               "run_dir": shown(t.user_attrs.get("run_dir")), "on_front": t.number in front}
+               "run_dir": relative_below(t.user_attrs["run_dir"], sweep_dir) if t.user_attrs.get("run_dir") else None,
+               "on_front": t.number in front}
               for t in study.trials]
     write_json(sweep_dir / STUDY_JSON, {"study": study.study_name, "objectives": list(OBJECTIVES),
                                         "directions": ["minimize"] * len(OBJECTIVES),
                                         "trials": trials, "front": sorted(front)})
+    return front

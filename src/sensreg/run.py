@@ -72,7 +72,7 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
             run_epochs(tr)
             finish(tr)
             write_summary()
-            trackers.finish(folder.path, summary, cfg.to_dict())
+            trackers.finish(folder.path, summary)
             trackers.close("completed")
     except BaseException as err:
         # SystemExit: a scheduler's signal handler (submitit's requeue) ended the process.

@@ -45,6 +45,14 @@ LOCK_NAME = ".lock"
 STUDY_DB, STUDY_JSON = "study.db", "study.json"
 RUN_FILES = (SUMMARY_NAME, METRICS_NAME, CONFIG_NAME, MODEL_NAME)  # any of them marks a run folder
 
+
+def relative_below(path: str | Path, base: Path) -> str:
+    """``path`` relative to ``base`` where it is below it, else as given: how files that list run
+    folders (compare.csv, a study's study.json) name them, so that they stay right when the
+    folder holding them all is moved or checked out elsewhere."""
+    rel = os.path.relpath(path, base)
+    return str(path) if rel.startswith("..") else Path(rel).as_posix()
+
 # insens_mean, insens_below_half: the mean insensitivity max(0, 1 - S) of the kept regularized
 # weights at the epoch's last step, and the share of them below 0.5 (blank without a regularizer).
 METRIC_COLUMNS = ("epoch", "eta", "lam", "train_loss", "val_loss", "val_error", "remaining_pct",

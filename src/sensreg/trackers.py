@@ -124,6 +124,7 @@ class Trackers:
         self._tb = None
         self._mlflow_run = None
         self._decisions_logged = 0
+        self._params: dict[str, Any] = {}  # the config as section.key: value (start fills it in)
 
     def __bool__(self) -> bool:
         return bool(self.names)
@@ -136,7 +137,7 @@ class Trackers:
         their ids go into ``summary``. Only process 0 calls this."""
         ids = summary.setdefault("trackers", {})
         self._decisions_logged = decisions_done
-        params = flat(config)
+        self._params = params = flat(config)
         if "tensorboard" in self.names:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -175,7 +176,7 @@ class Trackers:
             _mlflow().log_metrics(_mlflow_keys(metrics), step=step, run_id=self._mlflow_run.info.run_id)
 
     @_guarded
-    def finish(self, run_dir: Path, summary: dict[str, Any], config: dict[str, Any]) -> None:
+    def finish(self, run_dir: Path, summary: dict[str, Any]) -> None:
         """The final summary, and the run's report with its plots."""
         final = summary_metrics(summary)
         step = int(summary.get("epochs_completed") or 0)
@@ -185,7 +186,7 @@ class Trackers:
                 self._tb.add_scalar(key, value, step)
             for image in images:
                 self._tb.add_image(f"report/{image.stem}", _read_png(image), step)
-            hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat(config).items()}
+            hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in self._params.items()}
             self._tb.add_hparams(hparams, {k: v for k, v in final.items() if "/remaining_pct/" not in k}, run_name=".")
             self._tb.flush()
         if self._mlflow_run is not None:
