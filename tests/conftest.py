@@ -132,6 +132,17 @@ def random_batch(n: int, shape: tuple[int, ...], classes: int, seed: int = 0) ->
     return torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
 
 
+def run_in_process(*args: str) -> int:
+    """``sensreg ARGS`` in this process (with the ``in_process_cli`` fixture): its exit code."""
+    from sensreg.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0
+
+
 @pytest.fixture
 def in_process_cli(monkeypatch):
     """For tests that call ``sensreg.cli.main`` in this process: the working folder made

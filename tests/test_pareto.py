@@ -11,8 +11,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from conftest import stop_at_step  # noqa: E402
-from sensreg.cli import main as sensreg_main  # noqa: E402
+from conftest import run_in_process, stop_at_step  # noqa: E402
 from sensreg.compare import compare  # noqa: E402
 from sensreg.pareto import objectives, search_space, trials_done  # noqa: E402
 
@@ -23,11 +22,7 @@ SWEEP = ["-m", "hydra/sweeper=pareto", "~experiment", "data=synthetic", "data.nu
 
 
 def sweep(sweep_dir: Path, *extra: str) -> int:
-    try:
-        sensreg_main(["train", *SWEEP, f"hydra.sweep.dir={sweep_dir}", *extra])
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    return 0
+    return run_in_process("train", *SWEEP, f"hydra.sweep.dir={sweep_dir}", *extra)
 
 
 def load(sweep_dir: Path):

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import metrics_without_time, stop_at_step
-from sensreg.cli import main as sensreg_main
+from conftest import metrics_without_time, run_in_process, stop_at_step
 
 RUN = ["~experiment", "data=synthetic", "data.num_train=400", "data.num_test=200", "data.noise=3.0",
        "trainer.epochs=3", "trainer.batch_size=50", "trainer.device=cpu", "trainer.progress=false",
@@ -19,11 +18,7 @@ RUN = ["~experiment", "data=synthetic", "data.num_train=400", "data.num_test=200
 
 
 def cli(*args: str) -> int:
-    try:
-        sensreg_main(["train", *args])
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    return 0
+    return run_in_process("train", *args)
 
 
 def numeric_columns(run: Path) -> dict[str, list[tuple[int, float]]]:

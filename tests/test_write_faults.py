@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, assert_same_run
-from sensreg.cli import main as sensreg_main
+from conftest import TINY, assert_same_run, run_in_process
 
 RUN = [*TINY, "sens=unspec", "trainer.deterministic=true", "trainer.progress=false"]
 CODES = (errno.ENOSPC, errno.EACCES)
@@ -78,12 +77,7 @@ def final_name(path: str) -> str:
 
 def cli(*args: str, capsys) -> tuple[int, str]:
     """``sensreg ARGS`` in this process: (exit code, stderr)."""
-    try:
-        sensreg_main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, capsys.readouterr().err
+    return run_in_process(*args), capsys.readouterr().err
 
 
 def assert_clean_failure(code: int, err: str, failed_file: str, folder: Path) -> None:
