@@ -25,14 +25,14 @@ def test_dataclass_defaults_are_the_shipped_defaults():
 def test_the_main_job_is_the_default_preset_and_a_named_preset_replaces_it():
     main = TrainConfig.from_dict(composed())
     assert main == TrainConfig.from_dict(composed(
-        "~experiment", "prune=gmp", "prune.target=0.955", "prune.stop_epoch=-4",
-        "schedule@eta_schedule=step", "eta_schedule.milestones=[-4]"))
+        "~experiment", "prune=gmp", "prune.target=0.955", "prune.stop_epoch=0.8",
+        "schedule@eta_schedule=step", "eta_schedule.milestones=[0.8]"))
     assert main.model.name == "lenet300" and main.sens.name == "spec" and main.trainer.epochs == 20
     assert composed("experiment=default") == composed()
     assert composed("experiment=lenet300_quick")["prune"]["name"] == "search"  # nothing of the main job left
     # A group chosen on the command line replaces the main job's choice; its values stay
     assert composed("prune=search")["prune"] | {"target": None} == composed(
-        "~experiment", "prune=search", "prune.stop_epoch=-4")["prune"]
+        "~experiment", "prune=search", "prune.stop_epoch=0.8")["prune"]
 
 
 def experiments() -> list[str]:
@@ -129,7 +129,7 @@ def test_a_key_added_later_keeps_old_configs_hash_and_resumable():
     ("prune.patience=0.5", "prune.patience=0.5 must be an integer (or null)."),
     ("sens.lam=small", "sens.lam='small' must be a finite number."),
     ("trainer.channels_last=3", "trainer.channels_last=3 must be true or false."),
-    ("eta_schedule.milestones=[1.5]", "eta_schedule.milestones=[1.5] must be a list of integers"),
+    ("eta_schedule.milestones=[1.5]", "eta_schedule.milestones=1.5: a float is a fraction of the run"),
 ])
 def test_a_value_of_the_wrong_type_is_named_once(override, message):
     overrides = [override] + (["schedule@eta_schedule=step"] if "milestones" in override else [])
@@ -167,7 +167,7 @@ def test_nan_is_refused_where_a_number_is_asked_for(section, key):
 @pytest.mark.parametrize("milestones", [["abc"], "abc", [10, "x"]])
 @pytest.mark.parametrize("schedule", ["eta_schedule", "lam_schedule"])
 def test_a_milestone_that_is_not_a_number_is_a_message_not_a_traceback(schedule, milestones):
-    with pytest.raises(ConfigError, match=rf"{schedule}\.milestones=.* must be a list of integers"):
+    with pytest.raises(ConfigError, match=rf"{schedule}\.milestones=.* must be a list of epochs or of fractions"):
         TrainConfig.from_dict({schedule: {"name": "step", "milestones": milestones}})
 
 
@@ -175,18 +175,67 @@ def test_epochs_counted_back_from_the_last_stretch_with_the_run_and_are_checked(
     from sensreg.prune_schedules import build_prune_schedule
     from sensreg.regularizer import step
 
+    back_from_end = ("prune.stop_epoch=-4", "eta_schedule.milestones=[-4]")
     for epochs in (5, 20, 60):
         back, forth = step([-4]), step([epochs - 4])
         assert [back(e, epochs) for e in range(epochs)] == [forth(e, epochs) for e in range(epochs)]
-        cfg = TrainConfig.from_dict(composed("trainer.epochs=%d" % epochs))
+        cfg = TrainConfig.from_dict(composed("trainer.epochs=%d" % epochs, *back_from_end))
         schedule = build_prune_schedule(cfg.prune, epochs)
         assert schedule.stop_epoch == epochs - 4 and schedule.window(10) == (0, (epochs - 4) * 10)
         assert schedule.active(epochs - 4) and not schedule.active(epochs - 3)
     with pytest.raises(ConfigError, match=r"prune.stop_epoch=-4 counts back .* epoch -1, before"):
-        TrainConfig.from_dict(composed("trainer.epochs=3"))
+        TrainConfig.from_dict(composed("trainer.epochs=3", *back_from_end))
     with pytest.raises(ConfigError, match=r"eta_schedule.milestones: -30 counts back"):
         TrainConfig.from_dict(composed("trainer.epochs=20", "eta_schedule.milestones=[-30]"))
-    TrainConfig.from_dict(composed("trainer.epochs=5"))  # epoch 1: still a window
+    TrainConfig.from_dict(composed("trainer.epochs=5", *back_from_end))  # epoch 1: still a window
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 5, 20, 61])
+def test_the_main_job_keeps_its_shape_at_every_length(epochs):
+    # Its window and eta drop are fractions of the run (0.8): at 20 epochs the same as the
+    # epochs 16 it gave before; with one epoch the pruning ends within the epoch, in steps.
+    from sensreg.prune_schedules import build_prune_schedule
+    from sensreg.regularizer import step
+
+    cfg = TrainConfig.from_dict(composed(f"trainer.epochs={epochs}"))
+    gmp = build_prune_schedule(cfg.prune, epochs)
+    steps_per_epoch = 540
+    t0, t1 = gmp.window(steps_per_epoch)
+    assert t0 == 0 and t1 == int(0.8 * epochs * steps_per_epoch + 0.5)
+    assert gmp.sparsity_at(t1, steps_per_epoch) == pytest.approx(0.955)
+    assert gmp.sparsity_at(t1 // 2, steps_per_epoch) < 0.955
+    drop = step(cfg.eta_schedule.milestones, cfg.eta_schedule.gamma)
+    factors = [drop(e, epochs) for e in range(epochs)]
+    assert factors == [1.0] * int(0.8 * epochs + 0.5) + [pytest.approx(0.1)] * (epochs - int(0.8 * epochs + 0.5))
+    if epochs == 20:  # what the main job did with epochs counted back from the last (-4)
+        before = TrainConfig.from_dict(composed("prune.stop_epoch=-4", "eta_schedule.milestones=[-4]"))
+        old = build_prune_schedule(before.prune, epochs)
+        assert old.window(steps_per_epoch) == (t0, t1)
+        assert [step(before.eta_schedule.milestones)(e, epochs) for e in range(epochs)] == factors
+
+
+def test_positions_as_fractions_of_the_run_for_epoch_schedules_and_in_the_config_check():
+    from sensreg.positions import epoch_at, first_epoch_at, step_at
+    from sensreg.prune_schedules import build_prune_schedule
+
+    assert [epoch_at(0.8, n) for n in (1, 2, 3, 5, 20)] == [1, 2, 2, 4, 16]
+    assert first_epoch_at(0.5, 20) == 11 and first_epoch_at(0.0, 20) == 1 and first_epoch_at(3, 20) == 3
+    assert step_at(0.5, 1, 540) == 270 and step_at(3, 20, 10) == 30 and step_at(3, 20, 10, first=True) == 20
+    search = TrainConfig.from_dict(composed("~experiment", "trainer.epochs=10", "prune.start_epoch=0.5",
+                                            "prune.stop_epoch=0.8")).prune
+    schedule = build_prune_schedule(search, 10)
+    assert [e for e in range(1, 11) if schedule.active(e)] == [6, 7, 8]
+    gmp = build_prune_schedule(TrainConfig.from_dict(composed("prune.start_epoch=0.25")).prune, 20)
+    assert gmp.window(100) == (500, 1600)
+    for bad, message in (("prune.stop_epoch=1.5", r"prune.stop_epoch=1.5: a float is a fraction of the run"),
+                         ("eta_schedule.milestones=[16.0]", r"eta_schedule.milestones=16.0: a float is a fraction"),
+                         ("prune.start_epoch=-0.5", r"prune.start_epoch=-0.5: a float is a fraction")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig.from_dict(composed(bad))
+    with pytest.raises(ConfigError, match=r"prune.stop_epoch=0.2 comes before prune.start_epoch=0.5"):
+        TrainConfig.from_dict(composed("prune.start_epoch=0.5", "prune.stop_epoch=0.2"))
+    with pytest.raises(ConfigError, match=r"prune.stop_epoch='late' must be an epoch .* or a fraction"):
+        TrainConfig.from_dict(composed("prune.stop_epoch=late"))
 
 
 def test_a_gmp_window_past_the_last_epoch_is_refused_where_a_search_window_is_not():
@@ -194,3 +243,26 @@ def test_a_gmp_window_past_the_last_epoch_is_refused_where_a_search_window_is_no
         TrainConfig.from_dict(composed("trainer.epochs=20", "prune.stop_epoch=30"))
     TrainConfig.from_dict(composed("trainer.epochs=20", "prune.stop_epoch=30", "prune.end_step=100"))
     TrainConfig.from_dict(composed("~experiment", "trainer.epochs=20", "prune.stop_epoch=30"))  # search
+
+
+def test_every_reference_preset_keeps_the_hash_of_its_committed_runs():
+    # The presets' positions are epochs (integers); the fractions of the run added later change
+    # no preset's config: each composes to the hash its reference runs were saved with, so they
+    # still group with new runs and resume. (The main job's positions became fractions: its hash
+    # changed, and its older runs resume with prune.stop_epoch=-4 'eta_schedule.milestones=[-4]'.)
+    import re
+
+    from conftest import REPO
+
+    script = (REPO / "scripts" / "reproduce_mnist.sh").read_text()
+    runs = dict(re.findall(r'^\s+"([\w.-]+)\|([^"]+)"$', script, flags=re.M))
+    assert len(runs) >= 15
+    checked = 0
+    for name, overrides in runs.items():
+        summary = REPO / "outputs" / "reference" / name / "seed0" / "summary.json"
+        if not summary.is_file():
+            continue
+        saved = json.loads(summary.read_text())["config_hash"]
+        assert TrainConfig.from_dict(composed(*overrides.split())).hash() == saved, name
+        checked += 1
+    assert checked >= 15

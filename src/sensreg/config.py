@@ -27,7 +27,8 @@ from .models import MODELS, OPTIMIZER_LR, build_model, default_lr
 from .precision import PRECISIONS
 from .prune_schedules import PRUNE_SCHEDULES, target_sparsity
 from .per_sample import LayerTape, PerSampleError
-from .regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, epoch_from_end, lambda_schedule
+from .positions import epoch_at, first_epoch_at, is_fraction
+from .regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, lambda_schedule
 from .sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
 
 OPTIMIZERS = ("sgd", "adam")
@@ -139,7 +140,8 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "constant"
-    milestones: list[int] = field(default_factory=lambda: [30, 60])
+    # epochs, or fractions of the run (0.8): positions.py
+    milestones: list[int | float] = field(default_factory=lambda: [30, 60])
     gamma: float = 0.1
     min_factor: float = 0.0
 
@@ -151,8 +153,10 @@ class PruneConfig:
     patience: int | None = 1
     tolerance: float | None = 0.1
     threshold: float | None = None
-    start_epoch: int = 1
-    stop_epoch: int | None = None
+    # the window: epochs (1-based; negative: counted back from the last) or fractions of the
+    # run (floats in [0, 1]), positions.py
+    start_epoch: int | float = 1
+    stop_epoch: int | float | None = None
     every: int = 1
     # whether the affine parameters of batch-norm (and other normalization) layers are
     # regularized and pruned like the rest of `params`; false: they are trained, never shrunk
@@ -336,32 +340,46 @@ class TrainConfig:
             s: ScheduleConfig = getattr(self, name)
             p.at_least(f"{name}.gamma", s.gamma, 0)
             p.at_least(f"{name}.min_factor", s.min_factor, 0)
-            if s.name == "step" and isinstance(self.trainer.epochs, int) and isinstance(s.milestones, list):
-                for m in s.milestones:
-                    if isinstance(m, int) and m < 0 and epoch_from_end(m, self.trainer.epochs) <= 0:
-                        p.append(f"{name}.milestones: {m} counts back from the last epoch to before the "
-                                 f"first (of trainer.epochs={self.trainer.epochs} it is epoch "
-                                 f"{epoch_from_end(m, self.trainer.epochs)}), which would divide the factor "
-                                 f"from the start. Train at least {1 - m} epochs or count back fewer.")
+            if s.name != "step" or not isinstance(s.milestones, (list, tuple)):
+                continue
+            for m in s.milestones:
+                p.fraction(f"{name}.milestones", m)
+                if _TYPES["int"][0](m) and m < 0 and isinstance(self.trainer.epochs, int) \
+                        and epoch_at(m, self.trainer.epochs) <= 0:
+                    p.append(f"{name}.milestones: {m} counts back from the last epoch to before the "
+                             f"first (of trainer.epochs={self.trainer.epochs} it is epoch "
+                             f"{epoch_at(m, self.trainer.epochs)}), which would divide the factor "
+                             f"from the start. Train at least {1 - m} epochs, count back fewer, or give "
+                             f"a fraction of the run ({name}.milestones=[0.8]).")
 
     def _check_prune(self, p: "_Problems") -> None:
         schedule = PRUNE_SCHEDULES[self.prune.name] if _registered(self.prune.name, PRUNE_SCHEDULES) else None
         for key, low in getattr(schedule, "MINIMUMS", {}).items():
             p.at_least(f"prune.{key}", getattr(self.prune, key), low)
-        p.at_least("prune.start_epoch", self.prune.start_epoch, 1)
+        stop, start, epochs = self.prune.stop_epoch, self.prune.start_epoch, self.trainer.epochs
+        if is_fraction(start):
+            p.fraction("prune.start_epoch", start)
+        else:
+            p.at_least("prune.start_epoch", start, 1)
         if self.prune.name == "gmp":
             self._check_gmp(p)
-        stop, start = self.prune.stop_epoch, self.prune.start_epoch
-        first = start if isinstance(start, int) else 1
-        if isinstance(stop, int) and stop < 0 and isinstance(self.trainer.epochs, int):
-            if epoch_from_end(stop, self.trainer.epochs) < first:
+        if stop is None or not isinstance(epochs, int) or p.has("prune.start_epoch"):
+            return
+        if is_fraction(stop):
+            p.fraction("prune.stop_epoch", stop)
+            if is_fraction(start) and _TYPES["float"][0](stop) and stop < start:
+                p.append(f"prune.stop_epoch={stop!r} comes before prune.start_epoch={start!r} (both fractions "
+                         f"of the run), so nothing would be pruned; give a later stop.")
+            return
+        first = first_epoch_at(start, epochs) if _TYPES["float"][0](start) else 1
+        if _TYPES["int"][0](stop) and stop < 0:
+            if epoch_at(stop, epochs) < first:
                 p.append(f"prune.stop_epoch={stop} counts back from the last epoch: of trainer.epochs="
-                         f"{self.trainer.epochs} it is epoch {epoch_from_end(stop, self.trainer.epochs)}, "
-                         f"before prune.start_epoch={start}, so nothing would be pruned. Train at least "
-                         f"{first - stop} epochs, count back fewer, or give the last pruning epoch itself "
-                         f"(prune.stop_epoch={self.trainer.epochs}); ~experiment leaves the main job's "
-                         f"schedule out altogether.")
-        elif stop is not None:
+                         f"{epochs} it is epoch {epoch_at(stop, epochs)}, before prune.start_epoch={start}, "
+                         f"so nothing would be pruned. Train at least {first - stop} epochs, count back "
+                         f"fewer, or give the window's end as a fraction of the run (prune.stop_epoch=0.8); "
+                         f"~experiment leaves the main job's schedule out altogether.")
+        else:
             p.at_least("prune.stop_epoch", stop, first)
 
     def _check_gmp(self, p: "_Problems") -> None:
@@ -445,7 +463,7 @@ class TrainConfig:
         # The factor is constant between milestones and monotone under cosine: its largest value
         # is at the first or last regularized epoch or where a milestone takes effect (looking at
         # every epoch would take forever for trainer.epochs=10**12).
-        marks = {epoch_from_end(m, epochs) + shift for s in (self.eta_schedule, self.lam_schedule)
+        marks = {epoch_at(m, epochs) + shift for s in (self.eta_schedule, self.lam_schedule)
                  if s.name == "step" for m in s.milestones for shift in (-1, 0, 1, warmup)}
         candidates = {warmup, epochs - 1} | {e for e in marks if warmup <= e < epochs}
         for epoch in sorted(candidates):
@@ -488,6 +506,11 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "str": (lambda v: isinstance(v, str), "text"),
     "list[int]": (lambda v: isinstance(v, (list, tuple)) and all(_TYPES["int"][0](x) for x in v),
                   "a list of integers, e.g. [30,60]"),
+    # a position in the run (positions.py): an epoch, or a fraction of the run
+    "int | float": (lambda v: _TYPES["float"][0](v), "an epoch (an integer) or a fraction of the run "
+                    "(a number between 0 and 1)"),
+    "list[int | float]": (lambda v: isinstance(v, (list, tuple)) and all(_TYPES["float"][0](x) for x in v),
+                          "a list of epochs or of fractions of the run, e.g. [30,60] or [0.8]"),
     "tuple[float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2
                             and all(_TYPES["float"][0](x) for x in v), "two numbers, e.g. [0.9,0.999]"),
 }
@@ -512,6 +535,17 @@ class _Problems(list):
     def choice(self, key: str, value: Any, known) -> None:
         if value not in known:
             self.append(f"{key}={value!r} is not one of: {', '.join(map(str, known))}.")
+
+    def has(self, *keys: str) -> bool:
+        """Whether a problem was found with one of ``keys`` already."""
+        return any(m.startswith(f"{key}=") for m in self for key in keys)
+
+    def fraction(self, key: str, value: Any) -> None:
+        """A position given as a float is a fraction of the run: it must lie in [0, 1]."""
+        # (nan and the infinities are no numbers to place: the type check names them)
+        if is_fraction(value) and math.isfinite(value) and not 0.0 <= value <= 1.0:
+            self.append(f"{key}={value!r}: a float is a fraction of the run and must lie between 0 and 1 "
+                        f"(0.8: after 80 % of it); give an epoch as an integer ({round(value)}).")
 
     def at_least(self, key: str, value: Any, low: float, strict: bool = False) -> None:
         # value != value: nan, which every comparison would let through

@@ -16,8 +16,9 @@ never looks at the name.
 - ``none``: never prune.
 
 Every schedule acts only from ``start_epoch`` to ``stop_epoch`` (1-based, inclusive; None: to
-the last epoch; negative: counted back from the last, -4 of 20 is 16); the loop asks none of them
-during the dense warm-up.
+the last epoch; negative: counted back from the last, -4 of 20 is 16; a float in [0, 1]: a
+fraction of the run, resolved in steps by ``gmp`` and to the nearest epoch by the others:
+positions.py); the loop asks none of them during the dense warm-up.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import nn
 from . import evaluate as evaluation
 from .distributed import SINGLE, Dist
 from .pruning import Masks, search_threshold
-from .regularizer import epoch_from_end
+from .positions import epoch_at, first_epoch_at, is_fraction, step_at
 
 
 @dataclass
@@ -69,14 +70,19 @@ class PruneSchedule:
         self.thresholds: list[dict[str, Any]] = []  # every decision, in order
 
     @property
+    def start_epoch(self) -> int:
+        """The first epoch of the window (prune.start_epoch)."""
+        return first_epoch_at(self.cfg.start_epoch, self.epochs)
+
+    @property
     def stop_epoch(self) -> int:
         """The last epoch of the window (prune.stop_epoch; None: the run's last)."""
         stop = self.cfg.stop_epoch
-        return self.epochs if stop is None else epoch_from_end(stop, self.epochs)
+        return self.epochs if stop is None else epoch_at(stop, self.epochs)
 
     def active(self, epoch: int) -> bool:
         """Whether ``epoch`` (1-based) lies in the window from start_epoch to stop_epoch."""
-        return self.cfg.start_epoch <= epoch <= self.stop_epoch
+        return self.start_epoch <= epoch <= self.stop_epoch
 
     def after_epoch(self, epoch: int, val: dict[str, float], ctx: PruneContext) -> dict[str, float]:
         """Decide after epoch ``epoch`` (1-based), whose validation figures are ``val``; return
@@ -138,7 +144,7 @@ class FixedSchedule(PruneSchedule):
 
     def after_epoch(self, epoch, val, ctx):
         cfg, masks = self.cfg, ctx.masks
-        if not self.active(epoch) or (epoch - cfg.start_epoch) % cfg.every:
+        if not self.active(epoch) or (epoch - self.start_epoch) % cfg.every:
             return val
         before, l1_before = masks.remaining_pct(), masks.kept_l1()
         # scope=layer: prune.threshold is τ, each tensor's threshold τ·σ_l (Masks.scales)
@@ -160,7 +166,8 @@ class GradualMagnitude(PruneSchedule):
     the sparsity is s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t1 - t0))^3, from ``initial`` s_i
     to ``target`` s_f; after t1 it stays at s_f. Steps are counted from the start of training;
     t0 is the end of epoch ``start_epoch - 1`` (or ``start_step``), t1 the end of epoch
-    ``stop_epoch`` (or ``end_step``; the last epoch by default). Scope ``global``: one ranking of
+    ``stop_epoch`` (or ``end_step``; the last epoch by default); a window given as fractions of
+    the run is placed in steps, so that a one-epoch run prunes within its epoch. Scope ``global``: one ranking of
     |w| over every prunable tensor, each keeping at least its largest entry; ``layer``: every
     tensor pruned to the same sparsity s_t."""
 
@@ -169,9 +176,16 @@ class GradualMagnitude(PruneSchedule):
     MINIMUMS = {"every": 1, "initial": 0}
 
     def window(self, steps_per_epoch: int) -> tuple[int, int]:
+        """The window's first and last step, counted from the start of training."""
         cfg = self.cfg
-        t0 = cfg.start_step if cfg.start_step is not None else (cfg.start_epoch - 1) * steps_per_epoch
-        t1 = cfg.end_step if cfg.end_step is not None else self.stop_epoch * steps_per_epoch
+        t0 = cfg.start_step if cfg.start_step is not None else \
+            step_at(cfg.start_epoch, self.epochs, steps_per_epoch, first=True)
+        if cfg.end_step is not None:
+            t1 = cfg.end_step
+        elif is_fraction(cfg.stop_epoch):
+            t1 = step_at(cfg.stop_epoch, self.epochs, steps_per_epoch)
+        else:
+            t1 = self.stop_epoch * steps_per_epoch
         return t0, t1
 
     def sparsity_at(self, t: int, steps_per_epoch: int) -> float:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .positions import Position, epoch_at
+
 
 def insensitivity(sens: Tensor) -> Tensor:
     """S-bar = max(0, 1 - S), elementwise."""
@@ -110,19 +112,14 @@ def constant() -> Schedule:
     return lambda epoch, epochs: 1.0
 
 
-def step(milestones: Sequence[int] = (30, 60), gamma: float = 0.1) -> Schedule:
+def step(milestones: Sequence[Position] = (30, 60), gamma: float = 0.1) -> Schedule:
     """Factor gamma^m, m = how many milestones have passed: a milestone M (counted in epochs)
     takes effect from epoch M + 1 on (epoch index M), as in torch's MultiStepLR. A negative M
-    counts back from the last epoch (epoch_from_end): -4 of 20 epochs is 16."""
-    marks = [int(m) for m in milestones]
-    return lambda epoch, epochs: gamma ** sum(1 for m in marks if epoch + 1 > epoch_from_end(m, epochs))
-
-
-def epoch_from_end(epoch: int, epochs: int) -> int:
-    """An epoch number as configs give it: as it is when positive, counted back from the last of
-    ``epochs`` when negative (-4 of 20 is 16), so that a preset's schedule stretches with
-    trainer.epochs."""
-    return epoch if epoch >= 0 else epochs + epoch
+    counts back from the last epoch (-4 of 20 epochs is 16), a float in [0, 1] is a fraction of
+    the run (0.8 of 20 epochs is 16), so that a preset's schedule stretches with trainer.epochs
+    (positions.py)."""
+    marks = list(milestones)
+    return lambda epoch, epochs: gamma ** sum(1 for m in marks if epoch + 1 > epoch_at(m, epochs))
 
 
 def cosine(min_factor: float = 0.0) -> Schedule:
