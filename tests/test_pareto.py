@@ -52,12 +52,14 @@ def test_the_sweeper_without_optuna_is_one_message_before_any_training(tmp_path,
 @pytest.mark.parametrize("override, message", [
     ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 must be an integer >= 1"),
     ("hydra.sweeper.sampler=grid", "hydra.sweeper.sampler=grid is not one of: nsgaii, tpe"),
-    ("prune=gmp", "prune.tolerance is searched, but prune=gmp does not read it"),
+    ("prune=gmp prune.tolerance=interval(0.01,0.3)", "prune.tolerance is searched, but prune=gmp does not read it"),
+    ("sens=none sens.lam=interval(1e-5,1e-3)", "sens.lam is searched, but sens=none does not regularize"),
+    ("sens=none prune=none", "hydra/sweeper=pareto has nothing to search: sens=none prune=none"),
 ])
 def test_a_sweep_set_up_wrongly_is_one_message_before_any_trial(override, message, tmp_path, monkeypatch, capsys,
                                                                 in_process_cli):
     monkeypatch.chdir(tmp_path)
-    assert sweep(tmp_path / "sweep", override) == 2
+    assert sweep(tmp_path / "sweep", *override.split()) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "sweep" / "study.db").exists()
 
@@ -173,3 +175,37 @@ def test_a_pareto_sweep_through_submitits_launcher_runs_trials_in_parallel_and_c
     for trial in study.trials:
         summary = json.loads((Path(trial.user_attrs["run_dir"]) / "summary.json").read_text())
         assert trial.values == [summary["val_error"], summary["remaining_pct"]]
+
+
+def test_the_default_search_space_is_what_each_preset_reads():
+    # `sensreg train -m hydra/sweeper=pareto experiment=NAME` with no other argument searches keys
+    # the preset's schedule reads: lambda where the variant regularizes, and the prune schedule's
+    # own key (gmp: the target; search: the tolerance).
+    from sensreg.pareto import READ_BY, default_space
+    from test_config import experiments
+    from conftest import composed
+
+    assert default_space("spec", "gmp") == {"sens.lam": "tag(log, interval(1e-6, 1e-3))",
+                                            "prune.target": "interval(0.8, 0.995)"}
+    assert set(default_space("spec", "search")) == {"sens.lam", "prune.tolerance"}
+    assert set(default_space("none", "gmp")) == {"prune.target"}
+    for name in experiments():
+        cfg = composed(f"experiment={name}")
+        space = default_space(cfg["sens"]["name"], cfg["prune"]["name"])
+        for key in space:
+            assert key == "sens.lam" or cfg["prune"]["name"] in READ_BY[key], (name, key)
+        dense = cfg["sens"]["name"] == "none" and cfg["prune"]["name"] == "none"
+        assert bool(space) != dense, name
+
+
+@pytest.mark.slow
+def test_the_main_job_is_searched_with_the_defaults(tmp_path, monkeypatch, in_process_cli):
+    # The main job prunes with gmp: its default space is lambda and the gmp target.
+    monkeypatch.chdir(tmp_path)
+    sweep_dir = tmp_path / "sweep"
+    assert run_in_process("train", "-m", "hydra/sweeper=pareto", "data=synthetic", "data.num_train=300",
+                          "data.num_test=100", "trainer.epochs=1", "trainer.device=cpu", "trainer.progress=false",
+                          "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep_dir}") == 0
+    study = optuna.load_study(study_name="synthetic_lenet300_spec", storage=f"sqlite:///{sweep_dir / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert all(set(t.params) == {"sens.lam", "prune.target"} for t in study.trials)

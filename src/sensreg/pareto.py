@@ -36,6 +36,29 @@ from .run_folder import CHECKPOINT_NAME, STUDY_DB, STUDY_JSON, relative_below
 OBJECTIVES = ("val_error", "remaining_pct")  # summary.json keys, both minimized
 SAMPLERS = ("nsgaii", "tpe")
 
+# The search space when hydra.sweeper.params is not given: lambda, where the sensitivity variant
+# regularizes, and the key that sets how far the chosen prune schedule prunes. Each searched key
+# must be one the run reads (READ_BY): a key it ignores would spend the trials on noise.
+LAMBDA_SPACE = {"sens.lam": "tag(log, interval(1e-6, 1e-3))"}
+PRUNE_SPACE = {
+    "search": {"prune.tolerance": "interval(0.01, 0.3)"},
+    "gmp": {"prune.target": "interval(0.8, 0.995)"},  # sparsity: 5x to 200x
+    "fixed": {"prune.threshold": "tag(log, interval(1e-5, 1e-2))"},
+    "none": {},
+}
+READ_BY = {"prune.tolerance": ("search",), "prune.patience": ("search",), "prune.target": ("gmp",),
+           "prune.initial": ("gmp",), "prune.threshold": ("fixed",)}
+
+
+def default_space(sens_name: str, prune_name: str) -> dict[str, str]:
+    """The default search space of a config with sensitivity variant ``sens_name`` and prune
+    schedule ``prune_name``, as key: sweep."""
+    from .sensitivity import VARIANTS
+
+    variant = VARIANTS.get(sens_name)
+    return {**(LAMBDA_SPACE if variant is not None and variant.regularizes else {}),
+            **PRUNE_SPACE.get(prune_name, {})}
+
 
 def say(message: str) -> None:
     """A line of the sweep's own progress (the jobs log theirs to their run folders)."""
@@ -122,7 +145,8 @@ class ParetoSearch(Sweeper):
         # sweep_dir: read by train.yaml as hydra.sweep.dir, which is where the study goes.
         self.sampler_name, self.seed, self.n_trials, self.n_jobs = sampler, seed, n_trials, n_jobs
         self.population_size, self.study_name = population_size, study_name
-        self.params = {str(k): str(v) for k, v in (params or {}).items()}
+        # None: the default space of the config being swept (default_space)
+        self.params = None if params is None else {str(k): str(v) for k, v in params.items()}
         self.config = self.launcher = self.hydra_context = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
@@ -150,7 +174,9 @@ class ParetoSearch(Sweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # The command line's sweeps replace the configured ones of the same keys.
         given = {o.partition("=")[0]: o for o in arguments}
-        space, fixed = search_space([f"{k}={v}" for k, v in self.params.items() if k not in given]
+        params = self.params if self.params is not None else \
+            default_space(self.config.sens.name, self.config.prune.name)
+        space, fixed = search_space([f"{k}={v}" for k, v in params.items() if k not in given]
                                     + list(given.values()))
         self._check(space)
         sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
@@ -190,13 +216,20 @@ class ParetoSearch(Sweeper):
 
     def _check(self, space: dict[str, Any]) -> None:
         if not space:
-            raise SweepError("hydra/sweeper=pareto has nothing to search: give hydra.sweeper.params or "
-                             "sweeps on the command line, e.g. 'sens.lam=tag(log, interval(1e-6, 1e-3))'.")
-        prune = self.config.prune.name
-        if "prune.tolerance" in space and prune != "search":
-            raise SweepError(f"prune.tolerance is searched, but prune={prune} does not read it (only "
-                             f"prune=search does). Add prune=search (or ~experiment), or search other "
-                             f"keys with hydra.sweeper.params.")
+            raise SweepError(f"hydra/sweeper=pareto has nothing to search: sens={self.config.sens.name} "
+                             f"prune={self.config.prune.name} reads none of the keys it searches by "
+                             f"default. Give hydra.sweeper.params or sweeps on the command line, e.g. "
+                             f"'sens.lam=tag(log, interval(1e-6, 1e-3))'.")
+        prune, sens = self.config.prune.name, self.config.sens.name
+        for key, readers in READ_BY.items():
+            if key in space and prune not in readers:
+                raise SweepError(f"{key} is searched, but prune={prune} does not read it (only "
+                                 f"prune={readers[0]} does). Add prune={readers[0]}, or search the keys "
+                                 f"prune={prune} reads: {', '.join(PRUNE_SPACE.get(prune, {})) or 'none'} "
+                                 f"(the default when hydra.sweeper.params is not given).")
+        if "sens.lam" in space and sens == "none":
+            raise SweepError("sens.lam is searched, but sens=none does not regularize: every trial would "
+                             "train the same. Choose a sensitivity variant (sens=spec) or search other keys.")
         if self.sampler_name not in SAMPLERS:
             raise SweepError(f"hydra.sweeper.sampler={self.sampler_name} is not one of: {', '.join(SAMPLERS)}.")
         for key, low in (("n_trials", 1), ("n_jobs", 1), ("population_size", 2)):
