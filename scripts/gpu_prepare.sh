@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run here, before scripts/gpu_check.sh goes to a GPU machine: puts into .whl/ (git-ignored) the
+# Run here, before scripts/gpu_session.sh goes to a GPU machine: puts into .whl/ (git-ignored) the
 # wheels that machine lacks (Python 3.12 there) and the four MNIST archives, so that the device
 # call carries only `.whl`.
 set -euo pipefail

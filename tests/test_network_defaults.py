@@ -5,7 +5,7 @@ The learning rate is the one setting that differs between networks (``models.NET
 plain control without a regularizer is the hardest case, as no shrink holds the weights back.
 LeNet-300-100 and LeNet-5 train on MNIST here; the CIFAR and ImageNet networks on generated
 data of CIFAR's and ImageNet's shapes, on a GPU (a few hundred of their steps take the CPU tens
-of minutes; scripts/gpu_check.sh runs them).
+of minutes; scripts/gpu_session.sh runs them).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from sensreg.config import TrainConfig
 from sensreg.models import MODELS, NETWORK_LR, OPTIMIZER_LR, default_lr
 from sensreg.pruning import Masks
-from sensreg.run import setup
+from sensreg.run import setup as setup_run  # not `setup`: pytest < 9 would call it as a module set-up
 from sensreg.sensitivity import get_variant
 from sensreg.train import TrainStep, build_optimizer
 from sensreg.data import batches
@@ -57,7 +57,7 @@ def default_config(name: str) -> TrainConfig:
 def test_the_defaults_of_each_network_train_it_without_diverging(name):
     cfg = default_config(name)
     assert cfg.optim.lr == default_lr(name, "sgd")
-    _, data, model = setup(cfg)
+    _, data, model = setup_run(cfg)
     optimizer = build_optimizer(cfg, model.parameters())
     step = TrainStep(model, optimizer, get_variant("none"), Masks(model, []), [])
     losses, generator = [], torch.Generator().manual_seed(0)

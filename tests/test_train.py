@@ -165,3 +165,30 @@ def test_config_errors_name_every_problem():
     for fragment in ("sens.lam=-1", "sens.name='nope'", "trainer.epochs=0", "model.name='lenet7'",
                      "lenet300", "bogus"):
         assert fragment in text
+
+
+def test_the_divergence_watch_reads_the_loss_at_once_on_the_cpu():
+    from sensreg.train import DivergenceWatch
+
+    watch = DivergenceWatch(torch.device("cpu"))
+    assert watch.finite(torch.tensor(3.0)) and not watch.finite(torch.tensor(float("nan")))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_divergence_watch_on_a_gpu_reads_the_previous_look_without_waiting():
+    from sensreg.train import DivergenceWatch
+
+    watch = DivergenceWatch(torch.device("cuda"))
+    loss_sum = torch.tensor(1.0, device="cuda")
+    assert watch.finite(loss_sum)  # nothing copied before: no verdict yet
+    torch.cuda.synchronize()
+    loss_sum.fill_(float("nan"))
+    assert watch.finite(loss_sum)  # the copy of the last look, 1.0
+    torch.cuda.synchronize()
+    assert not watch.finite(loss_sum)  # this look reads the nan
+    torch.cuda.set_sync_debug_mode("error")  # and a look never makes the host wait for the device
+    try:
+        watch.finite(loss_sum)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

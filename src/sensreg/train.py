@@ -334,6 +334,7 @@ def train_epoch(tr: Training, lam: float, epoch_start: float, prune_steps: bool 
     loop.shuffle_state = tr.shuffle_gen.get_state()  # the epoch's order can be drawn again from here
     n_batches = num_batches(data.train, t.batch_size)
     loss_sum = torch.tensor(loop.loss_sum, device=tr.step.device)
+    watch = DivergenceWatch(tr.step.device)
     show_progress = dist.is_main and (t.progress is True or (t.progress == "auto" and sys.stdout.isatty()))
     with _progress(show_progress, f"epoch {loop.epoch + 1}/{t.epochs}", n_batches, loop.batch) as advance:
         for b, (x, y) in enumerate(batches(data.train, t.batch_size, shuffle=True, generator=tr.shuffle_gen,
@@ -344,9 +345,9 @@ def train_epoch(tr: Training, lam: float, epoch_start: float, prune_steps: bool 
                 draws = [part_of(d, dist.shard) for d in crop_flip_draws(total, tr.augment_gen)]
                 x = crop_flip(x, draws, fill=data.pad_value)
             loss_sum += tr.step(x, y, lam, total, measure=b == n_batches - 1)
-            # A look at the loss every DIVERGENCE_EVERY steps (one host synchronisation each) stops a
-            # diverged run there rather than at the end of its epoch.
-            if (b + 1) % DIVERGENCE_EVERY == 0 and dist.any(not math.isfinite(float(loss_sum))):
+            # A look at the loss every DIVERGENCE_EVERY steps stops a diverged run there rather than
+            # at the end of its epoch (DivergenceWatch: on a GPU without waiting for it).
+            if (b + 1) % DIVERGENCE_EVERY == 0 and dist.any(not watch.finite(loss_sum)):
                 raise diverged(tr, f"epoch {loop.epoch + 1}, by step {b + 1} of {n_batches}",
                                tr.optimizer.param_groups[0]["lr"], lam)
             if prune_steps:
@@ -367,6 +368,34 @@ def train_epoch(tr: Training, lam: float, epoch_start: float, prune_steps: bool 
 
 
 DIVERGENCE_EVERY = 50  # training steps between two looks at the loss (train_epoch)
+
+
+class DivergenceWatch:
+    """Whether the running loss sum is finite, asked every DIVERGENCE_EVERY steps.
+
+    On the CPU the sum is read at once. On a GPU, reading it would make the host wait for the
+    device to finish every queued step; instead each look copies the sum to pinned host memory
+    behind an event and reads the copy made at the previous look, which has long arrived (if not,
+    it waits for the next look). A diverged run then stops at most two looks late, and the
+    training step never waits for the device."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.host = torch.zeros((), pin_memory=True) if self.cuda else None
+        self.copied: torch.cuda.Event | None = None
+
+    def finite(self, loss_sum: torch.Tensor) -> bool:
+        if not self.cuda:
+            return math.isfinite(float(loss_sum))
+        finite = True
+        if self.copied is not None:
+            if not self.copied.query():  # the last copy has not arrived: look again next time
+                return True
+            finite = math.isfinite(float(self.host))
+        self.host.copy_(loss_sum, non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record()
+        return finite
 
 
 def check_finite(tr: Training, train_loss: float, eta: float, lam: float) -> None:
