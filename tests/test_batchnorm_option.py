@@ -19,7 +19,7 @@ from sensreg.pruning import Masks, norm_parameter_names, prunable_names, sparsit
 from sensreg.tables import layer_table, render_text
 from sensreg.sensitivity import get_variant
 from sensreg.prune_schedules import PRUNE_SCHEDULES
-from sensreg.run import setup, train
+from sensreg.run import setup as setup_run, train  # not `setup`: pytest < 9 would call it as a module set-up
 from sensreg.train import TrainStep
 
 from conftest import config, random_batch  # config(): the small synthetic-data run of the training tests
@@ -196,7 +196,7 @@ def test_a_run_keeps_batch_norm_by_default_and_prunes_it_with_the_option(tmp_pat
     cfg = config(model={"name": "resnet20"}, sens={"name": "l2", "lam": 0.5}, optim={"lr": 1e-12},
                  prune={"name": "fixed", "threshold": 0.05, "batchnorm": batchnorm},
                  trainer={"epochs": 1})
-    initial = {n: p.detach().clone() for n, p in setup(cfg)[2].named_parameters()}  # the run's own seed
+    initial = {n: p.detach().clone() for n, p in setup_run(cfg)[2].named_parameters()}  # the run's own seed
     summary = train(cfg, tmp_path)
     final = load_checkpoint(tmp_path / "model.pt")
     bn = {n for n in initial if ".bn" in n or n.startswith("bn")}

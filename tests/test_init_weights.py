@@ -16,7 +16,7 @@ from sensreg.checkpoint import CheckpointError
 from sensreg.init_weights import init_model_, load_init_state
 from sensreg.data import Dataset, Split
 from sensreg.models import build_model
-from sensreg.run import setup
+from sensreg.run import setup as setup_run  # not `setup`: pytest < 9 would call it as a module set-up
 
 from conftest import config  # the small synthetic-data run every training test starts from
 
@@ -82,7 +82,7 @@ def test_setup_loads_a_torchvision_state_dict_exactly_without_downloading(tmp_pa
              "nested": {"model": state, "epoch": 90, "best_acc1": 69.8}}[wrap]
     torch.save(saved, tmp_path / "resnet18.pth")
     fake_cifar(monkeypatch)
-    _, _, model = setup(cifar_config("resnet18", tmp_path / "resnet18.pth"))
+    _, _, model = setup_run(cifar_config("resnet18", tmp_path / "resnet18.pth"))
     assert_same_tensors(model, state)
     reference = torchvision.models.resnet18(num_classes=10)
     reference.load_state_dict(state)
@@ -149,7 +149,7 @@ def test_an_imagenet_classifier_in_a_ten_class_model_is_one_clear_paragraph(tmp_
     torch.save(torchvision_weights("resnet18"), tmp_path / "resnet18-imagenet.pth")
     fake_cifar(monkeypatch)
     with pytest.raises(CheckpointError) as err:
-        setup(cifar_config("resnet18", tmp_path / "resnet18-imagenet.pth"))
+        setup_run(cifar_config("resnet18", tmp_path / "resnet18-imagenet.pth"))
     message = str(err.value)
     assert "\n" not in message and err.value.__cause__ is None and err.value.__context__ is None
     for part in ("resnet18-imagenet.pth", "fc.weight: 1000x512 in the file, 10x512 in the model",
