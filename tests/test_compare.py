@@ -39,15 +39,23 @@ from conftest import assert_png
 
 def make_run(folder: Path, *, sens: str, lam: float, seed: int, config_hash: str, status: str = "completed",
              error_pct: float | None = None, remaining: float | None = None, model: str = "lenet300",
-             data: str = "mnist", epochs: int = 20, epochs_done: int | None = None) -> Path:
-    """A run folder as train.py writes it, with the figures given (only what a run has so far)."""
+             data: str = "mnist", epochs: int = 20, epochs_done: int | None = None,
+             prune: dict | None = None, preset: str | None = None) -> Path:
+    """A run folder as train.py writes it, with the figures given (only what a run has so far).
+    ``prune``: the config's prune section; ``preset``: the experiment Hydra records as chosen."""
     folder.mkdir(parents=True)
     config = {"data": {"name": data, "root": "data"}, "model": {"name": model},
               "sens": {"name": sens, "lam": lam, "output": "logits", "params": "all", "classes": None},
-              "optim": {"name": "sgd", "lr": 0.05}, "trainer": {"epochs": epochs, "seed": seed}}
+              "optim": {"name": "sgd", "lr": 0.05}, "trainer": {"epochs": epochs, "seed": seed,
+                                                                "device": f"cuda:{seed}"}}
+    if prune is not None:
+        config["prune"] = prune
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))  # must not count as a run
+    if preset is not None:
+        record = {"hydra": {"runtime": {"choices": {"experiment": preset, "sens": sens}}}}
+        (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(record))
     done = epochs if epochs_done is None else epochs_done
     with open(folder / "metrics.csv", "w") as f:
         f.write("epoch,eta,lam,train_loss,val_loss,val_error,remaining_pct,threshold,seconds\n")
@@ -200,6 +208,113 @@ def test_group_by_config_hash_gives_mean_std_and_n_over_seeds(tree):
     assert (a.pareto, b.pareto, c.pareto) == (True, True, False)
 
 
+def names_of(groups) -> dict[str, str]:
+    """Group name by config hash."""
+    return {g.config_hash: g.run for g in groups}
+
+
+def test_groups_differing_only_in_a_key_are_named_by_it(tmp_path):
+    # The main job at two gmp targets, seeds 0-1 each, on two devices: only prune.target tells
+    # the configurations apart (the device says where a run ran; the seed is folded).
+    for target, h in (("50x", "h50"), ("22x", "h22")):
+        for seed in (0, 1):
+            make_run(tmp_path / f"t{target}_s{seed}", sens="spec", lam=3e-4, seed=seed, config_hash=h,
+                     error_pct=2.0, remaining=2.0, prune={"name": "gmp", "target": target, "stop_epoch": 0.8})
+    groups = cmp.group_rows(read(tmp_path)[0])
+    assert names_of(groups) == {"h50": "lenet300 spec prune.target=50x", "h22": "lenet300 spec prune.target=22x"}
+    assert all(g.n == 2 and g.seed == "0 1" for g in groups)
+
+
+def test_groups_are_named_by_their_preset_and_told_apart_within_one(tmp_path):
+    # Two presets, and one of them run again at another lambda: the preset names the group, and
+    # lam (as the table and --where call sens.lam) tells the two of the same preset apart.
+    make_run(tmp_path / "a", sens="spec", lam=1e-3, seed=0, config_hash="hA", error_pct=2.0, remaining=2.0,
+             preset="lenet300_spec")
+    make_run(tmp_path / "b", sens="spec", lam=5e-4, seed=0, config_hash="hB", error_pct=2.0, remaining=2.0,
+             preset="lenet300_spec")
+    make_run(tmp_path / "c", sens="l2", lam=1e-3, seed=0, config_hash="hC", error_pct=2.0, remaining=2.0,
+             preset="lenet300_l2")
+    make_run(tmp_path / "d", sens="spec", lam=1e-3, seed=0, config_hash="hD", error_pct=2.0, remaining=2.0,
+             model="lenet5")  # no preset recorded (made with ~experiment, or copied without .hydra/)
+    groups = cmp.group_rows(read(tmp_path)[0])
+    assert names_of(groups) == {"hA": "lenet300_spec lam=1e-3", "hB": "lenet300_spec lam=5e-4",
+                                "hC": "lenet300_l2", "hD": "lenet5 spec"}
+
+
+def test_a_key_some_runs_lack_still_tells_the_rest_apart(tmp_path):
+    # As in outputs/reference: threshold-search runs made before prune.target existed, beside two
+    # gmp runs at 100x and 80x. prune tells search from gmp; prune.target, which only the gmp runs
+    # have, then tells those two apart. Two with the same config.yaml get their hash.
+    make_run(tmp_path / "search", sens="spec", lam=1e-3, seed=0, config_hash="hS", error_pct=2.0, remaining=2.0,
+             prune={"name": "search", "tolerance": 0.1})
+    for target in ("100x", "80x"):
+        make_run(tmp_path / f"gmp{target}", sens="spec", lam=1e-3, seed=0, config_hash=f"h{target}",
+                 error_pct=2.0, remaining=2.0, prune={"name": "gmp", "tolerance": 0.1, "target": target})
+    make_run(tmp_path / "twin1", sens="loss", lam=1e-3, seed=0, config_hash="hT1", error_pct=2.0, remaining=2.0)
+    # (seed 1, on another device: neither tells configurations apart)
+    make_run(tmp_path / "twin2", sens="loss", lam=1e-3, seed=1, config_hash="hT2", error_pct=2.0, remaining=2.0)
+    names = names_of(cmp.group_rows(read(tmp_path)[0]))
+    assert names == {"hS": "lenet300 spec prune=search",
+                     "h100x": "lenet300 spec prune=gmp prune.target=100x",
+                     "h80x": "lenet300 spec prune=gmp prune.target=80x",
+                     "hT1": "lenet300 loss hT1", "hT2": "lenet300 loss hT2"}
+
+
+def test_the_keys_left_out_of_names_are_those_left_out_of_the_config_hash():
+    from sensreg.config import NOT_COMPUTATION, NOT_EXPERIMENT
+
+    expected = {"trainer.seed", *(f"{s}." for s in NOT_EXPERIMENT), *(f"{s}.{k}" for s, k in NOT_COMPUTATION)}
+    assert set(cmp.NOT_CONFIGURATION) == expected
+
+
+def test_the_preset_is_read_from_hydras_own_record(tmp_path):
+    # What Hydra records of a run (.hydra/hydra.yaml) has the shape of `--cfg hydra`: the real thing.
+    def record(*overrides) -> Path:
+        out = conftest.sensreg("train", *overrides, "--cfg", "hydra", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        folder = tmp_path / "_".join(overrides).strip("~=")
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / cmp.HYDRA_RECORD).write_text(out.stdout)
+        return folder
+
+    assert cmp.read_preset(record("experiment=lenet300_quick")) == "lenet300_quick"
+    assert cmp.read_preset(record("~experiment")) is None
+    assert cmp.read_preset(tmp_path / "no_such_run") is None
+    broken = tmp_path / "broken"
+    (broken / ".hydra").mkdir(parents=True)
+    (broken / cmp.HYDRA_RECORD).write_text("hydra: [unclosed")
+    assert cmp.read_preset(broken) is None
+
+
+def test_a_run_found_twice_counts_once_with_a_warning_naming_both_folders(tree, tmp_path):
+    # A run folder copied elsewhere in the tree: same config hash, same seed.
+    original = tree / "runs" / "2026-01-01" / "a_spec_s0"
+    copy = tree / "copied" / "a_spec_s0"
+    shutil.copytree(original, copy)
+    warnings: list[str] = []
+    groups = {g.config_hash: g for g in cmp.group_rows(read(tree)[0], warnings)}
+    a = groups["hA"]
+    assert a.seed == "0 1 2" and a.n == 3 and len(a.path.split(";")) == 3
+    assert a.test_error_pct == pytest.approx(2.2) and a.std["test_error_pct"] == pytest.approx(0.2)
+    assert len(warnings) == 1 and "seed 0" in warnings[0] and "hA" in warnings[0]
+    assert str(copy.resolve()) in warnings[0] and str(original.resolve()) in warnings[0]
+
+    out = sensreg("compare", str(tree), "--group", "--out", str(tmp_path / "cmp"), cwd=tree.parent)
+    assert out.returncode == 0, out.stderr
+    [line] = [line for line in out.stderr.splitlines() if "warning" in line]  # one line, both folders
+    assert str(copy.resolve()) in line and str(original.resolve()) in line
+    assert "0 0 1 2" not in out.stdout and "0 0 1 2" not in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_a_copy_that_finished_is_kept_over_one_that_did_not(tmp_path):
+    make_run(tmp_path / "a_running", sens="spec", lam=1e-4, seed=0, config_hash="h", status="running",
+             epochs_done=3)
+    make_run(tmp_path / "b_done", sens="spec", lam=1e-4, seed=0, config_hash="h", error_pct=2.0, remaining=2.0)
+    warnings: list[str] = []
+    [g] = cmp.group_rows(read(tmp_path)[0], warnings)
+    assert g.n == 1 and g.status == "completed" and g.path.endswith("b_done") and len(warnings) == 1
+
+
 def test_pareto_marks_exactly_the_undominated_runs(tree):
     rows, _ = read(tree)
     optimal = cmp.mark_pareto(rows)
@@ -243,9 +358,9 @@ def test_each_plot_gets_the_references_of_its_own_network_and_data(tree, tmp_pat
 
     real = plots.pareto_plot
 
-    def recording(series, references, path, title=""):
+    def recording(series, references, path, title="", **kwargs):
         drawn[Path(path).name] = [r["method"] for r in references]
-        return real(series, references, path, title)
+        return real(series, references, path, title, **kwargs)
 
     monkeypatch.setattr(plots, "pareto_plot", recording)
     result = cmp.compare([str(tree)], out=tmp_path / "cmp")
@@ -324,7 +439,9 @@ sensreg = functools.partial(conftest.sensreg, env={"OMP_NUM_THREADS": "1", "COLU
 def test_cli_prints_the_table_and_lists_skipped_folders(tree):
     out = sensreg("compare", str(tree), "--group", "--sort=-remaining", cwd=tree.parent)
     assert out.returncode == 0, out.stderr
-    assert "hA" in out.stdout and "2.20 ± 0.20" in out.stdout and "2 completed, 1 running" in out.stdout
+    # groups named by network and variant (these runs record no preset), whole
+    assert "lenet300 spec" in out.stdout and "lenet300 loss" in out.stdout and "lenet300 unspec" in out.stdout
+    assert "2.20 ± 0.20" in out.stdout and "2 completed, 1 running" in out.stdout  # a run not done: status shown
     assert "3 configurations, 2 Pareto-optimal, 2 folder(s) skipped" in out.stdout
     assert "4_corrupt" in out.stderr and "Traceback" not in out.stderr
 
@@ -404,9 +521,9 @@ def test_budgets_are_a_column_a_key_and_a_marker_per_budget(tmp_path, monkeypatc
 
     drawn, real = [], plots.pareto_plot
 
-    def recording(series, references, path, title=""):
+    def recording(series, references, path, title="", **kwargs):
         drawn.append(sorted(str(p.get("budget")) for pts in series.values() for p in pts))
-        return real(series, references, path, title)
+        return real(series, references, path, title, **kwargs)
 
     monkeypatch.setattr(plots, "pareto_plot", recording)
     result = cmp.compare([str(root)], out=tmp_path / "cmp")
@@ -432,3 +549,20 @@ def test_a_schedule_other_than_the_search_is_its_own_series(tmp_path, monkeypatc
     rows = {r.run: r for r in cmp.compare([str(root)], out=tmp_path / "cmp").rows}
     assert (rows["searched"].prune, rows["gradual"].prune) == ("search", "gmp")
     assert names == [["none", "none prune=gmp"]]
+
+
+def test_a_group_of_seed_folders_alone_in_their_folder_is_named_by_it(tmp_path):
+    # outputs/reference/NAME/seed0..2 (reproduce_mnist.sh's layout) keeps no Hydra record of its
+    # preset: the folder names the group. Runs that share a folder with others are named by keys.
+    from sensreg.compare import Row, name_groups
+
+    def group(h, paths, lam):
+        return Row(run="?", path=";".join(str(tmp_path / p) for p in paths), status="completed", model="lenet300",
+                   data="mnist", sens="spec", config_hash=h, config={"sens.lam": lam})
+
+    groups = [group("h1", ["ref/lenet300_spec/seed0", "ref/lenet300_spec/seed1"], 1e-3),
+              group("h2", ["ref/lenet300_spec_lam5e-4/seed0"], 5e-4),
+              group("h3", ["sweep/0_lenet300_spec"], 1e-4), group("h4", ["sweep/1_lenet300_spec"], 1e-5)]
+    name_groups(groups)
+    assert [g.run for g in groups] == ["lenet300_spec", "lenet300_spec_lam5e-4", "lenet300 spec lam=1e-4",
+                                       "lenet300 spec lam=1e-5"]

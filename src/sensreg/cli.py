@@ -4,7 +4,7 @@
   ``--help``) over the configs shipped in the package as ``sensreg.configs``.
 - ``eval CHECKPOINT [data.KEY=VALUE ...]``: re-evaluates a saved model on its test set.
 - ``compare PATH ...``: a table, compare.csv/.md and plots of every run below PATH (``compare.py``).
-- ``report RUN_DIR``: report.md and plots for one run (``run_report.py``).
+- ``report RUN_DIR``: report.md and plots for one run (``report.py``).
 
 User mistakes end with a one-paragraph message on stderr and exit code 2, never a traceback.
 """
@@ -33,7 +33,8 @@ commands:
                                     (--json for machine-readable output; trainer.device=cpu|cuda)
   compare PATH... [options]         table of every run below PATH (folders or globs): error,
                                     remaining %, compression, Pareto front; writes compare.csv,
-                                    compare.md and plots (--sort, --where, --group, --out)
+                                    compare.md and plots (--sort, --where, --group, --out,
+                                    --wide for every column)
   report RUN_DIR [--out DIR]        report.md and plots for one run folder
 
 examples:
@@ -85,6 +86,7 @@ SUBMITIT_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
 def run_train(overrides: list[str]) -> None:
     import hydra
 
+    overrides = _group_spelling(overrides)
     _check_launcher_plugin(overrides)
     _check_output_folders(overrides)
     _check_override_keys(overrides)
@@ -107,6 +109,43 @@ def _key_values(overrides: list[str]):
     for o in overrides:
         key, _, value = o.partition("=")
         yield o, key.lstrip("+"), value
+
+
+# Config sections chosen from a group of another name: `sensreg train --help` lists them under the
+# section's name (eta_schedule), while Hydra takes the choice as schedule@eta_schedule=NAME.
+PACKAGED_GROUPS = {"eta_schedule": "schedule", "lam_schedule": "schedule"}
+
+
+def _group_options(group: str) -> list[str]:
+    from importlib import resources
+
+    folder = resources.files("sensreg.configs") / group
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _group_spelling(overrides: list[str]) -> list[str]:
+    """A section chosen by its own name, as --help lists it (eta_schedule=step), is taken for the
+    group choice (schedule@eta_schedule=step): Hydra would set the whole section to the text and
+    fail in a traceback. A value that is no option of the group, or the group named alone
+    (schedule=step, which does not say which section), is refused naming the right spelling."""
+    out = []
+    for o, key, value in _key_values(overrides):
+        section = key if "=" in o and not o.startswith(("+", "~")) else None
+        if section in PACKAGED_GROUPS:
+            group = PACKAGED_GROUPS[section]
+            options = _group_options(group) if section == "lam_schedule" else \
+                [n for n in _group_options(group) if n != "follow_eta"]
+            if not all(v in options for v in value.split(",")):  # a sweep: eta_schedule=step,cosine
+                fail(f"{o}: {section} is chosen from the group {group}, whose options for it are "
+                     f"{', '.join(options)}; e.g. {section}=step (or {group}@{section}=step). A key of "
+                     f"the section is set with a dot: {section}.milestones=[0.5,0.75].")
+            o = f"{group}@{section}={value}"
+        elif section in set(PACKAGED_GROUPS.values()):
+            sections = [s for s, g in PACKAGED_GROUPS.items() if g == section]
+            fail(f"{o}: the group {section} is used twice, for {' and '.join(sections)}; say which, e.g. "
+                 f"{sections[0]}={value} or {section}@{sections[0]}={value}.")
+        out.append(o)
+    return out
 
 
 def _check_output_folders(overrides: list[str]) -> None:
@@ -423,11 +462,15 @@ def _compare_with_summary(checkpoint: Path, result: dict) -> bool | None:
 
 
 def _print_eval(result: dict) -> None:
-    from .tables import layer_table
+    from .tables import layer_table, stdout_console
 
-    console = Console(highlight=False)
+    console = stdout_console(highlight=False)  # the terminal's width, or 80 columns in a pipe
     s = result["sparsity"]
-    top5 = f", top-5 error {100 * result['test_top5_error']:.2f}%" if "test_top5_error" in result else ""
+    from .report import shows_top5
+
+    # (--json keeps the top-5 error whatever the classes: it is a measurement, not a display)
+    top5 = f", top-5 error {100 * result['test_top5_error']:.2f}%" if "test_top5_error" in result \
+        and shows_top5(result.get("num_classes")) else ""
     console.print(f"{result['model']} on {result['data']} test set: top-1 error "
                   f"{100 * result['test_error']:.2f}%{top5}, loss {result['test_loss']:.4f}")
     console.print(f"remaining {s['prunable']['remaining_pct']:.3f}% of prunable parameters "
@@ -455,7 +498,11 @@ def _arg_parser(prog: str, description: str, epilog: str = ""):
 
 
 def run_compare(args: list[str]) -> None:
+    from rich.markup import escape
+    from rich.measure import Measurement
+
     from .compare import DEFAULT_SORT, KEYS, compare, rich_table
+    from .tables import stdout_console
 
     parser = _arg_parser(
         "sensreg compare",
@@ -468,7 +515,7 @@ def run_compare(args: list[str]) -> None:
         f"keys for --where and --sort: {', '.join(KEYS)}\n\n"
         "examples:\n  sensreg compare outputs/\n"
         "  sensreg compare outputs/multirun/2026-01-01/* --where sens=spec,loss --where 'lam<1e-3'\n"
-        "  sensreg compare outputs/ --group --sort error\n"
+        "  sensreg compare outputs/ --group --sort error --wide\n"
         "  sensreg compare outputs/ --sort=-remaining --out /tmp/cmp")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="folders (or globs) holding run folders")
     parser.add_argument("--sort", metavar="KEYS", default=None,
@@ -479,7 +526,12 @@ def run_compare(args: list[str]) -> None:
                              "alternatives and shell patterns); repeat to combine")
     parser.add_argument("--group", action="store_true",
                         help="one row per configuration (runs sharing a config hash, i.e. differing "
-                             "only in the seed): mean ± std over the seeds that finished, and n")
+                             "only in the seed): mean ± std over the seeds that finished, and n; "
+                             "named by its preset (experiment=NAME), else network and variant, with "
+                             "the config keys that tell apart groups that would share a name")
+    parser.add_argument("--wide", action="store_true",
+                        help="every column in the terminal (as in compare.md); by default the name, "
+                             "test error, remaining, compression and epochs")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="where compare.csv, compare.md and the plots go (default: the first PATH)")
     parser.add_argument("--no-plots", action="store_true", help="write the table files only")
@@ -490,14 +542,23 @@ def run_compare(args: list[str]) -> None:
                              plots=not ns.no_plots)
     except OSError as err:
         fail(f"could not write the comparison files ({err}); free space, or choose a writable folder with --out DIR.", code=1)
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-    console.print(rich_table(result.rows, result.grouped))
+    # The table fits the terminal, or 80 columns where the output goes to a pipe or a file.
+    console = stdout_console(highlight=False)
+    table = rich_table(result.rows, result.grouped, wide=ns.wide)
+    if ns.wide:
+        # Every column was asked for: where the terminal is narrower than they need, the table
+        # keeps its own width (for `less -S`, or a file) rather than fold them into slivers.
+        console.width = max(console.width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
+    console.print(table)
     for s in result.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {s.path}: {s.reason}", markup=True)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", markup=True)
     what = "configurations" if result.grouped else "runs"
     console.print(f"{len(result.rows)} {what}, {sum(r.pareto for r in result.rows)} Pareto-optimal"
                   + (f", {len(result.skipped)} folder(s) skipped" if result.skipped else "")
-                  + f"; wrote {', '.join(p.name for p in result.files)} in {result.out_dir}")
+                  + f"; wrote {', '.join(p.name for p in result.files)} in {result.out_dir}"
+                  + ("" if ns.wide else " (--wide: every column)"))
 
 
 def run_report(args: list[str]) -> None:

@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.table import Table
+from rich.cells import cell_len
+from rich.text import Text
 
 from .atomic import write_atomic
 from .errors import UserError
 from .run_folder import CONFIG_NAME, METRICS_NAME, STUDY_JSON, SUMMARY_NAME, RunFolder, relative_below
-from .tables import markdown_table
+from .tables import FitTable, markdown_table
 
 CSV_NAME, MD_NAME = "compare.csv", "compare.md"
 DEFAULT_SORT = "model,data,sens,lam,eta,seed,run"
@@ -79,6 +80,8 @@ class Row:
     std: dict[str, float] = field(default_factory=dict)  # sample std of AVERAGED, groups only
     pareto: bool = False
     study_front: bool = False  # on the front a pareto sweep's study found (validation figures)
+    # config.yaml as dotted keys (sens.lam: 1e-4): what tells the groups apart in their names
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 # What --where and --sort accept: user key -> Row attribute. Aliases are the names a user may
@@ -168,8 +171,35 @@ def read_run(run_dir: Path, name: str) -> Row | Skipped:
         test_error_pct=None if error is None else 100.0 * error,
         remaining_pct=_num(summary.get("remaining_pct")), compression=_num(summary.get("compression")),
         wall_time_s=_num(summary.get("wall_time_s")), config_hash=_str(summary.get("config_hash")),
-        n=1 if finished else 0,
+        n=1 if finished else 0, config=_flatten(run.config),
     )
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{"sens": {"lam": 1e-4}} as {"sens.lam": 1e-4}: keys as they are written on the command line."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+HYDRA_RECORD = Path(".hydra") / "hydra.yaml"  # Hydra's record of the run, with the group choices
+
+
+def read_preset(run_dir: str | Path) -> str | None:
+    """The preset a run was made with (``experiment=NAME``, ``default`` for the main job), as
+    Hydra recorded it in the run folder; None where it did not (``~experiment``, or a folder
+    copied without its .hydra/)."""
+    try:
+        text = (Path(run_dir) / HYDRA_RECORD).read_text(encoding="utf-8")
+        record = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 4 kB a run: the C loader
+        name = record["hydra"]["runtime"]["choices"].get("experiment")
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name else None
 
 
 def read_runs(run_dirs: list[Path], base: Path | None = None) -> tuple[list[Row], list[Skipped]]:
@@ -302,15 +332,17 @@ def _sort_value(v: Any) -> Any:
 
 # --- group and Pareto ------------------------------------------------------------------------
 
-def group_rows(rows: list[Row]) -> list[Row]:
+def group_rows(rows: list[Row], warnings: list[str] | None = None) -> list[Row]:
     """One row per configuration (runs sharing a config_hash, i.e. differing only in the seed).
 
     Metrics are the mean over the members that finished, with the sample standard deviation
     in ``std`` when two or more did; ``n`` counts those members. The status lists what the
-    members are doing (e.g. ``2 completed, 1 running``). Runs without a hash stay alone.
+    members are doing (e.g. ``2 completed, 1 running``). Runs without a hash stay alone. A run
+    found twice (the same hash and seed in two folders: a copy) counts once; ``warnings`` gets a
+    line naming both folders. Each group is named by what it is (``name_groups``).
     """
     groups: dict[str, list[Row]] = {}
-    for r in rows:
+    for r in drop_duplicate_seeds(rows, warnings if warnings is not None else []):
         groups.setdefault(r.config_hash or f"run:{r.path}", []).append(r)
     out = []
     for key, members in groups.items():
@@ -320,7 +352,7 @@ def group_rows(rows: list[Row]) -> list[Row]:
         for m in members:
             counts[m.status] = counts.get(m.status, 0) + 1
         status = first.status if len(counts) == 1 else ", ".join(f"{c} {s}" for s, c in sorted(counts.items()))
-        g = replace(first, run=first.config_hash or first.run, path=";".join(m.path for m in members),
+        g = replace(first, path=";".join(m.path for m in members),
                     status=status, seed=" ".join(sorted((m.seed for m in members if m.seed is not None),
                                                         key=_sort_value)) or None,
                     n=len(done), std={}, pareto=False, study_front=any(m.study_front for m in members),
@@ -331,7 +363,133 @@ def group_rows(rows: list[Row]) -> list[Row]:
             if len(values) >= 2:
                 g.std[attr] = statistics.stdev(values)
         out.append(g)
+    name_groups(out)
     return out
+
+
+def drop_duplicate_seeds(rows: list[Row], warnings: list[str]) -> list[Row]:
+    """The rows with each (config hash, seed) once. The same run found in two folders (copied,
+    or compared through two paths) would count twice in its group's mean and seeds; the copy
+    that finished is kept (the first found, where both did), and a warning names both."""
+    kept: dict[tuple[str, str], Row] = {}
+    for r in rows:
+        if r.config_hash is None or r.seed is None:
+            continue
+        key = (r.config_hash, r.seed)
+        if key not in kept:
+            kept[key] = r
+            continue
+        warnings.append(f"config {r.config_hash} seed {r.seed} is in two run folders, counted once: "
+                        f"{kept[key].path} and {r.path}")
+        if r.n > kept[key].n:
+            kept[key] = r
+    chosen = {id(r) for r in kept.values()}
+    return [r for r in rows if r.config_hash is None or r.seed is None or id(r) in chosen]
+
+
+# Keys that never tell two configurations apart: the seed, and those that say where and how fast
+# a run executes (config.NOT_EXPERIMENT and config.NOT_COMPUTATION, left out of the config hash;
+# written out here because config.py imports torch, which this module does not).
+NOT_CONFIGURATION = ("trainer.seed", "logger.", "trainer.device", "trainer.progress", "trainer.channels_last",
+                     "trainer.checkpoint_every", "trainer.resume", "data.root", "data.num_workers",
+                     "data.pin_memory", "data.persistent_workers", "data.prefetch_factor")
+# Keys a group name shows first when several would tell the groups apart: those most often varied.
+NAME_KEYS = ("model.name", "data.name", "sens.name", "sens.lam", "prune.name", "prune.target",
+             "prune.tolerance", "prune.threshold", "trainer.epochs", "optim.name", "optim.lr")
+
+
+def name_groups(groups: list[Row]) -> None:
+    """Name each group (``run``) by what it is, so that no two groups shown share a name.
+
+    A group is named by its preset (``experiment=NAME``, as Hydra recorded it in the run
+    folder), else by the folder that holds its seed folders and no others (``lenet300_spec`` for
+    outputs/reference/lenet300_spec/seed*), else by its network and sensitivity variant
+    (``lenet300 spec``). Groups that would
+    share a name get the config keys that tell them apart, as few as do, the most commonly
+    varied first, by the names --where knows them by or as on the command line (``default
+    prune.target=50x`` / ``default prune.target=22x``, ``lenet300 spec lam=1e-3 prune=gmp``).
+    Where some of the groups lack a key (their runs were made before it existed), those that
+    still share a name are told apart again by the keys they all have. Two that even these
+    cannot tell apart (no config.yaml to read) get their config hash. Runs without a hash keep
+    their folder name.
+    """
+    named = [g for g in groups if g.config_hash]
+    # A group whose runs are the only ones in their folder, one folder per seed (outputs/reference/
+    # NAME/seed0, as scripts/reproduce_mnist.sh lays them out), is named by that folder where Hydra
+    # recorded no preset: whoever laid the folders out named it.
+    parents = {g.config_hash: {str(Path(p).parent) for p in g.path.split(";")} for g in named}
+    owners: dict[str, int] = {}
+    for folders in parents.values():
+        for folder in folders:
+            owners[folder] = owners.get(folder, 0) + 1
+    for g in named:
+        preset = next(filter(None, (read_preset(p) for p in g.path.split(";"))), None)
+        folders = parents[g.config_hash]
+        seeds_only = all(Path(p).name.startswith("seed") for p in g.path.split(";"))
+        if not preset and seeds_only and len(folders) == 1 and owners[next(iter(folders))] == 1:
+            preset = Path(next(iter(folders))).name
+        g.run = preset or " ".join(filter(None, (g.model, g.sens))) or g.config_hash
+    for _ in range(len(named)):  # each round tells more groups apart: at most this many rounds
+        by_name: dict[str, list[Row]] = {}
+        for g in named:
+            by_name.setdefault(g.run, []).append(g)
+        told = False
+        for same in by_name.values():
+            keys = _telling_keys(same) if len(same) > 1 else []
+            for g in same if keys else []:
+                g.run = " ".join([g.run, *(f"{_key_label(k)}={_fmt_value(g.config[k])}" for k in keys)])
+            told = told or bool(keys)
+        if not told:  # every name is unique, or no key tells the rest apart
+            break
+    counts: dict[str, int] = {}
+    for g in groups:
+        counts[g.run] = counts.get(g.run, 0) + 1
+    for g in named:
+        if counts[g.run] > 1:
+            g.run = f"{g.run} {g.config_hash}"
+
+
+def _telling_keys(groups: list[Row]) -> list[str]:
+    """The fewest config keys whose values tell ``groups`` apart, chosen greedily (each time
+    the key that splits them most, NAME_KEYS first among equals), in NAME_KEYS order. Only keys
+    every group's config has take part: a key added to the config since some runs were made
+    is missing from theirs."""
+    common = set.intersection(*(set(g.config) for g in groups))
+    candidates = sorted((k for k in common if not k.startswith(NOT_CONFIGURATION)
+                         and len({_fmt_value(g.config[k]) for g in groups}) > 1), key=_name_key_order)
+    chosen: list[str] = []
+
+    def kinds(keys: list[str]) -> int:
+        return len({tuple(_fmt_value(g.config[k]) for k in keys) for g in groups})
+
+    while candidates and kinds(chosen) < len(groups):
+        best = max(candidates, key=lambda k: kinds(chosen + [k]))  # max keeps the first of equals
+        if kinds(chosen + [best]) == kinds(chosen):
+            break
+        chosen.append(best)
+        candidates.remove(best)
+    return sorted(chosen, key=_name_key_order)
+
+
+def _key_label(key: str) -> str:
+    """A key as a group name shows it: by the name the table and --where give it (sens.lam is
+    lam, prune.name is prune), else as on the command line (prune.target)."""
+    return ALIASES.get(key, key)
+
+
+def _name_key_order(key: str) -> tuple[int, str]:
+    return (NAME_KEYS.index(key) if key in NAME_KEYS else len(NAME_KEYS), key)
+
+
+def _fmt_value(v: Any) -> str:
+    """A config value as it is written on the command line: 3e-4, 22x, [40,50], null, true."""
+    if isinstance(v, bool) or v is None:
+        return {True: "true", False: "false", None: "null"}[v]
+    if isinstance(v, float):
+        return _fmt_lam(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(map(_fmt_value, v)) + "]"
+    return str(v)
 
 
 def mark_study_fronts(rows: list[Row]) -> None:
@@ -472,18 +630,36 @@ def columns(grouped: bool) -> list[tuple[str, Callable[[Row], str]]]:
     return cols
 
 
-def rich_table(rows: list[Row], grouped: bool = False, title: str | None = None) -> Table:
-    """The comparison as a rich table; Pareto-optimal rows are starred and bold."""
+# The columns the terminal shows without --wide: what a run came to and what it cost. Where even
+# these do not fit, those with a number give way, lowest first: compression first, as it is
+# 100 / remaining; the name, test error and remaining parameters never do.
+NARROW = {"": None, "run": None, "config": None, "test err %": None, "remaining %": None,
+          "compression": 0, "epochs": 2, "n": 1, "status": 3}
+
+
+def rich_table(rows: list[Row], grouped: bool = False, title: str | None = None, wide: bool = False) -> FitTable:
+    """The comparison as a rich table that fits the console it is printed in; Pareto-optimal rows
+    are starred and bold. By default only the NARROW columns (and the status only where a run is
+    not completed); ``wide``: every column, as in compare.md."""
     caption = (f"{PARETO_MARK} Pareto-optimal: no run of the same network and data has both fewer remaining "
                f"parameters and a lower test error")
     if any(r.study_front for r in rows):
         caption += f"\n{FRONT_MARK} on the front its sweep's study found (validation error against remaining)"
-    t = Table(title=title, caption=caption)
-    for header, _ in columns(grouped):
-        t.add_column(header, justify="left" if header in TEXT_COLUMNS else "right", no_wrap=header in ("test err %", "remaining %"))
+    cols = columns(grouped)
+    if not wide:
+        unfinished = any(r.status != "completed" for r in rows)
+        cols = sorted(((h, cell) for h, cell in cols if h in NARROW and (h != "status" or unfinished)),
+                      key=lambda col: list(NARROW).index(col[0]))
+    t = FitTable(title=title, caption=caption)
+    for header, _ in cols:
+        name = header in ("run", "config")
+        # A name is never wrapped or cut: its column is as wide as the longest one.
+        t.add_column(header, justify="left" if header in TEXT_COLUMNS else "right",
+                     min_width=max((cell_len(r.run) for r in rows), default=0) if name else None,
+                     drop=None if wide else NARROW[header])
     for r in rows:
         style = "bold" if r.pareto else ("dim" if r.status not in ("completed",) and r.n == 0 else None)
-        t.add_row(*(cell(r) for _, cell in columns(grouped)), style=style)
+        t.add_row(*(Text(cell(r)) for _, cell in cols), style=style)  # Text: a name is not markup
     return t
 
 
@@ -572,6 +748,12 @@ def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
             pairs.setdefault((r.model, r.data), []).append(r)
     written = []
     for (model, data), members in pairs.items():
+        # Dense runs (no regularizer, no pruning) are a band, not a point at 100 % remaining: the
+        # error every pruned point is measured against, with its budget.
+        dense = [r for r in members if r.sens == "none" and r.prune == "none"]
+        members = [r for r in members if r not in dense]
+        if not members:
+            continue
         # Points are labelled with the settings that differ between them (a λ sweep: λ), as long
         # as there are few enough points for the labels to stay readable.
         varying = [(sym, attr, fmt) for sym, attr, fmt in (("λ", "lam", _fmt_lam), ("η", "eta", _fmt_num),
@@ -586,7 +768,7 @@ def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
             # One series per variant; a schedule other than the threshold search is part of its name.
             name = (r.sens or "?") + (f" prune={r.prune}" if r.prune not in (None, "search") else "")
             series.setdefault(name, []).append({
-                "x": r.remaining_pct, "y": r.test_error_pct, "pareto": r.pareto,
+                "x": r.remaining_pct, "y": r.test_error_pct,
                 "budget": f"{_fmt_count(r.samples)} samples" if in_samples
                           else f"{_fmt_num(r.epochs)} epochs" if r.epochs else None,
                 "xerr": r.std.get("remaining_pct"), "yerr": r.std.get("test_error_pct"),
@@ -594,9 +776,27 @@ def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
         path = out_dir / f"compare_{_safe(model)}_{_safe(data)}.png"
         seeds = " (mean ± std over seeds)" if any(r.n > 1 for r in members) else ""
         pareto_plot(series, references_for(model, data), path,
-                    title=f"{model} on {data}: test error vs remaining parameters{seeds}")
+                    title=f"{model} on {data}: test error vs remaining parameters{seeds}",
+                    dense=dense_bands(dense))
         written.append(path)
     return written
+
+
+def dense_bands(rows: list[Row]) -> list[dict]:
+    """The test error of dense runs per budget, as mean and spread over their seeds (a grouped
+    row brings its own mean and std): what pruning costs is read against it."""
+    by_budget: dict[str, list[Row]] = {}
+    for r in rows:
+        by_budget.setdefault(f"{_fmt_num(r.epochs)} epochs" if r.epochs else "budget unknown", []).append(r)
+    bands = []
+    for budget, group in by_budget.items():
+        if len(group) == 1:
+            y, spread, n = group[0].test_error_pct, group[0].std.get("test_error_pct") or 0.0, group[0].n
+        else:
+            values = [r.test_error_pct for r in group]
+            y, spread, n = statistics.mean(values), statistics.stdev(values), len(values)
+        bands.append({"y": y, "spread": spread, "label": f"dense, {budget}: {y:.2f} ± {spread:.2f} % ({n} seeds)"})
+    return bands
 
 
 def _safe(name: str | None) -> str:
@@ -612,6 +812,7 @@ class Comparison:
     grouped: bool
     out_dir: Path
     files: list[Path]
+    warnings: list[str] = field(default_factory=list)  # one line each, for stderr
 
 
 def compare(paths: list[str], *, where: Iterable[str] = (), sort: str | None = None, group: bool = False,
@@ -648,8 +849,9 @@ def compare(paths: list[str], *, where: Iterable[str] = (), sort: str | None = N
             raise CompareError(f"none of the {len(rows)} runs found matches {' and '.join(where)}; "
                                f"loosen the --where filter (keys: {', '.join(KEYS)}).")
         rows = kept
+    warnings: list[str] = []
     if group:
-        rows = group_rows(rows)
+        rows = group_rows(rows, warnings)
     mark_pareto(rows)
     rows = sort_rows(rows, sort)
     out_dir = Path(out) if out is not None else roots[0]
@@ -657,4 +859,4 @@ def compare(paths: list[str], *, where: Iterable[str] = (), sort: str | None = N
     files = write_plots(rows, out_dir) if plots else []
     write_csv(rows, out_dir / CSV_NAME)
     write_markdown(rows, skipped, out_dir / MD_NAME, grouped=group, inputs=roots, plots=files, wheres=where)
-    return Comparison(rows, skipped, group, out_dir, [out_dir / CSV_NAME, out_dir / MD_NAME, *files])
+    return Comparison(rows, skipped, group, out_dir, [out_dir / CSV_NAME, out_dir / MD_NAME, *files], warnings)

@@ -37,7 +37,8 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not fit model {ckpt['model_name']}: {err}") from None
     model.to(device)
-    result = {"checkpoint": str(path), "data": data.name, "model": ckpt["model_name"]}
+    result = {"checkpoint": str(path), "data": data.name, "model": ckpt["model_name"],
+              "num_classes": ckpt["num_classes"]}
     result.update({f"test_{k}": v for k, v in evaluate(model, test, data.eval_batch_size).items()})
     prunable = list(ckpt["masks"])
     result["sparsity"] = sparsity_stats(model, tuple(ckpt["input_shape"]), prunable)
