@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -17,7 +19,8 @@ from sensreg.cli import main
 from sensreg.config import TrainConfig
 from sensreg.data import batches, load_dataset
 from sensreg.models import build_model
-from sensreg.report import ReportError, _sensitivity, write_report
+from sensreg import plots
+from sensreg.report import ReportError, _sensitivity, eta_changes, pruning_window, write_report
 from sensreg.sensitivity import specific
 from sensreg.run import train
 
@@ -44,6 +47,49 @@ def finished_run(tmp_path_factory) -> Path:
     # As `sensreg train` does: the resolved config beside the run (JSON first: no tuples in YAML).
     (run / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict()))))
     return run
+
+
+@contextlib.contextmanager
+def run_log():
+    """The lines the run logs (sensreg's logger, INFO and up), whatever logging set up before."""
+    logger, lines = logging.getLogger("sensreg"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def train_tiny(run: Path, raw: dict) -> list[str]:
+    """Train in this process, one thread, and write config.yaml as `sensreg train` does; the log lines."""
+    cfg = TrainConfig.from_dict(raw)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with run_log() as lines:
+            train(cfg, run)
+    finally:
+        torch.set_num_threads(threads)
+    (run / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict()))))
+    return lines
+
+
+@pytest.fixture(scope="module")
+def gmp_run(tmp_path_factory) -> tuple[Path, list[str]]:
+    """Three epochs of gradual pruning at every step of the first two (16 decisions), η divided by
+    10 after the second; the run folder and its log lines."""
+    run = tmp_path_factory.mktemp("runs") / "tiny_gmp"
+    lines = train_tiny(run, {
+        "data": {"name": "synthetic", "num_train": 400, "num_test": 100},
+        "sens": {"name": "spec", "lam": 1e-3}, "prune": {"name": "gmp", "target": 0.9, "every": 1, "stop_epoch": 2},
+        "eta_schedule": {"name": "step", "milestones": [2], "gamma": 0.1},
+        "trainer": {"epochs": 3, "batch_size": 50, "device": "cpu", "progress": False}})
+    return run, lines
 
 
 def copy_run(run: Path, dest: Path, **config_changes) -> Path:
@@ -208,3 +254,77 @@ def test_cli_report(finished_run, tmp_path, capsys):
             main(args)
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
+
+
+# --- what a researcher reads: the decisions of a gmp run, top-5 error, the run folder ----------
+
+def test_gmp_report_condenses_its_decisions_into_a_short_table(gmp_run, tmp_path):
+    run, _ = gmp_run
+    decisions = json.loads((run / "summary.json").read_text())["thresholds"]
+    assert len(decisions) > 12, "the fixture should make many decisions"
+    md = write_report(run, out_dir=tmp_path, batches=0).path.read_text()
+    section = md.split("## Threshold decisions")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| (\d+) \| \d+ \| ([\d,]+) \| [\d.]+ % \|", section, flags=re.M)
+    assert 2 < len(rows) <= 10
+    assert f"{len(decisions)} pruning decisions in all" in section
+    # the first and the last, by number and step
+    assert rows[0] == ("1", f"{decisions[0]['step']:,}")
+    assert rows[-1] == (str(len(decisions)), f"{decisions[-1]['step']:,}")
+    assert "val loss" not in section  # gmp decides between validation passes
+
+
+def test_a_few_decisions_are_all_listed(finished_run, tmp_path):
+    md = write_report(finished_run, out_dir=tmp_path, batches=0).path.read_text()
+    assert "pruning decisions in all" not in md
+
+
+def test_epochs_plot_marks_the_pruning_window_and_eta_drops_of_the_run(gmp_run, tmp_path, monkeypatch):
+    run, _ = gmp_run
+    decisions = json.loads((run / "summary.json").read_text())["thresholds"]
+    rows = [line.split(",") for line in (run / "metrics.csv").read_text().splitlines()]
+    etas = [float(r[rows[0].index("eta")]) for r in rows[1:]]
+    # read from what the run did: pruned in epochs 1 and 2, η ×0.1 from epoch 3
+    assert pruning_window(decisions) == (0, 2)
+    assert [(e, pytest.approx(f)) for e, f in eta_changes([{"epoch": i + 1, "eta": v} for i, v in enumerate(etas)])] \
+        == [(3, 0.1)]
+    drawn = {}
+    real = plots.epochs_plot
+    monkeypatch.setattr(plots, "epochs_plot", lambda *a, **k: (drawn.update(k), real(*a, **k))[1])
+    write_report(run, out_dir=tmp_path, batches=0)
+    assert drawn["prune_window"] == (0, 2)
+    assert [(e, round(f, 6)) for e, f in drawn["eta_changes"]] == [(3, 0.1)]
+    assert_png(tmp_path / "epochs.png")
+
+
+def test_pruning_window_and_eta_changes_from_the_records():
+    assert pruning_window([]) is None
+    assert pruning_window([{"epoch": 5}, {"epoch": 3}, {"epoch": 9}]) == (2, 9)
+    assert eta_changes([{"epoch": 1, "eta": 0.1}, {"epoch": 2, "eta": 0.1}, {"epoch": 3, "eta": 0.05},
+                        {"epoch": 4}, {"epoch": 5, "eta": 0.05}]) == [(3, 0.5)]
+
+
+def test_top5_error_is_left_out_for_ten_classes(gmp_run, finished_run, tmp_path):
+    run, lines = gmp_run
+    assert json.loads((run / "summary.json").read_text())["test_top5_error"] is not None  # still recorded
+    assert "top-5" not in write_report(run, out_dir=tmp_path / "a", batches=0).path.read_text()
+    assert "top-5" not in write_report(finished_run, out_dir=tmp_path / "b", batches=0).path.read_text()
+    final = next(line for line in lines if line.startswith("test error"))
+    assert "top-5" not in final
+
+
+def test_top5_error_is_shown_for_a_hundred_classes(tmp_path):
+    run = tmp_path / "c100"
+    lines = train_tiny(run, {
+        "data": {"name": "synthetic", "num_train": 400, "num_test": 100, "num_classes": 100},
+        "sens": {"name": "spec", "lam": 1e-3}, "prune": {"name": "none"},
+        "trainer": {"epochs": 1, "batch_size": 50, "device": "cpu", "progress": False}})
+    top5 = json.loads((run / "summary.json").read_text())["test_top5_error"]
+    final = next(line for line in lines if line.startswith("test error"))
+    assert f"(top-5 {100 * top5:.2f}%)" in final
+    md = write_report(run, batches=0).path.read_text()
+    assert "| top-5 error |" in md and f"| {100 * top5:.2f} % |" in md
+
+
+def test_the_run_ends_by_naming_its_folder(gmp_run):
+    run, lines = gmp_run
+    assert lines[-1] == f"run folder: {run}"

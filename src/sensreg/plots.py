@@ -7,6 +7,7 @@ through pyplot: no display is needed, and no global backend state is touched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,18 +64,45 @@ def _color(name: str, assigned: dict[str, str]) -> str:
     return assigned[name]
 
 
+# A number in a text, and the unit letters natural_key scales it by.
+_NUMBER = re.compile(r"(\D+)|(\d+(?:\.\d+)?(?:e[+-]?\d+)?)([kMG]?)")
+_UNITS = {"k": 1e3, "M": 1e6, "G": 1e9}
+
+
+def natural_key(text: Any) -> tuple:
+    """Sort key that orders the numbers in a text by value, with k/M/G taken as thousands,
+    millions and billions: 4 epochs before 20 epochs, 540k samples before 3.24M samples (plain
+    text order would give 20, 200, 4). None (an unknown budget) sorts last."""
+    if text is None:
+        return ((2, ""),)
+    return tuple((0, float(number) * _UNITS.get(unit, 1.0)) if number else (1, word)
+                 for word, number, unit in _NUMBER.findall(str(text)))
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats (fewer-or-equal x and lower-or-equal y, one of them
+    strictly), sorted by x."""
+    return sorted(p for p in points
+                  if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points))
+
+
+_FRONT_STYLES = ("--", ":", "-.", (0, (6, 2, 1, 2, 1, 2)))  # one line style per budget's front
+
+
 def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[dict], path: Path,
-                title: str = "") -> Path:
+                title: str = "", dense: Sequence[dict] = ()) -> Path:
     """Test error (%) against remaining parameters (%, log axis).
 
     ``series`` maps a sensitivity variant to its points, dicts with ``x`` (remaining %), ``y``
-    (test error %), ``pareto`` (bool) and optional ``xerr``/``yerr`` (std, for seed groups) and
-    ``label`` (text written beside the point) and ``budget`` (text: points of different budgets
-    get different markers, named in the legend).
-    The Pareto-optimal points are ringed and joined by the front (a staircase: the lowest error
-    reached at or below each sparsity). ``references`` are published points, dicts with
-    ``method``, ``remaining_pct``, ``compression`` and ``test_error_pct``, drawn as labelled
-    markers.
+    (test error %) and optional ``xerr``/``yerr`` (std, for seed groups) and ``label`` (text
+    written beside the point) and ``budget`` (text: points of different budgets get different
+    markers, named in the legend).
+    Each budget gets its own Pareto front (a staircase: the lowest error reached at or below
+    each sparsity), its points ringed: a front across budgets would set a long run against a
+    short one. ``references`` are published points, dicts with ``method``, ``remaining_pct``,
+    ``compression`` and ``test_error_pct``, drawn as labelled markers. ``dense``: the dense
+    networks' test error, dicts with ``y`` (mean %), ``spread`` (std) and ``label`` (with the
+    budget), each drawn as a horizontal band across the plot.
     """
     fig, (ax,) = _figure(7.5, 5.0)
     colors: dict[str, str] = {}
@@ -82,9 +110,9 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
     labels: list[tuple[str, float, float, str]] = []
     ref_texts = []
     # Points of different training budgets get different markers (one budget: circles only).
-    budgets = sorted({p.get("budget") for pts in series.values() for p in pts}, key=str)
+    budgets = sorted({p.get("budget") for pts in series.values() for p in pts}, key=natural_key)
     markers = {b: _BUDGET_MARKERS[i % len(_BUDGET_MARKERS)] for i, b in enumerate(budgets)}
-    for name in sorted(series):
+    for name in sorted(series, key=natural_key):
         pts = series[name]
         color = _color(name, colors)
         for budget in budgets:
@@ -98,18 +126,27 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
             ax.errorbar([p["x"] for p in group], [p["y"] for p in group],
                         xerr=xerr if has_err else None, yerr=yerr if has_err else None,
                         fmt=markers[budget], color=color, ms=7, alpha=0.85, capsize=3,
-                        label=f"sens={name} ({len(pts)})" if first else None)
+                        label=f"sens={name} ({len(pts)})" if first and len(budgets) == 1 else None)
+        if len(budgets) > 1:  # the colour alone: a marker would read as one of the budgets
+            ax.plot([], [], ls="-", lw=6, color=color, alpha=0.85, label=f"sens={name} ({len(pts)})")
         labels += [(p["label"], p["x"], p["y"], color) for p in pts if p.get("label")]
         xs += [p["x"] for p in pts]
-    if len(budgets) > 1:  # a legend entry per budget, in grey: the marker says the budget
-        for budget in budgets:
-            ax.plot([], [], marker=markers[budget], ls="none", color="grey", label=f"budget: {budget or 'unknown'}")
-    front = sorted((p["x"], p["y"]) for pts in series.values() for p in pts if p.get("pareto"))
-    if front:
+    on_front: set[tuple[float, float]] = set()
+    for i, budget in enumerate(budgets):
+        front = pareto_front([(p["x"], p["y"]) for pts in series.values() for p in pts if p.get("budget") == budget])
+        on_front.update(front)
         fx, fy = zip(*front)
+        style = _FRONT_STYLES[i % len(_FRONT_STYLES)]
         ax.scatter(fx, fy, s=190, facecolors="none", edgecolors="black", linewidths=1.4, zorder=3)
-        ax.plot(fx, fy, drawstyle="steps-post", color="black", ls="--", lw=1.2, zorder=2,
-                label=f"Pareto front ({len(front)})")
+        ax.plot(fx, fy, drawstyle="steps-post", color="black", ls=style, lw=1.2, zorder=2,
+                label=None if len(budgets) > 1 else f"Pareto front ({len(front)})")
+        if len(budgets) > 1:  # one legend entry per budget: its marker (in grey) and its front's line
+            ax.plot([], [], marker=markers[budget], mfc="grey", mec="grey", color="black", ls=style, lw=1.2,
+                    label=f"{budget or 'budget unknown'}, Pareto front ({len(front)})")
+    for i, band in enumerate(dense):
+        style = _FRONT_STYLES[i % len(_FRONT_STYLES)]
+        ax.axhspan(band["y"] - band["spread"], band["y"] + band["spread"], color="tab:green", alpha=0.15, lw=0)
+        ax.axhline(band["y"], color="tab:green", ls=style, lw=1.2, label=band["label"])
     for i, ref in enumerate(references):
         x, y = ref["remaining_pct"], ref["test_error_pct"]
         ax.plot([x], [y], marker=_REF_MARKERS[i % len(_REF_MARKERS)], color="black", mfc="gold", ms=10,
@@ -125,8 +162,15 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
     ax.set_ylabel("test error (%)")
     ax.set_title(title, fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    obstacles = [(p["x"], p["y"], 9.0 if p.get("pareto") else 5.0) for pts in series.values() for p in pts]
+    # The variants first, then the budgets, then the published points (matplotlib would list
+    # the error-bar series last).
+    handles, names = ax.get_legend_handles_labels()
+    rank = lambda name: 0 if name.startswith("sens=") else 2 if name.endswith("(published)") else 1.5 \
+        if name.startswith("dense,") else 1  # noqa: E731
+    entries = sorted(zip(handles, names), key=lambda e: rank(e[1]))
+    ax.legend([h for h, _ in entries], [n for _, n in entries], fontsize=8, loc="best")
+    obstacles = [(p["x"], p["y"], 9.0 if (p["x"], p["y"]) in on_front else 5.0)
+                 for pts in series.values() for p in pts]
     obstacles += [(r["remaining_pct"], r["test_error_pct"], 7.0) for r in references]
     _place_labels(fig, ax, labels, obstacles, fixed=ref_texts)
     return _save(fig, path)
@@ -170,8 +214,16 @@ def _place_labels(fig, ax, labels: Sequence[tuple[str, float, float, str]],
 
 
 def epochs_plot(rows: Sequence[dict[str, float]], decision_epochs: Sequence[int], path: Path,
-                test_error_pct: float | None = None) -> Path:
-    """Validation error and remaining parameters per epoch; dotted lines at pruning decisions."""
+                test_error_pct: float | None = None, prune_window: tuple[float, float] | None = None,
+                eta_changes: Sequence[tuple[int, float]] = ()) -> Path:
+    """Validation error and remaining parameters per epoch (epoch e spans e-1 to e on the x axis).
+
+    ``decision_epochs``: thresholds applied at the end of these epochs (dotted lines).
+    ``prune_window``: (start, end) on the x axis, shaded: where the pruning happened.
+    ``eta_changes``: (epoch, factor) where η was multiplied by ``factor`` from that epoch on,
+    drawn as dashed lines at its start; more than a few (a cosine schedule, a warmup) are drawn
+    instead as the η curve on a second axis.
+    """
     from matplotlib.ticker import MaxNLocator
 
     fig, (top, bottom) = _figure(7.5, 5.5, rows=2, sharex=True)
@@ -180,7 +232,6 @@ def epochs_plot(rows: Sequence[dict[str, float]], decision_epochs: Sequence[int]
     if test_error_pct is not None:
         top.plot([epochs[-1]], [test_error_pct], "*", color="tab:red", ms=12, label="test error (end)")
     top.set_ylabel("error (%)")
-    top.legend(fontsize=8)
     # Every run starts dense (all masks set): 100 % at epoch 0 anchors the curve.
     remaining = [100.0] + [r["remaining_pct"] for r in rows]
     bottom.plot([0] + epochs, remaining, "o-", color="tab:green")
@@ -189,12 +240,37 @@ def epochs_plot(rows: Sequence[dict[str, float]], decision_epochs: Sequence[int]
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.set_ylabel("remaining parameters (%, log)")
     bottom.set_xlabel("epoch")
+    few_changes = len(eta_changes) <= _MOST_ETA_LINES
     for ax in (top, bottom):
-        for e in decision_epochs:
-            ax.axvline(e, color="black", ls=":", lw=0.8)
+        legend = ax is top  # one legend entry for each kind of mark
+        if prune_window is not None:
+            start, end = prune_window
+            span = f"epoch {end:g}" if end - start <= 1 else f"epochs {start + 1:g}–{end:g}"
+            ax.axvspan(start, end, color="tab:orange", alpha=0.12, lw=0, label=f"pruning ({span})" if legend else None)
+        for i, e in enumerate(decision_epochs):
+            ax.axvline(e, color="black", ls=":", lw=0.8,
+                       label="threshold applied" if legend and i == 0 else None)
+        if few_changes:
+            for i, (e, factor) in enumerate(eta_changes):
+                ax.axvline(e - 1, color="tab:red", ls="--", lw=1.0, label="η changed" if legend and i == 0 else None)
+                if legend:
+                    ax.annotate(f"η ×{factor:.3g}", (e - 1, 1), xycoords=("data", "axes fraction"),
+                                xytext=(-3, -3), textcoords="offset points", ha="right", va="top",
+                                fontsize=8, color="tab:red")
         ax.grid(True, alpha=0.3)
-    top.set_title("per epoch (dotted: a threshold was applied)", fontsize=11)
+    if eta_changes and not few_changes:
+        eta = top.twinx()
+        etas = [r.get("eta") for r in rows]
+        # Each epoch's η held from its start to its end.
+        eta.plot([0] + epochs, etas + etas[-1:], drawstyle="steps-post", color="tab:red", lw=1.0, alpha=0.7)
+        eta.set_ylabel("η (learning rate)", color="tab:red")
+        eta.tick_params(axis="y", labelcolor="tab:red", labelsize=8)
+    top.legend(fontsize=8)
+    top.set_title("per epoch", fontsize=11)
     return _save(fig, path)
+
+
+_MOST_ETA_LINES = 6  # more η changes than this are drawn as a curve, not one line each
 
 
 def thresholds_plot(decisions: Sequence[dict[str, float]], path: Path, tolerance: float | None = None) -> Path:
@@ -252,18 +328,22 @@ def gradual_plot(decisions: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def layers_plot(layers: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Remaining parameters per tensor, as horizontal bars labelled with the compression."""
+    """Remaining parameters per tensor, as horizontal bars on 0-100 % labelled with the
+    remaining % and the compression; each tensor's name gives its size."""
     fig, (ax,) = _figure(7.5, 1.2 + 0.42 * len(layers))
-    names = [r["name"] for r in layers][::-1]
-    values = [r["remaining_pct"] for r in layers][::-1]
-    colors = ["tab:blue" if r["prunable"] else "lightgray" for r in layers][::-1]
-    ax.barh(names, values, color=colors)
-    for i, r in enumerate(layers[::-1]):
-        ax.text(r["remaining_pct"] + 1, i, f"{r['remaining_pct']:.3g}% ({r['compression']:.1f}×)"
-                + ("" if r["prunable"] else ", not pruned"), va="center", fontsize=8)
-    ax.set_xlim(0, 125)  # room for the labels right of a full bar
+    ordered = list(layers)[::-1]  # the first tensor at the top
+    names = [f"{r['name']} ({r['params']:,})" if isinstance(r.get("params"), int) else r["name"] for r in ordered]
+    values = [r["remaining_pct"] for r in ordered]
+    ax.barh(names, values, color=["tab:blue" if r["prunable"] else "lightgray" for r in ordered])
+    for i, r in enumerate(ordered):
+        text = f"{r['remaining_pct']:.3g}% ({r['compression']:.1f}×)" + ("" if r["prunable"] else ", not pruned")
+        # The axis ends at 100 %: a long bar carries its label inside, at its end.
+        inside = r["remaining_pct"] > 70
+        ax.text(r["remaining_pct"] + (-1 if inside else 1), i, text, va="center", ha="right" if inside else "left",
+                fontsize=8, color="white" if inside and r["prunable"] else "black")
+    ax.set_xlim(0, 100)
     ax.set_xlabel("remaining parameters (%)")
-    ax.set_title("per-layer sparsity at the end", fontsize=11)
+    ax.set_title("per-layer sparsity at the end (beside each name: its number of parameters)", fontsize=11)
     ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, path)
 

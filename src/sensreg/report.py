@@ -23,6 +23,18 @@ from .run_folder import CONFIG_NAME, METRICS_NAME, RUN_FILES, SUMMARY_NAME, RunF
 from .tables import markdown_table
 
 REPORT_NAME = "report.md"
+# Top-5 error says something only with many classes: with 10, nearly every image has its class
+# among five guesses, and a top-5 error of 0.03 % reads as a result where there is none.
+TOP5_MIN_CLASSES = 100
+# A longer list of pruning decisions (gradual pruning makes one every few hundred steps) is
+# shown as this many rows at most: the first, every k-th and the last.
+MOST_DECISION_ROWS = 10
+
+
+def shows_top5(num_classes: int | None) -> bool:
+    """Whether the top-5 error is worth showing for a dataset of ``num_classes`` classes (None:
+    not known, shown where it was measured)."""
+    return num_classes is None or num_classes >= TOP5_MIN_CLASSES
 
 
 class ReportError(UserError, ValueError):
@@ -72,8 +84,12 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
     done = summary.get("epochs_completed")
     if rows:
         test = summary.get("test_error")
-        draw("epochs", "per-epoch plot", plots.epochs_plot, rows, [d.get("epoch") for d in decisions],
-             out / "epochs.png", test_error_pct=100 * test if isinstance(test, (int, float)) else None)
+        # Read from what the run did, not from its config, whose positions may count from the
+        # end or be fractions of the run.
+        draw("epochs", "per-epoch plot", plots.epochs_plot, rows,
+             [d.get("epoch") for d in decisions if "step" not in d], out / "epochs.png",
+             test_error_pct=100 * test if isinstance(test, (int, float)) else None,
+             prune_window=pruning_window(decisions), eta_changes=eta_changes(rows))
         if isinstance(done, int) and len(rows) < done:
             notes.append(f"per-epoch plot: metrics.csv holds {len(rows)} readable row(s) of the {done} epochs "
                          f"summary.json reports: the rest of the file is damaged.")
@@ -117,6 +133,38 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
 
 
 # --- reading ---------------------------------------------------------------------------------
+
+def pruning_window(decisions: list[dict]) -> tuple[int, int] | None:
+    """The span of the epochs in which thresholds were applied, on the per-epoch plot's axis
+    (epoch e spans e-1 to e); None if none was."""
+    epochs = [d["epoch"] for d in decisions if isinstance(d.get("epoch"), int)]
+    return (min(epochs) - 1, max(epochs)) if epochs else None
+
+
+def eta_changes(rows: list[dict]) -> list[tuple[int, float]]:
+    """(epoch, factor): from that epoch on, η was ``factor`` times that of the epoch before."""
+    changes, before = [], None
+    for r in rows:
+        eta = _finite(r.get("eta"))
+        if eta is not None and before and not math.isclose(eta, before, rel_tol=1e-9):
+            changes.append((r["epoch"], eta / before))
+        before = eta
+    return changes
+
+
+def _num_classes(summary: dict, config: dict, final: dict) -> int | None:
+    """The number of classes of the run's dataset: from model.pt, else from the dataset's name
+    or its config (the synthetic dataset's num_classes); None if none says."""
+    from .data.registry import DATASETS
+
+    if isinstance(final.get("num_classes"), int):
+        return final["num_classes"]
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    spec = DATASETS.get(summary.get("data") or data.get("name"))
+    if spec is not None and spec.num_classes is not None:
+        return spec.num_classes
+    return data.get("num_classes") if isinstance(data.get("num_classes"), int) else None
+
 
 def _reading_notes(record: RunRecord) -> list[str]:
     """What report.md says about the run's files that could not be read."""
@@ -163,10 +211,10 @@ def _final_state(run_dir: Path, config: dict, batches: int, data_root: str | Non
     masks = {n: m.bool() for n, m in ckpt["masks"].items()}
     params = dict(model.named_parameters())
     kept = lambda tensors: torch.cat([tensors[n].detach()[m].flatten() for n, m in masks.items()])  # noqa: E731
-    state: dict[str, Any] = {"weights": kept(params).abs().double().numpy()}
+    state: dict[str, Any] = {"weights": kept(params).abs().double().numpy(), "num_classes": ckpt["num_classes"]}
     if state["weights"].size == 0:
         notes.append("|w| and sensitivity histograms: every prunable parameter was pruned.")
-        return {}
+        return {"num_classes": ckpt["num_classes"]}
     cfg = config or ckpt.get("config") or {}  # config.yaml first: it is what the user reads
     if batches <= 0:
         notes.append("sensitivity histogram: not asked for (--batches 0).")
@@ -296,9 +344,12 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
     lines += ["", "## Result", ""]
     if "test_error" in s:
         flops = s.get("flops") or {}
-        lines += markdown_table(["test error", "top-5 error", "remaining (prunable)", "compression",
-                         "remaining (all)", "compression (all)", "FLOPs left", "wall time"], [[
-            _pct(s.get("test_error")), _pct(s.get("test_top5_error")), _f(s.get("remaining_pct"), ".3f", " %"),
+        top5 = s.get("test_top5_error") is not None and shows_top5(_num_classes(s, config, final))
+        lines += markdown_table(["test error", *(["top-5 error"] if top5 else []), "remaining (prunable)",
+                                 "compression", "remaining (all)", "compression (all)", "FLOPs left",
+                                 "wall time"], [[
+            _pct(s.get("test_error")), *([_pct(s.get("test_top5_error"))] if top5 else []),
+            _f(s.get("remaining_pct"), ".3f", " %"),
             _f(s.get("compression"), ".1f", "×"), _f(s.get("remaining_pct_all"), ".3f", " %"),
             _f(s.get("compression_all"), ".1f", "×"), _f(flops.get("remaining_pct"), ".2f", " %"),
             _f(s.get("wall_time_s"), ".0f", " s")]])
@@ -316,12 +367,26 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
         lines += image("epochs", "validation error and remaining parameters per epoch")
     lines += ["", "## Threshold decisions", ""]
     if decisions:
-        lines += markdown_table(["epoch", "threshold T", "pruned", "remaining before", "remaining after",
-                         "Σ|w| removed", "val loss before", "val loss after"], [[
-            str(x.get("epoch", "-")), _f(x.get("threshold")), _f(x.get("pruned"), ","),
+        shown = condensed(decisions)
+        numbered = len(shown) < len(decisions)  # then a column says which decision each row is
+        if numbered:
+            lines.append(f"{len(decisions)} pruning decisions in all; {len(shown)} of them below (the first, "
+                         f"then one in every {shown[1][0]}, and the last); the plot shows them all.\n")
+        # Gradual pruning decides by step, between validation passes: its rows say the step and
+        # the sparsity reached, where the threshold search's say the validation loss.
+        by_step = any("step" in x for x in decisions)
+        # Σ|w| escaped: a bare | inside a cell would split the header into more cells than the rows have.
+        head = [*(["#"] if numbered else []), "epoch", *(["step", "sparsity"] if by_step else []),
+                "threshold T", "pruned", "remaining before", "remaining after", "Σ\\|w\\| removed",
+                *([] if by_step else ["val loss before", "val loss after"])]
+        lines += markdown_table(head, [[
+            *([str(i + 1)] if numbered else []), str(x.get("epoch", "-")),
+            *([_f(x.get("step"), ","), _pct(x.get("sparsity"))] if by_step else []),
+            _f(x.get("threshold")), _f(x.get("pruned"), ","),
             _f(x.get("remaining_pct_before"), ".3g", " %"), _f(x.get("remaining_pct_after"), ".3g", " %"),
             _f(x.get("removed_l1_pct"), ".3g", " %"),
-            _f(x.get("val_loss_before"), ".4f"), _f(x.get("val_loss_after"), ".4f")] for x in decisions])
+            *([] if by_step else [_f(x.get("val_loss_before"), ".4f"), _f(x.get("val_loss_after"), ".4f")])]
+            for i, x in shown])
         lines.append("\nΣ|w| removed: the share of the kept weights' absolute sum that the pruning cut. "
                      "Far below the share of weights it cut, the regularizer had already driven them "
                      "to zero.")
@@ -357,6 +422,17 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
     if notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
+
+
+def condensed(decisions: list[dict], most: int = MOST_DECISION_ROWS) -> list[tuple[int, dict]]:
+    """(index, decision) of the decisions a table shows: all of them up to ``most``, else the
+    first, every k-th and the last, at most ``most`` rows."""
+    n = len(decisions)
+    if n <= most:
+        return list(enumerate(decisions))
+    k = -(-(n - 1) // (most - 1))  # ceil: the last row is added below
+    picked = list(range(0, n - 1, k)) + [n - 1]
+    return [(i, decisions[i]) for i in picked]
 
 
 def _finite(v: Any) -> Any:

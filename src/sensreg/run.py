@@ -262,9 +262,14 @@ def finish(tr: Training) -> None:
     })
     if tr.dist.is_main:
         summary["checkpoint_bytes"] = model_bytes
+    from .report import shows_top5
+
     log.info("test error %.2f%%%s | remaining %.3f%% of prunable parameters (%.1fx), %.3f%% of all (%.1fx) "
              "| FLOPs left %.2f%%", 100 * test["error"],
-             f" (top-5 {100 * test['top5_error']:.2f}%)" if "top5_error" in test else "",
+             f" (top-5 {100 * test['top5_error']:.2f}%)" if "top5_error" in test and shows_top5(data.num_classes)
+             else "",
              stats["prunable"]["remaining_pct"], stats["prunable"]["compression"],
              stats["all"]["remaining_pct"], stats["all"]["compression"], stats["flops"]["remaining_pct"])
     log.info("per-layer sparsity:\n%s", render_text(layer_table(stats)).rstrip())
+    # The run's start names the folder too, but by now it has scrolled far out of sight.
+    log.info("run folder: %s", tr.folder.path)
