@@ -4,6 +4,7 @@
 #
 #   scripts/reproduce_mnist.sh                                    # everything, into outputs/reproduce/
 #   scripts/reproduce_mnist.sh outputs/reference lenet300_spec    # chosen runs, into the given folder
+#   EXTRA='trainer.epochs=1' scripts/reproduce_mnist.sh /tmp/try lenet300_spec   # extra overrides for every run
 #
 # The committed results in outputs/reference/ came from this script's runs. Runtimes on a 2-core
 # CPU, one thread a run: 2.5 minutes per 60-epoch LeNet-300-100 run (6 for unspec), 6-9 per
@@ -15,6 +16,7 @@ set -euo pipefail
 # the l2 control, so that the two can be compared at about equal error, and the magnitude-pruning
 # baselines (prune=gmp, no regularizer) at the spec presets' budget and compression (README "Results").
 RUNS=(
+  "lenet300_dense|experiment=lenet300_dense"
   "lenet300_spec|experiment=lenet300_spec"
   "lenet300_unspec|experiment=lenet300_unspec"
   "lenet300_loss|experiment=lenet300_loss"
@@ -25,6 +27,11 @@ RUNS=(
   "lenet300_long_spec|experiment=lenet300_long_spec"
   "lenet300_long_l2|experiment=lenet300_long_l2"
   "lenet300_long_gmp|experiment=lenet300_long_gmp"
+  "lenet300_long80_spec|experiment=lenet300_long80_spec"
+  "lenet300_long80_l2|experiment=lenet300_long80_l2"
+  "lenet300_long80_gmp|experiment=lenet300_long80_gmp"
+  "lenet5_dense|experiment=lenet5_dense"
+  "lenet5_dense_start|experiment=lenet5_dense_start"
   "lenet5_spec|experiment=lenet5_spec"
   "lenet5_unspec|experiment=lenet5_unspec"
   "lenet5_loss|experiment=lenet5_loss"
@@ -41,7 +48,7 @@ for entry in "${RUNS[@]}"; do
     continue
   fi
   # shellcheck disable=SC2086  # the overrides are meant to split into words
-  sensreg train -m $overrides trainer.seed=0,1,2 "hydra.sweep.dir=$out/$name" 'hydra.sweep.subdir=seed${trainer.seed}'
+  sensreg train -m $overrides trainer.seed=0,1,2 ${EXTRA:-} "hydra.sweep.dir=$out/$name" 'hydra.sweep.subdir=seed${trainer.seed}'
   for run in "$out/$name"/seed*; do
     sensreg eval "$run" --json | python -c \
       'import json, sys; r = json.load(sys.stdin); sys.exit(0 if r["matches_summary"] else f"{sys.argv[1]}: eval differs from summary.json")' "$run"

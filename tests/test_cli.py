@@ -110,6 +110,8 @@ def test_python_dash_m_entry_point(tmp_path):
     ("data.num_train=1", ["data.num_train=1", ">= 2"]),
     ("hydra.run.dir=README.md/run", ["hydra.run.dir=README.md/run", "is a file"]),
     ("hydra.run.dir=/proc/1/sensreg_run", ["hydra.run.dir", "not writable"]),
+    ("eta_schedule=linear", ["eta_schedule=linear", "constant, cosine, step", "schedule@eta_schedule=step"]),
+    ("schedule=step", ["schedule=step", "eta_schedule and lam_schedule", "eta_schedule=step"]),
 ])
 def test_bad_input_is_a_short_message_before_any_training(tmp_path, override, must_mention):
     (tmp_path / "README.md").write_text("a file where a folder is asked for\n")
@@ -191,3 +193,14 @@ def test_lenet300_one_epoch_on_real_mnist(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_error"] < 0.04, summary["test_error"]
     assert summary["sparsity"]["all"]["params"] == 266_610
+
+
+@pytest.mark.parametrize("spelling", ["eta_schedule=constant", "lam_schedule=step"])
+def test_a_section_chosen_by_its_own_name_is_taken_for_the_group_choice(tmp_path, spelling):
+    # `sensreg train --help` lists the section eta_schedule; Hydra wants schedule@eta_schedule.
+    section, _, option = spelling.partition("=")
+    out = sensreg("train", spelling, "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == sensreg("train", f"schedule@{spelling}", "--cfg", "job", cwd=tmp_path).stdout
+    assert f"{section}:\n  name: {option}" in out.stdout
+    assert not (tmp_path / "outputs").exists()
