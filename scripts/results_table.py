@@ -26,13 +26,18 @@ def mean_std(values: list[float], digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def two_digits(v: float) -> str:
+    """Two significant digits, without an exponent for 100 %."""
+    return f"{v:.0f}" if v >= 99.5 else f"{v:.2g}"
+
+
 def preset_row(name: str, summaries: list[dict]) -> list[str]:
     layers: dict[str, list[float]] = {}
     for s in summaries:
         for layer in s["sparsity"]["layers"]:
             if layer["prunable"] and layer["name"].endswith("weight"):
                 layers.setdefault(layer["name"].removesuffix(".weight"), []).append(layer["remaining_pct"])
-    per_layer = ", ".join(f"{n} {statistics.mean(v):.2g}" for n, v in layers.items())
+    per_layer = ", ".join(f"{n} {two_digits(statistics.mean(v))}" for n, v in layers.items())
     kib = [s["checkpoint_bytes"] / 1024 for s in summaries if "checkpoint_bytes" in s]
     epochs = sorted({s["epochs_completed"] for s in summaries})
     return [f"`{name}`", str(len(summaries)), "/".join(map(str, epochs)),
@@ -43,6 +48,11 @@ def preset_row(name: str, summaries: list[dict]) -> list[str]:
             per_layer]
 
 
+def is_dense(config: dict) -> bool:
+    """A run with no regularizer and no pruning: the network as trained plainly."""
+    return (config.get("sens") or {}).get("name") == "none" and (config.get("prune") or {}).get("name") == "none"
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(markdown_table(header, rows)) + "\n"
 
@@ -51,19 +61,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", nargs="?", default="outputs/reference", type=Path)
     root = parser.parse_args().root
-    rows, models = [], []
+    found, models = [], []
     for preset in sorted(p for p in root.iterdir() if p.is_dir()):
-        summaries = []
+        summaries, dense = [], False
         for run in sorted(p for p in preset.glob("seed*") if p.is_dir()):
             record = RunFolder(run).read()
             if record.status == "completed":
                 summaries.append(record.summary)
+                dense = is_dense(record.config)
         if not summaries:
             print(f"{preset}: no completed run, left out", file=sys.stderr)
             continue
-        rows.append(preset_row(preset.name, summaries))
         key = (summaries[0]["model"], summaries[0]["data"])
+        # Each network's dense run first: what its pruned runs' errors are measured against.
+        found.append((key, not dense, preset.name, preset_row(preset.name, summaries)))
         models += [key] if key not in models else []
+    rows = [row for *_, row in sorted(found, key=lambda f: (models.index(f[0]), f[1], f[2]))]
     print(markdown(["runs", "seeds", "epochs", "test error %", "remaining %", "compression", "model.pt KiB",
                     "remaining % per weight tensor"], rows))
     published = [[f"{r['method']} ({r['model']}, {r['data']})", f"{r['test_error_pct']:.2f}",

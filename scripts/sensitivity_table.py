@@ -1,0 +1,308 @@
+#!/usr/bin/env python
+"""What the sensitivity buys, in one table: spec's compression against the l2 control and against
+magnitude pruning, at equal validation error, seed by seed.
+
+Runs: every folder below the roots whose summary.json says ``completed``. Three methods:
+
+- spec: ``sens=spec`` with the batch reduction and no scale (the paper's method; the study's
+  other reductions and scales are left out, so that one curve is one method);
+- l2: ``sens=l2``, the same shrink with the insensitivity fixed at 1;
+- gmp: ``sens=none prune=gmp``, magnitude pruning with no regularizer.
+
+Runs with per-layer thresholds (``prune.scope=layer``) are left out of every method, for the same
+reason; unspec, loss and dense runs are not compared.
+
+The comparison. Runs are grouped by network (model, dataset), training budget (epochs completed)
+and seed. Within a group, a baseline's runs (its λ, targets, schedules) are points (validation
+error, compression) of one curve (for l2, one per prune schedule: the spec run's own): sorted by validation error, log(compression) linear between
+neighbours, the more compressed point kept where two share a validation error. Each spec run is
+set against the curve of the same seed at the spec run's own validation error, inside the curve's
+range only; a curve of a single point compares only at exactly its error. The ratio is spec's
+compression over the baseline's there (above 1: spec keeps fewer weights at the same validation
+error), and the baseline's test error is interpolated the same way (linear in validation error).
+Per spec setting the table gives the mean ± sample std of the ratio over the seeds where it could
+be computed, and how many; below it a verdict per network and budget: spec wins where the ratio
+exceeds 1 by more than its std, loses where it falls short of 1 by more, ties otherwise.
+
+    python scripts/sensitivity_table.py                          # outputs/reference outputs/study
+    python scripts/sensitivity_table.py outputs/reproduce        # any folders holding run folders
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import math
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from sensreg.prune_schedules import target_sparsity
+from sensreg.run_folder import SUMMARY_NAME, RunFolder
+from sensreg.tables import markdown_table
+
+BASELINES = ("l2", "gmp")
+
+
+@dataclass
+class Run:
+    path: Path
+    network: str  # "model/dataset"
+    budget: int  # epochs completed
+    seed: int
+    method: str  # spec, l2 or gmp
+    schedule: str  # prune.name: an l2 curve is compared with spec runs of the same schedule
+    setting: dict  # what tells one spec setting from another: {field: shown value}
+    val: float
+    test: float
+    compression: float
+
+
+def method_of(cfg: dict) -> str | None:
+    sens, prune = cfg.get("sens") or {}, cfg.get("prune") or {}
+    if prune.get("scope", "global") != "global":
+        return None
+    if sens.get("name") == "spec" and sens.get("reduction", "batch") == "batch" and sens.get("scale", "none") == "none":
+        return "spec"
+    if sens.get("name") == "l2":
+        return "l2"
+    if sens.get("name") == "none" and prune.get("name") == "gmp":
+        return "gmp"
+    return None
+
+
+def setting_of(cfg: dict) -> dict:
+    """λ and the pruning, and what else may tell two spec settings of one budget apart."""
+    sens, prune, eta = cfg.get("sens") or {}, cfg.get("prune") or {}, cfg.get("eta_schedule") or {}
+    pruning = prune.get("name", "?")
+    if pruning == "gmp":
+        pruning += f" {1 / (1 - target_sparsity(prune['target'])):.3g}×"
+    elif pruning == "fixed":
+        pruning += f" {prune.get('threshold'):g}"
+    stop, milestones = prune.get("stop_epoch"), eta.get("milestones") or []
+    return {"λ": f"λ {sens.get('lam', 0):.2g}", "pruning": pruning,
+            "stop": f"until epoch {stop}" if stop is not None else "",
+            "tolerance": f"tolerance {prune.get('tolerance'):.2g}" if pruning == "search" else "",
+            "eta": f"η ÷10 at {', '.join(map(str, milestones))}" if eta.get("name") == "step"
+            else f"η {eta.get('name', '?')}"}
+
+
+def find_runs(roots: list[str]) -> list[Run]:
+    runs, seen = [], {}
+    for root in roots:
+        for summary_path in sorted(Path(root).rglob(SUMMARY_NAME)):
+            record = RunFolder(summary_path.parent).read()
+            s, cfg = record.summary or {}, record.config
+            method = method_of(cfg)
+            if record.status != "completed" or method is None:
+                continue
+            budget = s.get("epochs_completed") or (cfg.get("budget") or {}).get("epochs")
+            if not budget:
+                continue
+            model = s.get("model") or (cfg.get("model") or {}).get("name")
+            data = s.get("data") or (cfg.get("data") or {}).get("name")
+            seed = s.get("seed", (cfg.get("trainer") or {}).get("seed"))
+            run = Run(summary_path.parent, f"{model}/{data}", int(budget), int(seed), method,
+                      (cfg.get("prune") or {}).get("name", "?"), setting_of(cfg), s["val_error"], s["test_error"], s["compression"])
+            # A copy of a run (a check rerun, a search trial proposed twice) is not a second sample.
+            same = (method, run.network, run.budget, run.seed, tuple(run.setting.items()), run.val,
+                    run.test, run.compression)
+            if same in seen:
+                print(f"note: {run.path} repeats {seen[same]}; counted once", file=sys.stderr)
+                continue
+            seen[same] = run.path
+            runs.append(run)
+    return runs
+
+
+# --- one baseline curve: (val error, log compression, test error), sorted by val error -----------
+
+def curve(runs: list[Run]) -> list[tuple[float, float, float]]:
+    best: dict[float, Run] = {}
+    for r in runs:  # one point per validation error: the more compressed
+        if r.val not in best or r.compression > best[r.val].compression:
+            best[r.val] = r
+    return sorted((v, math.log(r.compression), r.test) for v, r in best.items())
+
+
+def at(points: list[tuple[float, float, float]], val: float, name: str) -> tuple[float, float] | str:
+    """(compression, test error) of the curve at validation error ``val``, or why there is none."""
+    if not points:
+        return f"no {name} run at this seed"
+    vals = [p[0] for p in points]
+    i = bisect.bisect_left(vals, val)
+    if i < len(points) and math.isclose(vals[i], val, rel_tol=0, abs_tol=1e-12):
+        return math.exp(points[i][1]), points[i][2]  # exactly a point (also a one-point curve's)
+    if len(points) == 1:
+        return f"one {name} point"
+    if i == 0 or i == len(points):
+        return f"outside {name}'s range"
+    (v0, c0, t0), (v1, c1, t1) = points[i - 1], points[i]
+    w = (val - v0) / (v1 - v0)
+    return math.exp(c0 + w * (c1 - c0)), t0 + w * (t1 - t0)
+
+
+# --- per spec setting: the ratios over its seeds -------------------------------------------------
+
+@dataclass
+class Comparison:
+    ratios: list[float]  # one per seed where the baseline's curve reaches spec's val error
+    spec_test: list[float]  # spec's test error on those same seeds
+    base_test: list[float]  # the baseline's, interpolated to spec's val error
+    missing: dict[str, int]  # why not, and for how many seeds
+
+    def cell(self) -> str:
+        n = len(self.ratios)
+        text = ""
+        if n:
+            std = f" ± {statistics.stdev(self.ratios):.2f}" if n > 1 else ""
+            text = f"{statistics.mean(self.ratios):.2f}{std}× ({n})"
+        why = ", ".join(f"{k} ({v})" if n or len(self.missing) > 1 else k for k, v in self.missing.items())
+        return f"{text}; {why}" if text and why else text or why
+
+    def verdict(self) -> str | None:
+        """wins, ties or loses (against the ratio's spread); one seed has no spread to judge by."""
+        if not self.ratios:
+            return None
+        mean = statistics.mean(self.ratios)
+        if len(self.ratios) == 1:
+            return "is ahead on a single seed" if mean > 1 else "is behind on a single seed"
+        std = statistics.stdev(self.ratios)
+        return "wins" if mean - 1 > std else "loses" if 1 - mean > std else "ties"
+
+
+def compare(spec_runs: list[Run], baseline: list[Run], name: str) -> Comparison:
+    comp = Comparison([], [], [], defaultdict(int))
+    if not baseline:
+        comp.missing[f"no {name} runs"] = len(spec_runs)
+        return comp
+    # l2 is the same shrink without the sensitivity: its curve runs along the spec run's own prune
+    # schedule (a threshold search's λ sweep, gmp's targets), never across two regimes. Magnitude
+    # pruning is one schedule, gmp, set against spec whatever spec's schedule.
+    def key(r: Run) -> tuple:
+        return (r.seed, r.schedule) if name == "l2" else (r.seed,)
+
+    curves = {k: curve([r for r in baseline if key(r) == k]) for k in {key(r) for r in baseline}}
+    for r in spec_runs:
+        got = at(curves.get(key(r), []), r.val, name)
+        if isinstance(got, str):
+            comp.missing[got] += 1
+        else:
+            comp.ratios.append(r.compression / got[0])
+            comp.spec_test.append(r.test)
+            comp.base_test.append(got[1])
+    return comp
+
+
+def pct(values: list[float]) -> str:
+    return f"{100 * statistics.mean(values):.2f} %" if values else ""
+
+
+def spread(values: list[float], digits: int | None = None, unit: str = "") -> str:
+    mean = statistics.mean(values)
+    if digits is None:  # compressions: 22.2×, 85 ± 14×
+        digits = 1 if mean < 30 else 0
+    std = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{mean:.{digits}f}{std}{unit}"
+
+
+def labels(settings: list[dict]) -> dict[tuple, str]:
+    """A short name per setting: λ and the pruning, and the other fields only where settings of
+    the same λ and pruning differ in them (the stop epoch or η schedule of two gmp runs)."""
+    names = {}
+    for s in settings:
+        twins = [t for t in settings if (t["λ"], t["pruning"]) == (s["λ"], s["pruning"])]
+        shown = [v for k, v in s.items() if v and (k in ("λ", "pruning") or len({t[k] for t in twins}) > 1)]
+        names[tuple(s.items())] = ", ".join(shown)
+    return names
+
+
+def ranges(values: list[float], fmt: str, unit: str) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:{fmt}}{unit}" if lo == hi else f"{lo:{fmt}}–{hi:{fmt}}{unit}"
+
+
+def budget_rows(network: str, budget: int, runs: list[Run]) -> tuple[list[list[str]], str]:
+    """The table rows of one network and budget, one per spec setting, and its verdict."""
+    spec = [r for r in runs if r.method == "spec"]
+    base = {name: [r for r in runs if r.method == name] for name in BASELINES}
+    settings: dict[tuple, list[Run]] = defaultdict(list)
+    for r in spec:
+        settings[tuple(r.setting.items())].append(r)
+    names = labels([dict(key) for key in settings])
+    head = [network, str(budget)]
+    if not any(base.values()):  # nothing to compare with: one row for every spec run of the budget
+        setting = names[next(iter(settings))] if len(settings) == 1 else \
+            f"{len(settings)} settings ({', '.join(sorted({r.setting['pruning'] for r in spec}))})"
+        row = head + [setting, str(len({r.seed for r in spec})), ranges([r.compression for r in spec], ".3g", "×"),
+                      ranges([100 * r.val for r in spec], ".2f", " %"),
+                      ranges([100 * r.test for r in spec], ".2f", " %")]
+        row += [x for name in BASELINES for x in (f"no {name} runs", "")]
+        return [row], f"- **{network}, {budget} epochs.** No {' or '.join(BASELINES)} run at this budget."
+
+    rows = []
+    judged = defaultdict(list)  # (baseline, outcome) -> "*setting* (ratio; test errors)"
+    unjudged = defaultdict(lambda: defaultdict(int))  # baseline -> {why no ratio: spec runs}
+    for key, members in sorted(settings.items(), key=lambda kv: statistics.mean(r.val for r in kv[1])):
+        label = names[key]
+        seeds = [r.seed for r in members]
+        if len(set(seeds)) < len(seeds):
+            print(f"note: {network}, {budget} epochs, {label}: several runs of one seed, each counted", file=sys.stderr)
+        row = head + [label, str(len(set(seeds))), spread([r.compression for r in members], unit="×"),
+                      pct([r.val for r in members]), pct([r.test for r in members])]
+        for name in BASELINES:
+            comp = compare(members, base[name], name)
+            row += [comp.cell(), pct(comp.base_test)]
+            outcome = comp.verdict()
+            if outcome:
+                judged[name, outcome].append(f"*{label}* ({spread(comp.ratios, 2, '×')}; test error "
+                                             f"{pct(comp.spec_test)} against {pct(comp.base_test)} on those seeds)")
+            for why, n in comp.missing.items():
+                unjudged[name][why] += n
+        rows.append(row)
+
+    sentences = []
+    for name in BASELINES:
+        parts = [f"{outcome} at " + ", ".join(judged[name, outcome]) for outcome in
+                 ("wins", "ties", "loses", "is ahead on a single seed", "is behind on a single seed")
+                 if judged[name, outcome]]
+        missing = sum(unjudged[name].values())
+        why = "; ".join(k if k.startswith("no ") else f"{k} for {n} spec run{'s' * (n > 1)}"
+                        for k, n in unjudged[name].items())
+        if not parts:
+            sentences.append(f"Against {name}, no comparison ({why}).")
+            continue
+        if missing:
+            parts.append(f"no ratio for {missing} more spec run{'s' * (missing > 1)} ({why})")
+        sentences.append(f"Against {name}, spec " + "; ".join(parts) + ".")
+    return rows, f"- **{network}, {budget} epochs.** " + " ".join(sentences)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("roots", nargs="*", default=["outputs/reference", "outputs/study"])
+    args = ap.parse_args()
+    groups: dict[tuple[str, int], list[Run]] = defaultdict(list)
+    for r in find_runs(args.roots):
+        groups[r.network, r.budget].append(r)
+    rows, verdicts = [], []
+    for (network, budget), runs in sorted(groups.items()):
+        if any(r.method == "spec" for r in runs):
+            budget_rows_, verdict = budget_rows(network, budget, runs)
+            rows += budget_rows_
+            verdicts.append(verdict)
+    header = ["network", "epochs", "spec setting", "seeds", "spec compression", "spec val err", "spec test err",
+              "× l2 at equal val err (n)", "l2 test err there", "× gmp at equal val err (n)", "gmp test err there"]
+    print("\n".join(markdown_table(header, rows)))
+    print("\n× baseline: spec's compression over the baseline's at spec's validation error, seed by seed, "
+          "interpolated along the baseline's runs of that seed and budget; mean ± std over the seeds where "
+          "it exists, their number in brackets. Test err there: the baseline's, interpolated the same way.\n")
+    print("Verdict (spec wins where the ratio is above 1 by more than its std, loses where it is below 1 by "
+          "more, ties otherwise):\n")
+    print("\n".join(verdicts))
+
+
+if __name__ == "__main__":
+    main()
