@@ -35,6 +35,7 @@ from .atomic import write_atomic
 from .errors import UserError
 from .run_folder import CONFIG_NAME, METRICS_NAME, STUDY_JSON, SUMMARY_NAME, RunFolder, relative_below
 from .tables import FitTable, markdown_table
+from .trackers import flat  # dotted keys, as the trackers log the config
 
 CSV_NAME, MD_NAME = "compare.csv", "compare.md"
 DEFAULT_SORT = "model,data,sens,lam,eta,seed,run"
@@ -171,19 +172,8 @@ def read_run(run_dir: Path, name: str) -> Row | Skipped:
         test_error_pct=None if error is None else 100.0 * error,
         remaining_pct=_num(summary.get("remaining_pct")), compression=_num(summary.get("compression")),
         wall_time_s=_num(summary.get("wall_time_s")), config_hash=_str(summary.get("config_hash")),
-        n=1 if finished else 0, config=_flatten(run.config),
+        n=1 if finished else 0, config=flat(run.config),
     )
-
-
-def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """{"sens": {"lam": 1e-4}} as {"sens.lam": 1e-4}: keys as they are written on the command line."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 HYDRA_RECORD = Path(".hydra") / "hydra.yaml"  # Hydra's record of the run, with the group choices
