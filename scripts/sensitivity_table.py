@@ -20,9 +20,16 @@ set against the curve of the same seed at the spec run's own validation error, i
 range only; a curve of a single point compares only at exactly its error. The ratio is spec's
 compression over the baseline's there (above 1: spec keeps fewer weights at the same validation
 error), and the baseline's test error is interpolated the same way (linear in validation error).
-Per spec setting the table gives the mean ± sample std of the ratio over the seeds where it could
-be computed, and how many; below it a verdict per network and budget: spec wins where the ratio
-exceeds 1 by more than its std, loses where it falls short of 1 by more, ties otherwise.
+Where no ratio exists (spec more accurate, or less, than every point of the curve; a one-point
+curve), the comparison falls back to equal compression: the baseline's validation error at spec's
+compression (log compression linear between neighbours, inside the curve's range, or exactly a
+point: gmp runs at spec's own target), minus spec's. Where neither exists, the points are only
+ordered: spec's run dominates the baseline's curve of its seed where some baseline point is no more
+accurate and no more compressed (and differs), is dominated where some point is both at least as
+accurate and as compressed, and is neither otherwise. Per spec setting the table gives the mean ±
+sample std of each over the seeds where it could be computed, and how many; below it a verdict per
+network and budget: spec wins where the ratio exceeds 1 (or the gap 0) by more than its std, loses
+where it falls short by more, ties otherwise.
 
     python scripts/sensitivity_table.py                          # outputs/reference outputs/study
     python scripts/sensitivity_table.py outputs/reproduce        # any folders holding run folders
@@ -36,7 +43,7 @@ import math
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sensreg.prune_schedules import target_sparsity
@@ -44,6 +51,7 @@ from sensreg.run_folder import SUMMARY_NAME, RunFolder
 from sensreg.tables import markdown_table
 
 BASELINES = ("l2", "gmp")
+OUTCOMES = ("wins", "ties", "loses", "is ahead on a single seed", "is behind on a single seed")
 
 
 @dataclass
@@ -144,6 +152,18 @@ def at(points: list[tuple[float, float, float]], val: float, name: str) -> tuple
     return math.exp(c0 + w * (c1 - c0)), t0 + w * (t1 - t0)
 
 
+def at_compression(points: list[tuple[float, float, float]], compression: float) -> tuple[float, float] | None:
+    """(val error, test error) of the curve at ``compression``, or None outside its range."""
+    by_c = sorted((c, v, t) for v, c, t in points)
+    x = math.log(compression)
+    for (c0, v0, t0), (c1, v1, t1) in zip(by_c, by_c[1:]):
+        if c0 <= x <= c1 and c1 > c0:
+            w = (x - c0) / (c1 - c0)
+            return v0 + w * (v1 - v0), t0 + w * (t1 - t0)
+    exact = [(v, t) for c, v, t in by_c if math.isclose(c, x, rel_tol=0, abs_tol=1e-9)]
+    return min(exact) if exact else None
+
+
 # --- per spec setting: the ratios over its seeds -------------------------------------------------
 
 @dataclass
@@ -152,6 +172,13 @@ class Comparison:
     spec_test: list[float]  # spec's test error on those same seeds
     base_test: list[float]  # the baseline's, interpolated to spec's val error
     missing: dict[str, int]  # why not, and for how many seeds
+    # Where there is no ratio: at spec's compression, the baseline's val error minus spec's
+    # (above 0: spec more accurate), and both test errors on those seeds.
+    gaps: list[float] = field(default_factory=list)
+    gap_spec_test: list[float] = field(default_factory=list)
+    gap_base_test: list[float] = field(default_factory=list)
+    unmatched: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # neither, and why
+    order: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # dominates/is dominated: runs
 
     def cell(self) -> str:
         n = len(self.ratios)
@@ -160,23 +187,52 @@ class Comparison:
             std = f" ± {statistics.stdev(self.ratios):.2f}" if n > 1 else ""
             text = f"{statistics.mean(self.ratios):.2f}{std}× ({n})"
         why = ", ".join(f"{k} ({v})" if n or len(self.missing) > 1 else k for k, v in self.missing.items())
-        return f"{text}; {why}" if text and why else text or why
+        text = f"{text}; {why}" if text and why else text or why
+        if self.gaps:
+            text += f"; at equal compression {self.gap_text()} ({len(self.gaps)})"
+        if self.order:
+            text += "; " + ", ".join(f"{k} ({v})" for k, v in sorted(self.order.items()))
+        return text
+
+    def gap_text(self) -> str:
+        points = [100 * g for g in self.gaps]
+        std = f" ± {statistics.stdev(points):.2f}" if len(points) > 1 else ""
+        return f"val err {statistics.mean(points):+.2f}{std} pt"
 
     def verdict(self) -> str | None:
         """wins, ties or loses (against the ratio's spread); one seed has no spread to judge by."""
-        if not self.ratios:
-            return None
-        mean = statistics.mean(self.ratios)
-        if len(self.ratios) == 1:
-            return "is ahead on a single seed" if mean > 1 else "is behind on a single seed"
-        std = statistics.stdev(self.ratios)
-        return "wins" if mean - 1 > std else "loses" if 1 - mean > std else "ties"
+        return judge(self.ratios, 1.0)
+
+    def gap_verdict(self) -> str | None:
+        """The same, at equal compression, for the spec runs with no ratio."""
+        return judge(self.gaps, 0.0)
+
+
+def judge(values: list[float], even: float) -> str | None:
+    if not values:
+        return None
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return "is ahead on a single seed" if mean > even else "is behind on a single seed"
+    std = statistics.stdev(values)
+    return "wins" if mean - even > std else "loses" if even - mean > std else "ties"
+
+
+def dominance(points: list[tuple[float, float, float]], r: Run) -> str:
+    """Whether spec's run beats some baseline point in both validation error and compression, or
+    some point beats it, or neither (the curve is on one side of it in one measure only)."""
+    logc = math.log(r.compression)
+    if any(v >= r.val and c <= logc and (v, c) != (r.val, logc) for v, c, _ in points):
+        return "dominates a point"
+    if any(v <= r.val and c >= logc for v, c, _ in points):
+        return "is dominated"
+    return "neither"
 
 
 def compare(spec_runs: list[Run], baseline: list[Run], name: str) -> Comparison:
     comp = Comparison([], [], [], defaultdict(int))
     if not baseline:
-        comp.missing[f"no {name} runs"] = len(spec_runs)
+        comp.missing[f"no {name} runs"] = comp.unmatched[f"no {name} runs"] = len(spec_runs)
         return comp
     # l2 is the same shrink without the sensitivity: its curve runs along the spec run's own prune
     # schedule (a threshold search's λ sweep, gmp's targets), never across two regimes. Magnitude
@@ -186,9 +242,19 @@ def compare(spec_runs: list[Run], baseline: list[Run], name: str) -> Comparison:
 
     curves = {k: curve([r for r in baseline if key(r) == k]) for k in {key(r) for r in baseline}}
     for r in spec_runs:
-        got = at(curves.get(key(r), []), r.val, name)
+        points = curves.get(key(r), [])
+        got = at(points, r.val, name)
         if isinstance(got, str):
             comp.missing[got] += 1
+            there = at_compression(points, r.compression) if points else None
+            if there is None:
+                comp.unmatched[got] += 1
+                if points:
+                    comp.order[dominance(points, r)] += 1
+            else:
+                comp.gaps.append(there[0] - r.val)
+                comp.gap_spec_test.append(r.test)
+                comp.gap_base_test.append(there[1])
         else:
             comp.ratios.append(r.compression / got[0])
             comp.spec_test.append(r.test)
@@ -244,7 +310,8 @@ def budget_rows(network: str, budget: int, runs: list[Run]) -> tuple[list[list[s
 
     rows = []
     judged = defaultdict(list)  # (baseline, outcome) -> "*setting* (ratio; test errors)"
-    unjudged = defaultdict(lambda: defaultdict(int))  # baseline -> {why no ratio: spec runs}
+    ordered = defaultdict(list)  # baseline -> "*setting* dominates a point on 2 seeds"
+    unjudged = defaultdict(lambda: defaultdict(int))  # baseline -> {why neither: spec runs}
     for key, members in sorted(settings.items(), key=lambda kv: statistics.mean(r.val for r in kv[1])):
         label = names[key]
         seeds = [r.seed for r in members]
@@ -254,28 +321,39 @@ def budget_rows(network: str, budget: int, runs: list[Run]) -> tuple[list[list[s
                       pct([r.val for r in members]), pct([r.test for r in members])]
         for name in BASELINES:
             comp = compare(members, base[name], name)
-            row += [comp.cell(), pct(comp.base_test)]
+            row += [comp.cell(), pct(comp.base_test or comp.gap_base_test)]
             outcome = comp.verdict()
             if outcome:
                 judged[name, outcome].append(f"*{label}* ({spread(comp.ratios, 2, '×')}; test error "
                                              f"{pct(comp.spec_test)} against {pct(comp.base_test)} on those seeds)")
-            for why, n in comp.missing.items():
+            outcome = comp.gap_verdict()
+            if outcome:
+                judged[name, outcome].append(
+                    f"*{label}* at equal compression ({comp.gap_text()}; test error {pct(comp.gap_spec_test)} "
+                    f"against {pct(comp.gap_base_test)} on those seeds)")
+            for why, n in comp.unmatched.items():
                 unjudged[name][why] += n
+            if comp.order:
+                ordered[name].append(f"*{label}* " + ", ".join(
+                    f"{k} on {v} seed{'s' * (v > 1)}" for k, v in sorted(comp.order.items())))
         rows.append(row)
 
     sentences = []
     for name in BASELINES:
         parts = [f"{outcome} at " + ", ".join(judged[name, outcome]) for outcome in
-                 ("wins", "ties", "loses", "is ahead on a single seed", "is behind on a single seed")
+                 OUTCOMES
                  if judged[name, outcome]]
         missing = sum(unjudged[name].values())
         why = "; ".join(k if k.startswith("no ") else f"{k} for {n} spec run{'s' * (n > 1)}"
                         for k, n in unjudged[name].items())
         if not parts:
-            sentences.append(f"Against {name}, no comparison ({why}).")
+            order = f"; ordered only: {'; '.join(ordered[name])}" if ordered[name] else ""
+            sentences.append(f"Against {name}, no comparison ({why}){order}.")
             continue
         if missing:
-            parts.append(f"no ratio for {missing} more spec run{'s' * (missing > 1)} ({why})")
+            parts.append(f"no comparison for {missing} more spec run{'s' * (missing > 1)} ({why})")
+        if ordered[name]:
+            parts.append("ordered only: " + "; ".join(ordered[name]))
         sentences.append(f"Against {name}, spec " + "; ".join(parts) + ".")
     return rows, f"- **{network}, {budget} epochs.** " + " ".join(sentences)
 
@@ -294,13 +372,16 @@ def main() -> None:
             rows += budget_rows_
             verdicts.append(verdict)
     header = ["network", "epochs", "spec setting", "seeds", "spec compression", "spec val err", "spec test err",
-              "× l2 at equal val err (n)", "l2 test err there", "× gmp at equal val err (n)", "gmp test err there"]
+              "× l2 at equal val err (n)", "l2 test err", "× gmp at equal val err (n)", "gmp test err"]
     print("\n".join(markdown_table(header, rows)))
     print("\n× baseline: spec's compression over the baseline's at spec's validation error, seed by seed, "
           "interpolated along the baseline's runs of that seed and budget; mean ± std over the seeds where "
-          "it exists, their number in brackets. Test err there: the baseline's, interpolated the same way.\n")
-    print("Verdict (spec wins where the ratio is above 1 by more than its std, loses where it is below 1 by "
-          "more, ties otherwise):\n")
+          "it exists, their number in brackets; where none exists, the baseline's val error minus spec's at "
+          "spec's compression (pt: percentage points, above 0: spec more accurate), or only how the points "
+          "are ordered. Test err: the baseline's, interpolated the same way (at equal val error where "
+          "there is a ratio, else at equal compression).\n")
+    print("Verdict (spec wins where the ratio is above 1, or the gap above 0, by more than its std, loses "
+          "where it is below by more, ties otherwise):\n")
     print("\n".join(verdicts))
 
 

@@ -9,7 +9,8 @@ The fixture writes, for one network at 60 epochs and two seeds:
   2.1213, l2's test error 0.021 (halfway); gmp's single point is at exactly 0.025, ratio 1.5. Seed 1 at
   (0.03, 160×): l2 there √(40·160) = 80×, ratio 2; gmp: one point, at another error.
 - spec λ 3e-3: seed 0 at val 0.035, seed 1 at 0.015: outside l2's range at both, and not at
-  gmp's single points.
+  gmp's single points; outside every curve's compressions too, and on no side of any point in
+  both measures (neither dominates).
 
 and runs the script must leave out: a failed run, the per-sample and scaled spec variants, unspec,
 a per-layer threshold and a dense run; and an l2 run of another budget, which only that budget's
@@ -98,13 +99,44 @@ def test_interpolation_by_hand(runs):
     assert comp.ratios == pytest.approx([1.5])  # gmp's single point at exactly spec's val error
     assert comp.base_test == pytest.approx([0.02])
     assert dict(comp.missing) == {"one gmp point": 1}
-    assert comp.cell() == "1.50× (1); one gmp point (1)"
+    # Seed 1 (0.03, 160×) against gmp's (0.02, 80×): more compressed, less accurate: no order.
+    assert dict(comp.order) == {"neither": 1} and comp.gaps == []
+    assert comp.cell() == "1.50× (1); one gmp point (1); neither (1)"
     assert comp.verdict() == "is ahead on a single seed"
 
     spec3 = [r for r in found if r.path.parent.name == "spec3"]
     comp = st.compare(spec3, l2, "l2")
     assert comp.ratios == [] and dict(comp.missing) == {"outside l2's range": 2}
-    assert comp.cell() == "outside l2's range" and comp.verdict() is None
+    assert comp.cell() == "outside l2's range; neither (2)" and comp.verdict() is None
+    assert comp.gap_verdict() is None
+
+
+def test_equal_compression_and_order():
+    points = [(0.02, math.log(50), 0.018), (0.03, math.log(100), 0.024)]
+    # log-linear in compression: √(50·100) is halfway
+    assert st.at_compression(points, math.sqrt(5000)) == pytest.approx((0.025, 0.021))
+    assert st.at_compression(points, 100) == pytest.approx((0.03, 0.024))
+    assert st.at_compression(points, 101) is None and st.at_compression(points, 49) is None
+    assert st.at_compression(points[:1], 50) == pytest.approx((0.02, 0.018))  # a one-point curve, exactly
+
+    def run(val, compression):
+        return st.Run(None, "n", 60, 0, "spec", "gmp", {}, val, val, compression)
+
+    assert st.dominance(points, run(0.02, 60)) == "dominates a point"  # as accurate as (0.02, 50×), sparser
+    assert st.dominance(points, run(0.035, 90)) == "is dominated"  # (0.03, 100×) beats it in both
+    assert st.dominance(points, run(0.015, 20)) == "neither"
+    assert st.dominance(points, run(0.02, 50)) == "is dominated"  # equal to a point: not a win
+
+    # Spec at 100× against a gmp curve through 100× at val 0.03: no ratio (spec is more accurate
+    # than every point), the gap at equal compression instead: +0.5 points, gmp's test error there.
+    spec = [st.Run(None, "n", 60, seed, "spec", "gmp", {}, 0.025, 0.02, 100) for seed in (0, 1)]
+    gmp = [st.Run(None, "n", 60, seed, "gmp", "gmp", {}, val, 0.024, c)
+           for seed in (0, 1) for val, c in ((0.03, 100), (0.04, 200))]
+    comp = st.compare(spec, gmp, "gmp")
+    assert comp.ratios == [] and comp.gaps == pytest.approx([0.005, 0.005])
+    assert comp.gap_base_test == pytest.approx([0.024, 0.024]) and comp.gap_spec_test == [0.02, 0.02]
+    assert comp.cell() == "outside gmp's range; at equal compression val err +0.50 ± 0.00 pt (2)"
+    assert comp.gap_verdict() == "wins" and not comp.unmatched
 
 
 def test_curve_edges():
@@ -139,20 +171,24 @@ def test_table_and_verdict(runs, tmp_path):
     # seeds | spec compression | val err | test err | × l2 | l2 test | × gmp | gmp test
     assert rows["lenet300/mnist", "60", "λ 0.001, search"] == [
         "2", "155 ± 7×", "2.75 %", "2.05 %", f"2.06 ± {std:.2f}× (2)", "2.35 %",
-        "1.50× (1); one gmp point (1)", "2.00 %"]
+        "1.50× (1); one gmp point (1); neither (1)", "2.00 %"]
     assert rows["lenet300/mnist", "4", "2 settings (search)"] == [
         "1", "5–9×", "3.00–4.00 %", "2.60–3.60 %", "no l2 runs", "", "no gmp runs", ""]
     assert rows["lenet300/mnist", "40", "λ 0.001, search"][4:] == ["no l2 runs", "", "1.25× (1)", "1.60 %"]
     assert rows["lenet300/mnist", "60", "λ 0.003, search"][4:] == [
-        "outside l2's range", "", "one gmp point", ""]
+        "outside l2's range; neither (2)", "", "one gmp point; neither (2)", ""]
     # The 20-epoch budget's only l2 run (other/l2_20ep) prunes by search: no l2 curve of gmp's
     # schedule to set the spec gmp run against (l2 is compared along spec's own schedule).
-    assert rows["lenet300/mnist", "20", "λ 0.001, gmp 22.2×"][4:] == ["no l2 run at this seed", "", "one gmp point", ""]
+    # gmp's one point is at spec's own target: compared at equal compression (0.021 - 0.02).
+    assert rows["lenet300/mnist", "20", "λ 0.001, gmp 22.2×"][4:] == [
+        "no l2 run at this seed", "", "one gmp point; at equal compression val err +0.10 pt (1)", "1.70 %"]
     assert "- **lenet300/mnist, 60 epochs.** Against l2, spec wins at *λ 0.001, search* (2.06 ± 0.09×; test " \
-           "error 2.05 % against 2.35 % on those seeds); no ratio for 2 more spec runs (outside l2's range for " \
-           "2 spec runs)." in out
+           "error 2.05 % against 2.35 % on those seeds); no comparison for 2 more spec runs (outside l2's range for " \
+           "2 spec runs); ordered only: *λ 0.003, search* neither on 2 seeds." in out
     assert "Against gmp, spec is ahead on a single seed at *λ 0.001, search* (1.50×; test error 1.90 % against " \
-           "2.00 % on those seeds); no ratio for 3 more spec runs (one gmp point for 3 spec runs)." in out
+           "2.00 % on those seeds); no comparison for 3 more spec runs (one gmp point for 3 spec runs); ordered " \
+           "only: *λ 0.003, search* neither on 2 seeds; *λ 0.001, search* neither on 1 seed." in out
     assert "- **lenet300/mnist, 4 epochs.** No l2 or gmp run at this budget." in out
     assert "- **lenet300/mnist, 20 epochs.** Against l2, no comparison (no l2 run at this seed). Against " \
-           "gmp, no comparison (one gmp point for 1 spec run)." in out
+           "gmp, spec is ahead on a single seed at *λ 0.001, gmp 22.2×* at equal compression (val err +0.10 pt; " \
+           "test error 1.60 % against 1.70 % on those seeds)." in out
