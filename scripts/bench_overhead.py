@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training-step cost of each sensitivity variant relative to plain training (sens=none).
 
-Times the real training step (``sensreg.train.TrainStep``: forward, loss gradient, sensitivity,
+Times the real training step (``sensreg.run.loop.TrainStep``: forward, loss gradient, sensitivity,
 shrink, optimizer step, masks) for LeNet-300-100 and LeNet-5 on MNIST, for sens none, loss,
 spec and unspec, each also with the per-sample reduction (``spec/sample``: sens.reduction=sample),
 side by side in one process on one machine, and prints the ratio of each to ``none`` and of each
@@ -28,12 +28,12 @@ import time
 
 import torch
 
-from sensreg.config import TrainConfig
+from sensreg.run.config import TrainConfig
 from sensreg.data import batches
-from sensreg.pruning import Masks, prunable_names
-from sensreg.sensitivity import get_variant
-from sensreg.run import setup
-from sensreg.train import TrainStep, build_optimizer
+from sensreg.method.pruning import Masks, prunable_names
+from sensreg.method.sensitivity import get_variant
+from sensreg.run.lifecycle import setup
+from sensreg.run.loop import TrainStep, build_optimizer
 
 VARIANTS = ("none", "loss", "spec", "unspec", "spec/sample", "unspec/sample")
 TARGETS = {"loss": 1.1, "spec": 1.7, "unspec": 4.0}

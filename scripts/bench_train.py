@@ -3,7 +3,7 @@
 
 (a) The usual loop: torchvision's MNIST with ToTensor and Normalize through a DataLoader, SGD
     with momentum, cross-entropy, no regularizer.
-(b) sensreg's training step (``sensreg.train.TrainStep``, the data held on the device as
+(b) sensreg's training step (``sensreg.run.loop.TrainStep``, the data held on the device as
     sensreg trains) for sens none, loss, spec, unspec and the per-sample reduction of spec.
 
 For LeNet-300-100 and LeNet-5 at batch 100 on MNIST, and, on a GPU only, ResNet-50 on generated
@@ -33,9 +33,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_overhead import make_step, time_steps  # noqa: E402  (the same step as the overhead benchmark)
 
-from sensreg.config import TrainConfig  # noqa: E402
+from sensreg.run.config import TrainConfig  # noqa: E402
 from sensreg.models import build_model  # noqa: E402
-from sensreg.run import setup  # noqa: E402
+from sensreg.run.lifecycle import setup  # noqa: E402
 
 VARIANTS = ("none", "loss", "spec", "unspec", "spec/sample")
 RESNET_VARIANTS = ("none", "spec")

@@ -143,9 +143,9 @@ def count_syncs() -> dict:
 import json, sys, warnings, torch
 sys.path.insert(0, "scripts")
 from bench_overhead import make_step
-from sensreg.config import TrainConfig
+from sensreg.run.config import TrainConfig
 from sensreg.data.batching import batches
-from sensreg.run import setup
+from sensreg.run.lifecycle import setup
 cfg = TrainConfig.from_dict({"data": {"name": "mnist"}, "model": {"name": "lenet300"},
                              "sens": {"name": "spec"}, "trainer": {"device": "cuda"}})
 device, data, model = setup(cfg)

@@ -15,9 +15,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from sensreg.compare import references_for
-from sensreg.run_folder import RunFolder
-from sensreg.tables import markdown_table
+from sensreg.commands.compare import references_for
+from sensreg.run.folder import RunFolder
+from sensreg.run.tables import markdown_table
 
 
 def mean_std(values: list[float], digits: int) -> str:

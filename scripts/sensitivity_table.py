@@ -46,9 +46,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sensreg.prune_schedules import target_sparsity
-from sensreg.run_folder import SUMMARY_NAME, RunFolder
-from sensreg.tables import markdown_table
+from sensreg.method.prune_schedules import target_sparsity
+from sensreg.run.folder import SUMMARY_NAME, RunFolder
+from sensreg.run.tables import markdown_table
 
 BASELINES = ("l2", "gmp")
 OUTCOMES = ("wins", "ties", "loses", "is ahead on a single seed", "is behind on a single seed")

@@ -21,9 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-from sensreg.prune_schedules import l1_removed_in_all
-from sensreg.run_folder import SUMMARY_NAME, RunFolder
-from sensreg.tables import markdown_table
+from sensreg.method.prune_schedules import l1_removed_in_all
+from sensreg.run.folder import SUMMARY_NAME, RunFolder
+from sensreg.run.tables import markdown_table
 
 
 def runs_below(paths: list[str]) -> list[Path]:

@@ -3,7 +3,7 @@
 Fixtures: tiny float64 networks and independent reference derivatives (``ref``, ``batch``), one
 intra-op thread (``single_thread``). The reference derivatives are built the slow, obvious way (a
 Python loop over samples and over output components, one scalar ``torch.autograd.grad`` at a time)
-so that they share no code path with the batched implementations in ``sensreg.sensitivity``.
+so that they share no code path with the batched implementations in ``sensreg.method.sensitivity``.
 
 Helpers, imported by the test modules as ``from conftest import NAME`` (pytest puts tests/ on
 ``sys.path``): the repository and MNIST's place in it, the composed Hydra config, the small
@@ -134,7 +134,7 @@ def random_batch(n: int, shape: tuple[int, ...], classes: int, seed: int = 0) ->
 
 def run_in_process(*args: str) -> int:
     """``sensreg ARGS`` in this process (with the ``in_process_cli`` fixture): its exit code."""
-    from sensreg.cli import main
+    from sensreg.commands.cli import main
 
     try:
         main(list(args))
@@ -145,7 +145,7 @@ def run_in_process(*args: str) -> int:
 
 @pytest.fixture
 def in_process_cli(monkeypatch):
-    """For tests that call ``sensreg.cli.main`` in this process: the working folder made
+    """For tests that call ``sensreg.commands.cli.main`` in this process: the working folder made
     temporary by the caller, and the "sensreg" logger put back afterwards (the CLI gives it its
     own handlers and stops it propagating, which would hide its records from later tests'
     caplog)."""
@@ -183,7 +183,7 @@ SMALL_RUN = {
 def train_config(base: dict, /, **sections: dict):
     """The TrainConfig of the raw config ``base`` with each section updated by ``sections``
     (``trainer={"epochs": 3}`` changes that key and keeps the others); ``base`` is not changed."""
-    from sensreg.config import TrainConfig
+    from sensreg.run.config import TrainConfig
 
     raw = copy.deepcopy(base)
     for section, values in sections.items():
@@ -205,7 +205,7 @@ def metrics_without_time(run: Path) -> list[dict]:
 def assert_same_run(a: Path, b: Path) -> None:
     """Two finished run folders hold the same model, masks, metrics (but the seconds), test
     error and threshold decisions."""
-    from sensreg.checkpoint import load_checkpoint
+    from sensreg.run.checkpoint import load_checkpoint
 
     ma, mb = (load_checkpoint(p / "model.pt") for p in (a, b))
     for name, tensor in ma["state_dict"].items():
@@ -220,7 +220,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def stop_at_step(monkeypatch, n: int, signum=signal.SIGINT) -> None:
     """Deliver a real signal to this process during the n-th training step (``TrainStep.__call__``
     patched through ``monkeypatch``, every argument passed on)."""
-    from sensreg.train import TrainStep
+    from sensreg.run.loop import TrainStep
 
     original = TrainStep.__call__
     calls = {"n": 0}
@@ -255,7 +255,7 @@ def run_dirs(root: Path) -> list[Path]:
 
 def assert_png(path: Path, min_bytes: int = 10_000) -> None:
     """``path`` is a PNG file of more than ``min_bytes`` bytes (a plot with something drawn in it)."""
-    from sensreg.plots import PNG_SIGNATURE
+    from sensreg.run.plots import PNG_SIGNATURE
 
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE, path

@@ -12,15 +12,15 @@ import torch
 import yaml
 from torch import nn
 
-from sensreg.checkpoint import CheckpointError, load_checkpoint
-from sensreg.config import ConfigError, PruneConfig, TrainConfig
+from sensreg.run.checkpoint import CheckpointError, load_checkpoint
+from sensreg.run.config import ConfigError, PruneConfig, TrainConfig
 from sensreg.models import build_model
-from sensreg.pruning import Masks, norm_parameter_names, prunable_names, sparsity_stats
-from sensreg.tables import layer_table, render_text
-from sensreg.sensitivity import get_variant
-from sensreg.prune_schedules import PRUNE_SCHEDULES
-from sensreg.run import setup as setup_run, train  # not `setup`: pytest < 9 would call it as a module set-up
-from sensreg.train import TrainStep
+from sensreg.method.pruning import Masks, norm_parameter_names, prunable_names, sparsity_stats
+from sensreg.run.tables import layer_table, render_text
+from sensreg.method.sensitivity import get_variant
+from sensreg.method.prune_schedules import PRUNE_SCHEDULES
+from sensreg.run.lifecycle import setup as setup_run, train  # not `setup`: pytest < 9 would call it as a module set-up
+from sensreg.run.loop import TrainStep
 
 from conftest import config, random_batch  # config(): the small synthetic-data run of the training tests
 

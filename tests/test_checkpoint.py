@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sensreg.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_model
-from sensreg.init_weights import load_init_state
+from sensreg.run.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_model
+from sensreg.run.init_weights import load_init_state
 from sensreg.models import build_model
-from sensreg.pruning import Masks, prunable_names
+from sensreg.method.pruning import Masks, prunable_names
 
 
 def pruned_lenet300(keep_fraction: float, seed: int = 0) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:

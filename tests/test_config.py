@@ -8,10 +8,10 @@ from importlib import resources
 
 import pytest
 
-from sensreg.config import LATER_KEYS, NOT_COMPUTATION, ConfigError, TrainConfig, config_differences
+from sensreg.run.config import LATER_KEYS, NOT_COMPUTATION, ConfigError, TrainConfig, config_differences
 from sensreg.data import DATASETS
-from sensreg.prune_schedules import PRUNE_SCHEDULES
-from sensreg.sensitivity import VARIANTS
+from sensreg.method.prune_schedules import PRUNE_SCHEDULES
+from sensreg.method.sensitivity import VARIANTS
 
 from conftest import composed
 
@@ -172,8 +172,8 @@ def test_a_milestone_that_is_not_a_number_is_a_message_not_a_traceback(schedule,
 
 
 def test_epochs_counted_back_from_the_last_stretch_with_the_run_and_are_checked():
-    from sensreg.prune_schedules import build_prune_schedule
-    from sensreg.regularizer import step
+    from sensreg.method.prune_schedules import build_prune_schedule
+    from sensreg.method.regularizer import step
 
     back_from_end = ("prune.stop_epoch=-4", "eta_schedule.milestones=[-4]")
     for epochs in (5, 20, 60):
@@ -194,8 +194,8 @@ def test_epochs_counted_back_from_the_last_stretch_with_the_run_and_are_checked(
 def test_the_main_job_keeps_its_shape_at_every_length(epochs):
     # Its window and eta drop are fractions of the run (0.8): at 20 epochs the same as the
     # epochs 16 it gave before; with one epoch the pruning ends within the epoch, in steps.
-    from sensreg.prune_schedules import build_prune_schedule
-    from sensreg.regularizer import step
+    from sensreg.method.prune_schedules import build_prune_schedule
+    from sensreg.method.regularizer import step
 
     cfg = TrainConfig.from_dict(composed(f"trainer.epochs={epochs}"))
     gmp = build_prune_schedule(cfg.prune, epochs)
@@ -215,8 +215,8 @@ def test_the_main_job_keeps_its_shape_at_every_length(epochs):
 
 
 def test_positions_as_fractions_of_the_run_for_epoch_schedules_and_in_the_config_check():
-    from sensreg.positions import epoch_at, first_epoch_at, step_at
-    from sensreg.prune_schedules import build_prune_schedule
+    from sensreg.method.positions import epoch_at, first_epoch_at, step_at
+    from sensreg.method.prune_schedules import build_prune_schedule
 
     assert [epoch_at(0.8, n) for n in (1, 2, 3, 5, 20)] == [1, 2, 2, 4, 16]
     assert first_epoch_at(0.5, 20) == 11 and first_epoch_at(0.0, 20) == 1 and first_epoch_at(3, 20) == 3

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import run_in_process
-from sensreg.config import ConfigError, TrainConfig
+from sensreg.run.config import ConfigError, TrainConfig
 
 # A run small enough to finish in a second where a value is accepted.
 BASE = ["~experiment", "data=synthetic", "data.num_train=64", "data.num_test=32", "trainer.epochs=1",

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from sensreg.config import DataConfig, TrainConfig
+from sensreg.run.config import DataConfig, TrainConfig
 from sensreg.data import (DATASETS, DatasetMissing, Split, batches, input_shape, load_dataset, num_batches,
                           pad_value, split_train_val)
 

@@ -18,13 +18,13 @@ import pytest
 import torch
 import torchvision.datasets.cifar as tv_cifar
 
-from sensreg.checkpoint import load_checkpoint
-from sensreg.config import TrainConfig
+from sensreg.run.checkpoint import load_checkpoint
+from sensreg.run.config import TrainConfig
 from sensreg.data import DatasetMissing, load_dataset, pad_value, random_crop_flip
-from sensreg.interrupt import Interrupted
+from sensreg.run.interrupt import Interrupted
 from sensreg.models import build_model
-from sensreg.run import resume_state, train
-from sensreg.train_state import load_training_state
+from sensreg.run.lifecycle import resume_state, train
+from sensreg.run.train_state import load_training_state
 
 from conftest import composed, stop_at_step
 
@@ -247,8 +247,8 @@ def cifar_config(root: Path, *overrides: str) -> TrainConfig:
 def test_a_short_run_trains_on_cifar_augmenting_training_batches_only(tmp_path, monkeypatch):
     make_cifar(tmp_path / "data", "cifar10", monkeypatch, n_train=40, n_test=16)
     d = load_dataset("cifar10", tmp_path / "data")
-    import sensreg.evaluate as evaluate_module
-    import sensreg.train as train_module
+    import sensreg.run.evaluate as evaluate_module
+    import sensreg.run.loop as train_module
 
     augmented, evaluated = [], []
     real_augment, real_evaluate = train_module.crop_flip, evaluate_module.evaluate

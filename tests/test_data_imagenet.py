@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sensreg.cli import main as sensreg_main
-from sensreg.config import ConfigError, DataConfig, TrainConfig
+from sensreg.commands.cli import main as sensreg_main
+from sensreg.run.config import ConfigError, DataConfig, TrainConfig
 from sensreg.data import DatasetMissing, Split, batches, load_dataset, load_test_split
-from sensreg.interrupt import Interrupted
-from sensreg.run import resume_state, train
-from sensreg.train import TrainStep
+from sensreg.run.interrupt import Interrupted
+from sensreg.run.lifecycle import resume_state, train
+from sensreg.run.loop import TrainStep
 
 from conftest import composed
 

@@ -17,16 +17,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sensreg import distributed
-from sensreg.checkpoint import load_checkpoint
-from sensreg.distributed import DistributedError, from_environment
-from sensreg.interrupt import Interrupted
+from sensreg.run import distributed
+from sensreg.run.checkpoint import load_checkpoint
+from sensreg.run.distributed import DistributedError, from_environment
+from sensreg.run.interrupt import Interrupted
 from sensreg.models import build_model
-from sensreg.pruning import Masks, prunable_names
-from sensreg.sensitivity import VARIANTS, batched_vjps_are_faster, get_variant
-from sensreg.run import resume_state, train
-from sensreg.train import TrainStep
-from sensreg.train_state import load_training_state
+from sensreg.method.pruning import Masks, prunable_names
+from sensreg.method.sensitivity import VARIANTS, batched_vjps_are_faster, get_variant
+from sensreg.run.lifecycle import resume_state, train
+from sensreg.run.loop import TrainStep
+from sensreg.run.train_state import load_training_state
 
 from conftest import config, parametrized, stop_at_step
 

@@ -11,12 +11,12 @@ import torch
 import torchvision
 from torch import nn
 
-from sensreg import run as train_module
-from sensreg.checkpoint import CheckpointError
-from sensreg.init_weights import init_model_, load_init_state
+from sensreg.run import lifecycle as train_module
+from sensreg.run.checkpoint import CheckpointError
+from sensreg.run.init_weights import init_model_, load_init_state
 from sensreg.data import Dataset, Split
 from sensreg.models import build_model
-from sensreg.run import setup as setup_run  # not `setup`: pytest < 9 would call it as a module set-up
+from sensreg.run.lifecycle import setup as setup_run  # not `setup`: pytest < 9 would call it as a module set-up
 
 from conftest import config  # the small synthetic-data run every training test starts from
 

@@ -1,23 +1,46 @@
-"""The package's modules import each other without a cycle, counting the imports made inside
-functions too: each module can be read, and imported, after the ones it uses."""
+"""The package's layout is its architecture: the modules import each other without a cycle
+(counting the imports made inside functions too), and one way only: the commands use the run,
+the run uses the method, the data and the models, and the method uses nothing of sensreg but its
+errors. Each module can be read, and imported, after the ones it uses."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import subprocess
+import sys
+
 import sensreg
 
 PACKAGE = Path(sensreg.__file__).parent
+PLUGINS = PACKAGE.parent / "hydra_plugins"
+
+# The layers, lowest first: a module may import modules of its own layer and of those below it.
+LAYERS = {
+    "sensreg.errors": 0, "sensreg.atomic": 0,
+    "sensreg.method": 1, "sensreg.data": 1, "sensreg.models": 1,
+    "sensreg.run": 2,
+    "sensreg.commands": 3, "hydra_plugins": 3,
+}
 
 
-def module_imports(package: Path) -> dict[str, set[str]]:
-    """Each module of ``package`` (dotted, below it) -> the modules of the package it imports."""
+def layer_of(module: str) -> tuple[str, int] | None:
+    for prefix, rank in LAYERS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return prefix, rank
+    return None
+
+
+def module_imports(*packages: Path) -> dict[str, set[str]]:
+    """Each module of the ``packages`` (dotted, from the package's name) -> the modules of those
+    packages it imports."""
     modules = {}
-    for path in package.rglob("*.py"):
-        parts = list(path.relative_to(package.parent).with_suffix("").parts)
-        is_package = parts[-1] == "__init__"
-        modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    for package in packages:
+        for path in package.rglob("*.py"):
+            parts = list(path.relative_to(package.parent).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, (path, is_package) in modules.items():
         here = name.split(".") if is_package else name.split(".")[:-1]
@@ -58,11 +81,41 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_package_has_no_import_cycle():
-    graph = module_imports(PACKAGE)
-    assert {"sensreg.run", "sensreg.train", "sensreg.data.registry"} <= set(graph)
-    assert "sensreg.train" in graph["sensreg.run"]  # the graph sees the imports
+    graph = module_imports(PACKAGE, PLUGINS)
+    assert {"sensreg.run.lifecycle", "sensreg.run.loop", "sensreg.data.registry",
+            "hydra_plugins.sensreg_pareto"} <= set(graph)
+    assert "sensreg.run.loop" in graph["sensreg.run.lifecycle"]  # the graph sees the imports
+    assert "sensreg.commands.pareto" in graph["hydra_plugins.sensreg_pareto"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_imports_go_one_way_down_the_layers():
+    graph = module_imports(PACKAGE, PLUGINS)
+    wrong = []
+    for module, imported in graph.items():
+        if module in ("sensreg", "sensreg.__main__"):
+            continue  # the public API and `python -m sensreg`: checked below
+        here = layer_of(module)
+        assert here is not None, f"{module} belongs to no layer: add its folder to LAYERS"
+        for target in imported:
+            there = layer_of(target)
+            if there is None or there[1] > here[1]:
+                wrong.append(f"{module} -> {target}")
+            # The method is torch and its own modules only (and the errors it raises).
+            elif here[0] == "sensreg.method" and there[0] not in ("sensreg.method", "sensreg.errors"):
+                wrong.append(f"{module} -> {target} (the method imports nothing of the rest)")
+    assert not wrong, "imports against the layers: " + "; ".join(sorted(wrong))
+    # The public API is the method's.
+    assert {layer_of(t)[0] for t in graph["sensreg"]} <= {"sensreg.method", "sensreg.errors"}
+
+
+def test_the_method_runs_without_hydra_rich_or_the_run():
+    code = ("import sys, sensreg, sensreg.method.prune_schedules, sensreg.method.regularizer\n"
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & {'hydra', 'omegaconf', 'rich', 'yaml'})\n"
+            "bad += sorted(m for m in sys.modules if m.startswith(('sensreg.run', 'sensreg.commands', 'sensreg.data')))\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_a_cycle_through_an_import_inside_a_function_is_found(tmp_path):

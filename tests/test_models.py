@@ -15,9 +15,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sensreg.models import MODELS, build_model
-from sensreg.pruning import Masks, layer_macs_per_weight, prunable_names, sparsity_stats
-from sensreg.sensitivity import get_variant, gradients_and_sensitivity
-from sensreg.train import TrainStep
+from sensreg.method.pruning import Masks, layer_macs_per_weight, prunable_names, sparsity_stats
+from sensreg.method.sensitivity import get_variant, gradients_and_sensitivity
+from sensreg.run.loop import TrainStep
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

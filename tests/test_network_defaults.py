@@ -15,12 +15,12 @@ import math
 import pytest
 import torch
 
-from sensreg.config import TrainConfig
+from sensreg.run.config import TrainConfig
 from sensreg.models import MODELS, NETWORK_LR, OPTIMIZER_LR, default_lr
-from sensreg.pruning import Masks
-from sensreg.run import setup as setup_run  # not `setup`: pytest < 9 would call it as a module set-up
-from sensreg.sensitivity import get_variant
-from sensreg.train import TrainStep, build_optimizer
+from sensreg.method.pruning import Masks
+from sensreg.run.lifecycle import setup as setup_run  # not `setup`: pytest < 9 would call it as a module set-up
+from sensreg.method.sensitivity import get_variant
+from sensreg.run.loop import TrainStep, build_optimizer
 from sensreg.data import batches
 
 from conftest import HAVE_MNIST, composed

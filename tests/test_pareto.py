@@ -1,4 +1,4 @@
-"""hydra/sweeper=pareto (sensreg.pareto): a multi-objective Optuna study over real sensreg runs
+"""hydra/sweeper=pareto (sensreg.commands.pareto): a multi-objective Optuna study over real sensreg runs
 on synthetic data, read back with optuna's own API."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from conftest import run_in_process, stop_at_step  # noqa: E402
-from sensreg.compare import compare  # noqa: E402
-from sensreg.pareto import objectives, search_space, trials_done  # noqa: E402
+from sensreg.commands.compare import compare  # noqa: E402
+from sensreg.commands.pareto import objectives, search_space, trials_done  # noqa: E402
 
 # Short trials that prune (patience 0: a threshold search after every epoch).
 SWEEP = ["-m", "hydra/sweeper=pareto", "~experiment", "data=synthetic", "data.num_train=400", "data.num_test=200",
@@ -181,7 +181,7 @@ def test_the_default_search_space_is_what_each_preset_reads():
     # `sensreg train -m hydra/sweeper=pareto experiment=NAME` with no other argument searches keys
     # the preset's schedule reads: lambda where the variant regularizes, and the prune schedule's
     # own key (gmp: the target; search: the tolerance).
-    from sensreg.pareto import READ_BY, default_space
+    from sensreg.commands.pareto import READ_BY, default_space
     from test_config import experiments
     from conftest import composed
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
-from sensreg.per_sample import LayerTape, PerSampleError, has_batch_statistics, held_batch_statistics
-from sensreg.sensitivity import class_rows, get_variant, gradients_and_sensitivity, per_sample
+from sensreg.method.per_sample import LayerTape, PerSampleError, has_batch_statistics, held_batch_statistics
+from sensreg.method.sensitivity import class_rows, get_variant, gradients_and_sensitivity, per_sample
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -154,7 +154,7 @@ def test_sample_reduction_is_not_the_batch_mean_derivative():
 def test_chunks_of_samples_give_the_same_sums(monkeypatch):
     """Conv per-sample gradients are formed a chunk of samples at a time; one sample a chunk
     (the smallest budget) gives the same result as the whole batch at once."""
-    import sensreg.per_sample as ps
+    import sensreg.method.per_sample as ps
 
     model, x, y = make("conv", n=9)
     whole = sample_sensitivity(model, x, y, "unspec")
@@ -203,8 +203,8 @@ def test_unsupported_layers_are_named():
 def test_train_step_shrinks_by_the_scaled_per_sample_insensitivity(net, scale, over):
     """One TrainStep with sens.reduction=sample against w - lr dL/dw - lam w max(0, 1 - scaled S),
     S from the loop over samples; its insensitivity figures from the same S."""
-    from sensreg.pruning import Masks, prunable_names
-    from sensreg.train import TrainStep
+    from sensreg.method.pruning import Masks, prunable_names
+    from sensreg.run.loop import TrainStep
 
     lr, lam, gamma = 0.1, 0.3, 4.0
     model, x, y = make(net)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sensreg import plots
-from sensreg.compare import Row, write_plots
+from sensreg.run import plots
+from sensreg.commands.compare import Row, write_plots
 
 
 @pytest.fixture

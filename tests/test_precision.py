@@ -13,16 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sensreg.checkpoint import load_checkpoint
-from sensreg.compiling import CompileError
-from sensreg.config import ConfigError, config_differences
+from sensreg.run.checkpoint import load_checkpoint
+from sensreg.run.compiling import CompileError
+from sensreg.run.config import ConfigError, config_differences
 from sensreg.data import load_dataset
-from sensreg.reevaluate import evaluate_checkpoint
+from sensreg.commands.reevaluate import evaluate_checkpoint
 from sensreg.models import build_model
-from sensreg.pruning import Masks, prunable_names
-from sensreg.sensitivity import get_variant
-from sensreg.run import train
-from sensreg.train import TrainStep
+from sensreg.method.pruning import Masks, prunable_names
+from sensreg.method.sensitivity import get_variant
+from sensreg.run.lifecycle import train
+from sensreg.run.loop import TrainStep
 from conftest import config  # the small synthetic-data run every training test starts from
 
 # bf16 against fp32 sensitivity, per parameter tensor: |S_bf16 - S_fp32| / |S_fp32| in the

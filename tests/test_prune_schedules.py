@@ -11,14 +11,14 @@ import signal
 import pytest
 import torch
 
-from sensreg import prune_schedules
-from sensreg.checkpoint import load_checkpoint
-from sensreg.config import ConfigError, TrainConfig
-from sensreg.interrupt import Interrupted
-from sensreg.prune_schedules import GradualMagnitude, PruneSchedule, target_sparsity
-from sensreg.pruning import Masks
-from sensreg.run import resume_state, train
-from sensreg.train import TrainStep
+from sensreg.method import prune_schedules
+from sensreg.run.checkpoint import load_checkpoint
+from sensreg.run.config import ConfigError, TrainConfig
+from sensreg.run.interrupt import Interrupted
+from sensreg.method.prune_schedules import GradualMagnitude, PruneSchedule, target_sparsity
+from sensreg.method.pruning import Masks
+from sensreg.run.lifecycle import resume_state, train
+from sensreg.run.loop import TrainStep
 
 from conftest import metrics_without_time, stop_at_step
 
@@ -238,7 +238,7 @@ def test_the_summary_records_the_training_budget_also_of_a_resumed_run(tmp_path,
 
 
 def test_the_report_of_a_gmp_run_draws_its_pruning_by_steps(tmp_path):
-    from sensreg.report import write_report
+    from sensreg.run.report import write_report
 
     train(gmp_config(), tmp_path)
     report = write_report(tmp_path, batches=0)
@@ -283,7 +283,7 @@ def test_every_pruning_records_the_share_of_the_absolute_sum_it_removed(tmp_path
 
 
 def test_the_share_of_the_absolute_sum_cut_compounds_over_a_runs_decisions():
-    from sensreg.prune_schedules import l1_removed_in_all
+    from sensreg.method.prune_schedules import l1_removed_in_all
 
     # Cutting 50 % of what is left, then 50 % of that, removes 75 % of what there was.
     assert l1_removed_in_all([{"removed_l1_pct": 50.0}, {"removed_l1_pct": 50.0}]) == pytest.approx(75.0)

@@ -12,17 +12,17 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from sensreg import run as run_module
-from sensreg.checkpoint import load_checkpoint
-from sensreg.config import TrainConfig
-from sensreg.interrupt import Interrupted
+from sensreg.run import lifecycle as run_module
+from sensreg.run.checkpoint import load_checkpoint
+from sensreg.run.config import TrainConfig
+from sensreg.run.interrupt import Interrupted
 from sensreg.models import build_model
-from sensreg.prune_schedules import PRUNE_SCHEDULES, build_prune_schedule
-from sensreg.pruning import Masks, layer_macs_per_weight, prunable_names, search_threshold, sparsity_stats
-from sensreg.run import resume_state, train
-from sensreg.sensitivity import get_variant
-from sensreg.train import TrainStep
-from sensreg.train_state import load_training_state
+from sensreg.method.prune_schedules import PRUNE_SCHEDULES, build_prune_schedule
+from sensreg.method.pruning import Masks, layer_macs_per_weight, prunable_names, search_threshold, sparsity_stats
+from sensreg.run.lifecycle import resume_state, train
+from sensreg.method.sensitivity import get_variant
+from sensreg.run.loop import TrainStep
+from sensreg.run.train_state import load_training_state
 
 from conftest import assert_same_run, composed, config, metrics_without_time, random_batch, stop_at_step
 
@@ -669,12 +669,10 @@ def brute_force_layer_search(weights: list[Tensor], is_matrix: list[bool], loss_
     return best, best_kept, sigmas
 
 
-def fake_validation(monkeypatch, model: nn.Module, names: list[str]):
-    """Replace the validation pass of ``_search_and_prune`` by a loss that grows with every entry
-    pruned (a zero where ``model`` had none), at a different cost per tensor; returns that loss
-    as a function of the kept masks, the original weights and the list of evaluations."""
-    import sensreg.evaluate as train_module
-
+def fake_validation(model: nn.Module, names: list[str]):
+    """A validation pass for ``_search_and_prune`` whose loss grows with every entry pruned (a
+    zero where ``model`` had none), at a different cost per tensor; returns it, that loss as a
+    function of the kept masks, the original weights and the list of evaluations."""
     original = [p.detach().clone() for n, p in model.named_parameters() if n in names]
     cost = [3.0, 1.0, 40.0, 5.0, 0.5, 2.0]  # per tensor, per unit of |w| pruned
     evaluated = []
@@ -682,29 +680,25 @@ def fake_validation(monkeypatch, model: nn.Module, names: list[str]):
     def loss_of_pruned(kept):
         return 1.0 + sum(c * float(w.abs()[~k].double().sum()) for c, w, k in zip(cost, original, kept))
 
-    def fake_evaluate(model_, split, batch_size, precision="fp32", dist=None):
+    def validate():
         evaluated.append(1)
-        params = dict(model_.named_parameters())
+        params = dict(model.named_parameters())
         return {"loss": loss_of_pruned([params[n].detach() != 0 for n in names]), "error": 0.0}
 
-    monkeypatch.setattr(train_module, "evaluate", fake_evaluate)
-    return loss_of_pruned, original, evaluated
+    return validate, loss_of_pruned, original, evaluated
 
 
 @pytest.mark.parametrize("tolerance", [0.02, 0.2, 1e6])
-def test_layer_search_finds_the_largest_tau_within_tolerance(monkeypatch, tolerance):
+def test_layer_search_finds_the_largest_tau_within_tolerance(tolerance):
     """``_search_and_prune`` with scope=layer, its validation loss faked from what it pruned,
     against a brute-force scan over every candidate τ."""
-    from types import SimpleNamespace
-
-    from sensreg.prune_schedules import search_and_prune as _search_and_prune
+    from sensreg.method.prune_schedules import search_and_prune as _search_and_prune
 
     model = scope_net()
     masks = Masks(model, prunable_names(model, "all"))
-    loss_of_pruned, original, evaluated = fake_validation(monkeypatch, model, masks.names)
+    validate, loss_of_pruned, original, evaluated = fake_validation(model, masks.names)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    found = _search_and_prune(model, masks, opt, SimpleNamespace(val=None), 100, 1.0, tolerance,
-                              epoch=3, scope="layer")
+    found = _search_and_prune(masks, opt, validate, 1.0, tolerance, epoch=3, scope="layer")
     tau, kept, sigmas = brute_force_layer_search(original, [p.dim() > 1 for p in original], loss_of_pruned,
                                                  (1 + tolerance) * 1.0)
     assert tau > 0 and found is not None
@@ -726,9 +720,8 @@ def test_layer_search_finds_the_largest_tau_within_tolerance(monkeypatch, tolera
     # and the same with scope=global: a different decision, recorded without layer thresholds
     fresh = scope_net()
     fresh_masks = Masks(fresh, prunable_names(fresh, "all"))
-    fake_validation(monkeypatch, fresh, fresh_masks.names)
-    found_global = _search_and_prune(fresh, fresh_masks, None, SimpleNamespace(val=None), 100, 1.0, tolerance,
-                                     epoch=3)
+    validate = fake_validation(fresh, fresh_masks.names)[0]
+    found_global = _search_and_prune(fresh_masks, None, validate, 1.0, tolerance, epoch=3)
     assert found_global["scope"] == "global" and "layer_thresholds" not in found_global
     assert any(not torch.equal(a, b) for a, b in zip(fresh_masks.masks, kept))
 
@@ -834,7 +827,7 @@ def test_a_fixed_schedule_with_layer_thresholds_prunes_the_same_fraction_everywh
 
 
 def test_the_scope_key():
-    from sensreg.config import LATER_KEYS, ConfigError
+    from sensreg.run.config import LATER_KEYS, ConfigError
 
     assert TrainConfig().prune.scope == "global" and LATER_KEYS[("prune", "scope")] == "global"
     folder = resources.files("sensreg.configs") / "prune"

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from sensreg.pruning import Masks, prunable_names
-from sensreg.regularizer import (SCHEDULES, build_schedule, constant, cosine, insensitivity, insensitivity_stats,
+from sensreg.method.pruning import Masks, prunable_names
+from sensreg.method.regularizer import (SCHEDULES, build_schedule, constant, cosine, insensitivity, insensitivity_stats,
                                  rescale_, shrink_, step)
-from sensreg.sensitivity import VARIANTS, get_variant
-from sensreg.train import TrainStep
+from sensreg.method.sensitivity import VARIANTS, get_variant
+from sensreg.run.loop import TrainStep
 
 from conftest import parametrized
 

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from sensreg import atomic
-from sensreg.checkpoint import CheckpointError
-from sensreg.config import ConfigError
-from sensreg.interrupt import Interrupted
-from sensreg.run_folder import RunFolderError, RunLock, resolve
-from sensreg.run import resume_state, train
-from sensreg.train import TrainStep
-from sensreg.train_state import load_training_state
+from sensreg.run.checkpoint import CheckpointError
+from sensreg.run.config import ConfigError
+from sensreg.run.interrupt import Interrupted
+from sensreg.run.folder import RunFolderError, RunLock, resolve
+from sensreg.run.lifecycle import resume_state, train
+from sensreg.run.loop import TrainStep
+from sensreg.run.train_state import load_training_state
 
 from conftest import assert_same_run, metrics_without_time, stop_at_step, train_config
 
@@ -56,7 +56,7 @@ def test_last_checkpoint_holds_everything_to_continue(tmp_path):
 
 def test_checkpoint_every_n_epochs(tmp_path, monkeypatch):
     saved_epochs = []
-    import sensreg.train_state as train_module
+    import sensreg.run.train_state as train_module
     original = train_module.save_training_state
     monkeypatch.setattr(train_module, "save_training_state",
                         lambda path, state: (saved_epochs.append(state["loop"]["epoch"]), original(path, state)))
@@ -178,8 +178,7 @@ def test_divergence_stops_with_failed_status_and_keeps_the_last_good_checkpoint(
 
 
 def test_divergence_is_caught_within_a_few_dozen_steps_not_at_the_end_of_the_epoch(tmp_path, monkeypatch):
-    from sensreg import train as training
-
+    from sensreg.run import loop as training
     steps = []
     original = TrainStep.__call__
 
@@ -223,8 +222,7 @@ def test_a_requeued_slurm_job_takes_over_the_lock_its_earlier_run_left_on_anothe
 
 
 def test_a_full_disk_while_taking_the_lock_leaves_no_lock_and_an_old_empty_lock_is_stale(tmp_path, monkeypatch):
-    from sensreg import run_folder
-
+    from sensreg.run import folder as run_folder
     real_fdopen = os.fdopen
 
     def full(fd, *args, **kwargs):
@@ -376,8 +374,8 @@ def test_full_disk_fails_loudly_and_keeps_the_previous_files(tmp_path):
     # metrics.csv can be written once; the second write (after epoch 2) finds the disk full.
     script = (
         "import errno, sys\n"
-        "from sensreg import run_folder\n"
-        "from sensreg.cli import main\n"
+        "from sensreg.run import folder as run_folder\n"
+        "from sensreg.commands.cli import main\n"
         "original, calls = run_folder.write_metrics, []\n"
         "def write_metrics(path, rows):\n"
         "    calls.append(1)\n"
@@ -426,7 +424,7 @@ def test_a_diverging_job_does_not_cancel_the_rest_of_a_sweep(tmp_path):
 
 
 def test_a_stop_during_the_set_up_is_orderly(tmp_path, monkeypatch):
-    import sensreg.run as train_module
+    import sensreg.run.lifecycle as train_module
     original = train_module.setup
 
     def slow_setup(cfg, *args):
@@ -441,7 +439,7 @@ def test_a_stop_during_the_set_up_is_orderly(tmp_path, monkeypatch):
 
 
 def test_legal_but_useless_settings_get_a_one_line_warning_before_the_first_step(tmp_path, caplog):
-    from sensreg.run import useless_settings
+    from sensreg.run.lifecycle import useless_settings
 
     assert useless_settings(config(), 1080, 10) == []  # the small run is a sensible one
     cfg = config(sens={"name": "unspec", "lam": 0.999, "classes": 10}, trainer={"batch_size": 2000, "epochs": 1})

@@ -14,15 +14,15 @@ import pytest
 import torch
 import yaml
 
-from sensreg.checkpoint import load_checkpoint
-from sensreg.cli import main
-from sensreg.config import TrainConfig
+from sensreg.run.checkpoint import load_checkpoint
+from sensreg.commands.cli import main
+from sensreg.run.config import TrainConfig
 from sensreg.data import batches, load_dataset
 from sensreg.models import build_model
-from sensreg import plots
-from sensreg.report import ReportError, _sensitivity, eta_changes, pruning_window, write_report
-from sensreg.sensitivity import specific
-from sensreg.run import train
+from sensreg.run import plots
+from sensreg.run.report import ReportError, _sensitivity, eta_changes, pruning_window, write_report
+from sensreg.method.sensitivity import specific
+from sensreg.run.lifecycle import train
 
 import conftest
 
@@ -154,8 +154,8 @@ def test_sensitivity_is_the_runs_own_variant_on_its_training_batches(finished_ru
 def test_insensitivity_is_per_sample_and_scaled_as_the_run_trained(finished_run, tmp_path):
     """sens.reduction=sample, sens.scale=gamma: the report's insensitivity per tensor is
     max(0, 1 - gamma * mean_n |d o_n/dw|) on the first shuffled batch, and its table and plot show it."""
-    from sensreg.per_sample import LayerTape
-    from sensreg.sensitivity import get_variant, per_sample
+    from sensreg.method.per_sample import LayerTape
+    from sensreg.method.sensitivity import get_variant, per_sample
 
     run = copy_run(finished_run, tmp_path / "run", sens={"name": "spec", "reduction": "sample", "scale": "gamma",
                                                          "gamma": 50.0})

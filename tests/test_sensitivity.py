@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
-from sensreg.sensitivity import (
+from sensreg.method.sensitivity import (
     OUTPUTS,
     batched_vjps_are_faster,
     VARIANTS,

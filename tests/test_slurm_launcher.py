@@ -18,7 +18,7 @@ import yaml
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 import submitit  # noqa: E402  (installed with the plugin)
 
-from sensreg import cli  # noqa: E402
+from sensreg.commands import cli  # noqa: E402
 
 from conftest import TINY, run_dirs, sensreg  # noqa: E402  (the CLI helpers of the CLI tests)
 

@@ -16,11 +16,11 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
-from sensreg import cli
-from sensreg import compare as cmp
+from sensreg.commands import cli
+from sensreg.commands import compare as cmp
 from sensreg.models import build_model
-from sensreg.pruning import Masks, norm_parameter_names, prunable_names, sparsity_stats
-from sensreg.tables import PIPED_WIDTH, FitTable, layer_table, render_text, stdout_console
+from sensreg.method.pruning import Masks, norm_parameter_names, prunable_names, sparsity_stats
+from sensreg.run.tables import PIPED_WIDTH, FitTable, layer_table, render_text, stdout_console
 
 import conftest
 from test_compare import make_run
@@ -177,7 +177,7 @@ def test_layer_table_narrow_keeps_name_and_remaining_and_says_what_it_left_out()
 
 
 def test_the_run_log_table_is_80_columns():
-    # render_text is how run.py writes the per-layer table into train.log
+    # render_text is how run/lifecycle.py writes the per-layer table into train.log
     text = render_text(layer_table(resnet20_stats()))
     assert_fits(text, 80, [r["name"] for r in resnet20_stats()["layers"]])
 

@@ -1,4 +1,4 @@
-"""logger=tensorboard and logger=mlflow (sensreg.trackers), read back with each tool's own
+"""logger=tensorboard and logger=mlflow (sensreg.run.trackers), read back with each tool's own
 reader: TensorBoard's EventAccumulator and MLflow's client."""
 
 from __future__ import annotations

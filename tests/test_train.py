@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from sensreg.checkpoint import CheckpointError, load_checkpoint
-from sensreg.config import ConfigError, TrainConfig
-from sensreg.reevaluate import evaluate_checkpoint
-from sensreg.run import train
-from sensreg.sensitivity import VARIANTS
+from sensreg.run.checkpoint import CheckpointError, load_checkpoint
+from sensreg.run.config import ConfigError, TrainConfig
+from sensreg.commands.reevaluate import evaluate_checkpoint
+from sensreg.run.lifecycle import train
+from sensreg.method.sensitivity import VARIANTS
 
 from conftest import config  # the small synthetic-data run every training test starts from
 
@@ -50,7 +50,7 @@ def test_a_per_sample_scaled_run_reports_its_insensitivity(tmp_path, model):
 
 
 def test_the_epoch_line_shows_the_insensitivity_where_there_is_one():
-    from sensreg.train import epoch_line
+    from sensreg.run.loop import epoch_line
 
     row = {"epoch": 3, "eta": 0.05, "lam": 1e-3, "train_loss": 0.1, "val_loss": 0.2, "val_error": 0.02,
            "remaining_pct": 5.0, "threshold": 0.01, "seconds": 2.0}
@@ -168,7 +168,7 @@ def test_config_errors_name_every_problem():
 
 
 def test_the_divergence_watch_reads_the_loss_at_once_on_the_cpu():
-    from sensreg.train import DivergenceWatch
+    from sensreg.run.loop import DivergenceWatch
 
     watch = DivergenceWatch(torch.device("cpu"))
     assert watch.finite(torch.tensor(3.0)) and not watch.finite(torch.tensor(float("nan")))
@@ -177,7 +177,7 @@ def test_the_divergence_watch_reads_the_loss_at_once_on_the_cpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_divergence_watch_on_a_gpu_reads_the_previous_look_without_waiting():
-    from sensreg.train import DivergenceWatch
+    from sensreg.run.loop import DivergenceWatch
 
     watch = DivergenceWatch(torch.device("cuda"))
     loss_sum = torch.tensor(1.0, device="cuda")

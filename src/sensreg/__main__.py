@@ -1,6 +1,6 @@
 """`python -m sensreg <command> [overrides]`, the same as the `sensreg` console script."""
 
-from .cli import main
+from sensreg.commands.cli import main
 
 if __name__ == "__main__":
     main()

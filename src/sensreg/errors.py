@@ -1,9 +1,9 @@
 """The errors a user causes, and how their messages are written.
 
 Every such error derives from ``UserError``: its message is one paragraph that names the
-problem and the fix, and the command line prints it without a traceback (``cli.py`` has one
+problem and the fix, and the command line prints it without a traceback (``commands/cli.py`` has one
 handler for them all). Each module keeps its own subclass next to the code that raises it
-(``ConfigError`` in ``config.py``, ``CheckpointError`` in ``checkpoint.py``, ...), so that
+(``ConfigError`` in ``run/config.py``, ``PerSampleError`` in ``method/per_sample.py``, ...), so that
 a reader of that module sees what it may raise.
 
 Exit codes: 2 for a mistake found before anything was trained (a bad value, an unusable
@@ -30,6 +30,12 @@ class RunError(UserError):
 
     exit_code = 1
     ends_run = True
+
+
+class CheckpointError(RunError, ValueError):
+    """A checkpoint that cannot be used (a file, or saved masks that do not fit the network); the
+    message names the path or the parameters. Here rather than in ``run/checkpoint.py`` because
+    the method's masks raise it too, and the method imports nothing of the run."""
 
 
 class Diverged(RunError, FloatingPointError):

@@ -1,7 +1,7 @@
 """Hydra finds sweepers only in the hydra_plugins package: this registers sensreg's
-`hydra/sweeper=pareto` (the search itself is sensreg.pareto)."""
+`hydra/sweeper=pareto` (the search itself is sensreg.commands.pareto)."""
 
-from sensreg.pareto import ParetoSearch
+from sensreg.commands.pareto import ParetoSearch
 
 
 class ParetoSweeper(ParetoSearch):

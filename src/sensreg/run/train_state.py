@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from .atomic import write_atomic
-from .checkpoint import CheckpointError, load_file
+from sensreg.atomic import write_atomic
+from sensreg.run.checkpoint import CheckpointError, load_file
 
 
 TRAIN_STATE_FORMAT = "sensreg-train-state"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
+from sensreg.atomic import write_atomic
 
 # One colour per sensitivity variant, the same in every plot; other names take the rest in turn.
 VARIANT_COLORS = {"spec": "tab:blue", "unspec": "tab:orange", "loss": "tab:green", "l2": "tab:red",

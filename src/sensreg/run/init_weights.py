@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, CheckpointError, load_file, unpack
-from .data import DATASETS
-from .errors import few_names
+from sensreg.run.checkpoint import FORMAT, CheckpointError, load_file, unpack
+from sensreg.data import DATASETS
+from sensreg.errors import few_names
 
 
 # Prefixes that wrapping a model adds to every key of its state dict, stripped from a trainer.init

@@ -18,15 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import write_atomic
-from .errors import RunError
+from sensreg.atomic import write_atomic
+from sensreg.errors import CheckpointError  # noqa: F401  (raised here; defined with the other errors)
 
 FORMAT = "sensreg-model"
 FORMAT_VERSION = 2  # 1: dense state dict and bool masks; 2: masked tensors stored sparsely
-
-
-class CheckpointError(RunError, ValueError):
-    """A checkpoint that cannot be used; the message names the path."""
 
 
 def save_model(path: Path, model: nn.Module, masks: dict[str, torch.Tensor], *, model_name: str,

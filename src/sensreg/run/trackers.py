@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from sensreg.errors import UserError
 
 log = logging.getLogger("sensreg")
 
@@ -266,7 +266,7 @@ def _group_name(group: Path) -> str:
 def _write_report(run_dir: Path) -> tuple[list[Path], Path | None]:
     """sensreg report of the finished run (its plots are what the trackers show); a report that
     cannot be drawn is a warning, never the run's failure."""
-    from .report import write_report
+    from sensreg.run.report import write_report
 
     try:
         report = write_report(run_dir, batches=4)

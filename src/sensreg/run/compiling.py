@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .errors import RunError
+from sensreg.errors import RunError
 
 
 class CompileError(RunError, RuntimeError):

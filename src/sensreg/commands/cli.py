@@ -21,6 +21,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sensreg.commands.console import err_console, fail
+
 USAGE = """\
 usage: sensreg <command> [options] [key=value ...]
 
@@ -46,17 +48,6 @@ examples:
 """
 
 CONFIG_PACKAGE = "pkg://sensreg.configs"
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print a user-facing error and exit; no traceback. Of the processes of a distributed run,
-    which all meet the same error, only the first prints it."""
-    if os.environ.get("RANK", "0") == "0":
-        from rich.markup import escape  # the message is text: "[slurm]" or "[abc]" must show as written
-
-        err_console.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True)
-    raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,7 +143,7 @@ def _check_output_folders(overrides: list[str]) -> None:
     """A run or sweep folder given on the command line must be creatable: Hydra makes it before
     the task starts and would answer a path under a file, or in a folder without write
     permission, with a traceback. (Paths built from ${...} are Hydra's to resolve; not checked.)"""
-    from .atomic import first_existing
+    from sensreg.atomic import first_existing
 
     for o, key, value in _key_values(overrides):
         if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
@@ -177,7 +168,7 @@ def _check_override_keys(overrides: list[str]) -> None:
     import difflib
     from dataclasses import fields
 
-    from .config import TrainConfig
+    from sensreg.run.config import TrainConfig
 
     sections = {f.name: f.default_factory() for f in fields(TrainConfig)}
     for o, key in dotted:
@@ -226,8 +217,10 @@ def train_task(cfg) -> dict | None:
 def _train_task(cfg, hydra_dir: Path) -> dict | None:
     from omegaconf import OmegaConf
 
-    from . import distributed, trackers
-    from .config import TrainConfig, resolve_device
+    from sensreg.run import distributed
+
+    from sensreg.run import trackers
+    from sensreg.run.config import TrainConfig, resolve_device
 
     with user_errors(unused_folder=hydra_dir, advice=FIX_VALUES):
         dist = distributed.from_environment()
@@ -254,10 +247,10 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
     """Choose the run folder (process 0 chooses for all), train, and turn failures into messages."""
     from omegaconf import OmegaConf
 
-    from . import run_folder
-    from .errors import UserError
-    from .interrupt import Interrupted
-    from .run import resume_state, train
+    from sensreg.run import folder as run_folder
+    from sensreg.errors import UserError
+    from sensreg.run.interrupt import Interrupted
+    from sensreg.run.lifecycle import resume_state, train
 
     chosen: tuple[Path, Path | None] | str
     try:
@@ -317,7 +310,7 @@ def user_errors(run=None, main_process: bool = True, unused_folder: Path | None 
     error means nothing was trained: exit 2. ``unused_folder``: Hydra's run folder, removed if
     nothing was written there. ``advice``: appended to "Nothing was trained." in training.
     """
-    from .errors import UserError
+    from sensreg.errors import UserError
 
     try:
         yield
@@ -388,7 +381,7 @@ class _RunLogHandler(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:
         err = sys.exc_info()[1]
         if isinstance(err, OSError):
-            from .atomic import named_os_error
+            from sensreg.atomic import named_os_error
 
             raise named_os_error(err, Path(self.baseFilename)) from None
         super().handleError(record)
@@ -424,9 +417,9 @@ def run_eval(args: list[str]) -> None:
         else:
             fail(f"sensreg eval accepts data.KEY=VALUE and trainer.device=... overrides, not {key!r}.")
 
-    from .config import check_device, resolve_device
-    from .reevaluate import evaluate_checkpoint
-    from .run_folder import MODEL_NAME, RunFolder
+    from sensreg.run.config import check_device, resolve_device
+    from sensreg.commands.reevaluate import evaluate_checkpoint
+    from sensreg.run.folder import MODEL_NAME, RunFolder
 
     problem = check_device(device)
     if problem:
@@ -452,7 +445,7 @@ def run_eval(args: list[str]) -> None:
 
 def _compare_with_summary(checkpoint: Path, result: dict) -> bool | None:
     """Whether the run folder's summary.json holds exactly these figures; None without one."""
-    from .run_folder import RunFolder
+    from sensreg.run.folder import RunFolder
 
     summary = RunFolder(checkpoint.parent).read().summary
     if summary is None or "test_error" not in summary:
@@ -462,11 +455,11 @@ def _compare_with_summary(checkpoint: Path, result: dict) -> bool | None:
 
 
 def _print_eval(result: dict) -> None:
-    from .tables import layer_table, stdout_console
+    from sensreg.run.tables import layer_table, stdout_console
 
     console = stdout_console(highlight=False)  # the terminal's width, or 80 columns in a pipe
     s = result["sparsity"]
-    from .report import shows_top5
+    from sensreg.run.report import shows_top5
 
     # (--json keeps the top-5 error whatever the classes: it is a measurement, not a display)
     top5 = f", top-5 error {100 * result['test_top5_error']:.2f}%" if "test_top5_error" in result \
@@ -501,8 +494,8 @@ def run_compare(args: list[str]) -> None:
     from rich.markup import escape
     from rich.measure import Measurement
 
-    from .compare import DEFAULT_SORT, KEYS, compare, rich_table
-    from .tables import stdout_console
+    from sensreg.commands.compare import DEFAULT_SORT, KEYS, compare, rich_table
+    from sensreg.run.tables import stdout_console
 
     parser = _arg_parser(
         "sensreg compare",
@@ -562,7 +555,7 @@ def run_compare(args: list[str]) -> None:
 
 
 def run_report(args: list[str]) -> None:
-    from .report import write_report
+    from sensreg.run.report import write_report
 
     parser = _arg_parser(
         "sensreg report",

@@ -23,34 +23,29 @@ positions.py); the loop asks none of them during the dense warm-up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from . import evaluate as evaluation
-from .distributed import SINGLE, Dist
-from .pruning import Masks, search_threshold
-from .positions import epoch_at, first_epoch_at, is_fraction, step_at
+from sensreg.method.pruning import Masks, search_threshold
+from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction, step_at
 
 
 @dataclass
 class PruneContext:
     """What a schedule may act on: the model, its masks and optimizer (whose momentum and Adam
-    moments of pruned entries are cleared), and the validation split with how to evaluate it."""
+    moments of pruned entries are cleared), and how to measure the model on the validation
+    split: ``validate()`` returns at least its ``loss`` and ``error`` (the run evaluates in its
+    precision and over all its processes; a plain loop passes a function of its own)."""
 
     model: nn.Module
     masks: Masks
-    optimizer: torch.optim.Optimizer
-    data: Any  # the Dataset; its ``val`` split is the only one a decision may look at
-    eval_batch_size: int
-    precision: str = "fp32"
-    dist: Dist = SINGLE
+    optimizer: torch.optim.Optimizer | None
+    validate: Callable[[], dict[str, float]]
     steps_per_epoch: int = 0  # training steps (batches) of one epoch
-
-    def validate(self) -> dict[str, float]:
-        return evaluation.evaluate(self.model, self.data.val, self.eval_batch_size, self.precision, self.dist)
 
 
 class PruneSchedule:
@@ -128,9 +123,8 @@ class SearchSchedule(PruneSchedule):
         else:
             self.stale += 1
         if self.stale >= self.cfg.patience:
-            found = search_and_prune(ctx.model, ctx.masks, ctx.optimizer, ctx.data, ctx.eval_batch_size,
-                                     val["loss"], self.cfg.tolerance, epoch, ctx.precision, ctx.dist,
-                                     self.cfg.scope)
+            found = search_and_prune(ctx.masks, ctx.optimizer, ctx.validate, val["loss"], self.cfg.tolerance,
+                                     epoch, self.cfg.scope)
             if found is not None:
                 self.record(found)
                 val = ctx.validate()
@@ -235,12 +229,12 @@ def build_prune_schedule(prune_cfg, epochs: int) -> PruneSchedule:
     return PRUNE_SCHEDULES[prune_cfg.name](prune_cfg, epochs)
 
 
-def search_and_prune(model: nn.Module, masks: Masks, optimizer, data, eval_bs: int,
+def search_and_prune(masks: Masks, optimizer, validate: Callable[[], dict[str, float]],
                      val_loss: float, tolerance: float, epoch: int,
-                     precision: str = "fp32", dist: Dist = SINGLE,
                      scope: str = "global") -> dict[str, Any] | None:
     """Find the largest threshold within tolerance on the validation loss and apply it: one
     global T on |w| (scope ``global``), or one τ pruning |w| < τ·σ_l in each tensor (``layer``).
+    ``validate()`` measures the masked model on the validation split (its ``loss`` is read).
 
     σ_l is taken once, before the search, from the weights (the same on every process), and held
     for every τ tried and for the one applied: the pruning applied is the one evaluated."""
@@ -252,7 +246,7 @@ def search_and_prune(model: nn.Module, masks: Masks, optimizer, data, eval_bs: i
     def loss_with(threshold: float) -> float:
         for p, s, m, t in zip(masks.params, saved, masks.masks, masks.scaled_thresholds(threshold, scales)):
             p.copy_(s * (m & (s.abs() >= t)))
-        loss = evaluation.evaluate(model, data.val, eval_bs, precision, dist)["loss"]
+        loss = validate()["loss"]
         for p, s in zip(masks.params, saved):
             p.copy_(s)
         return loss

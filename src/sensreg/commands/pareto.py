@@ -29,9 +29,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.plugins.sweeper import Sweeper
 
-from .atomic import write_json
-from .config import NOT_COMPUTATION
-from .run_folder import CHECKPOINT_NAME, STUDY_DB, STUDY_JSON, relative_below
+from sensreg.atomic import write_json
+from sensreg.run.config import NOT_COMPUTATION
+from sensreg.run.folder import CHECKPOINT_NAME, STUDY_DB, STUDY_JSON, relative_below
 
 OBJECTIVES = ("val_error", "remaining_pct")  # summary.json keys, both minimized
 SAMPLERS = ("nsgaii", "tpe")
@@ -53,7 +53,7 @@ READ_BY = {"prune.tolerance": ("search",), "prune.patience": ("search",), "prune
 def default_space(sens_name: str, prune_name: str) -> dict[str, str]:
     """The default search space of a config with sensitivity variant ``sens_name`` and prune
     schedule ``prune_name``, as key: sweep."""
-    from .sensitivity import VARIANTS
+    from sensreg.method.sensitivity import VARIANTS
 
     variant = VARIANTS.get(sens_name)
     return {**(LAMBDA_SPACE if variant is not None and variant.regularizes else {}),
@@ -102,7 +102,7 @@ def _is_int_key(key: str) -> bool:
     """Whether ``section.key`` of the train config holds an integer."""
     from dataclasses import fields
 
-    from .config import TrainConfig
+    from sensreg.run.config import TrainConfig
 
     section, _, name = key.partition(".")
     for f in fields(TrainConfig):
@@ -160,7 +160,7 @@ class ParetoSearch(Sweeper):
         try:
             self._sweep(arguments)
         except SweepError as err:
-            from .cli import fail
+            from sensreg.commands.console import fail
 
             fail(f"{err} Nothing was trained.")
 

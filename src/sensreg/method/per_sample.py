@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .errors import UserError
+from sensreg.errors import UserError
 
 SUPPORTED = (nn.Linear, nn.Conv2d, _BatchNorm)
 # Per-sample conv gradients and input patches of one chunk of samples, in elements (128 MiB in

@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import DataConfig
-from .data import load_test_split
-from .evaluate import evaluate
-from .models import build_model
-from .pruning import sparsity_stats
+from sensreg.run.checkpoint import CheckpointError, load_checkpoint
+from sensreg.run.config import DataConfig
+from sensreg.data import load_test_split
+from sensreg.run.evaluate import evaluate
+from sensreg.models import build_model
+from sensreg.method.pruning import sparsity_stats
 
 
 def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .positions import Position, epoch_at
+from sensreg.method.positions import Position, epoch_at
 
 
 def insensitivity(sens: Tensor) -> Tensor:

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError
-from .errors import few_names
+from sensreg.errors import CheckpointError, few_names
 
 
 # Normalization layers, whose affine parameters (a gain and an offset per channel or feature,

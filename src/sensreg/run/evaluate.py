@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Split, batches
-from .distributed import SINGLE, Dist
-from .precision import autocast
+from sensreg.data import Split, batches
+from sensreg.run.distributed import SINGLE, Dist
+from sensreg.run.precision import autocast
 
 
 @torch.no_grad()

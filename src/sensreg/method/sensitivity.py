@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .per_sample import LayerTape
+from sensreg.method.per_sample import LayerTape
 
 OUTPUTS = ("logits", "probs")
 REDUCTIONS = ("batch", "sample")  # |d mean_n o_n / dw|, or mean_n |d o_n / dw| (per_sample.py)

@@ -30,9 +30,11 @@ from typing import Any
 
 import yaml
 
-from . import checkpoint, train_state
-from .atomic import TEMPORARY_GLOB, named_os_error, write_atomic, write_json
-from .errors import UserError
+from sensreg.run import checkpoint
+
+from sensreg.run import train_state
+from sensreg.atomic import TEMPORARY_GLOB, named_os_error, write_atomic, write_json
+from sensreg.errors import UserError
 
 CONFIG_NAME = "config.yaml"  # the composed config, resolved
 METRICS_NAME = "metrics.csv"  # one row per finished epoch
@@ -41,7 +43,7 @@ MODEL_NAME = "model.pt"  # the final model, compact (checkpoint.py)
 CHECKPOINT_NAME = "last.pt"  # the training state to resume from (checkpoint.py)
 LOG_NAME = "train.log"
 LOCK_NAME = ".lock"
-# A pareto sweep's folder (sensreg.pareto): the study, and its trials and front as JSON.
+# A pareto sweep's folder (sensreg.commands.pareto): the study, and its trials and front as JSON.
 STUDY_DB, STUDY_JSON = "study.db", "study.json"
 RUN_FILES = (SUMMARY_NAME, METRICS_NAME, CONFIG_NAME, MODEL_NAME)  # any of them marks a run folder
 

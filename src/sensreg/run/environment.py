@@ -11,8 +11,7 @@ def versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    from . import __version__
-
+    from sensreg import __version__
     # str(): torch.__version__ is a str subclass that weights_only loading refuses.
     out = {"sensreg": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
            "torchvision": str(torchvision.__version__)}

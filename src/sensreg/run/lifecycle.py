@@ -22,22 +22,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import evaluate as evaluation
-from .config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
-from .data import Dataset, load_dataset
-from .distributed import SINGLE, Dist
-from .environment import git_commit, versions
-from .init_weights import init_model_
-from .interrupt import Interrupted, StopSignals
-from .models import build_model
-from .prune_schedules import build_prune_schedule
-from .trackers import NO_TRACKERS, Trackers
-from .pruning import Masks, prunable_names, sparsity_stats
-from .run_folder import CHECKPOINT_NAME, MODEL_NAME, RunFolder
-from .sensitivity import get_variant
-from .tables import layer_table, render_text
-from .train import Training, TrainStep, build_optimizer, run_epochs
-from .train_state import load_training_state
+from sensreg.run import evaluate as evaluation
+from sensreg.run.config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
+from sensreg.data import Dataset, load_dataset
+from sensreg.run.distributed import SINGLE, Dist
+from sensreg.run.environment import git_commit, versions
+from sensreg.run.init_weights import init_model_
+from sensreg.run.interrupt import Interrupted, StopSignals
+from sensreg.models import build_model
+from sensreg.method.prune_schedules import build_prune_schedule
+from sensreg.run.trackers import NO_TRACKERS, Trackers
+from sensreg.method.pruning import Masks, prunable_names, sparsity_stats
+from sensreg.run.folder import CHECKPOINT_NAME, MODEL_NAME, RunFolder
+from sensreg.method.sensitivity import get_variant
+from sensreg.run.tables import layer_table, render_text
+from sensreg.run.loop import Training, TrainStep, build_optimizer, run_epochs
+from sensreg.run.train_state import load_training_state
 
 log = logging.getLogger("sensreg")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
@@ -262,7 +262,7 @@ def finish(tr: Training) -> None:
     })
     if tr.dist.is_main:
         summary["checkpoint_bytes"] = model_bytes
-    from .report import shows_top5
+    from sensreg.run.report import shows_top5
 
     log.info("test error %.2f%%%s | remaining %.3f%% of prunable parameters (%.1fx), %.3f%% of all (%.1fx) "
              "| FLOPs left %.2f%%", 100 * test["error"],

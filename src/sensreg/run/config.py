@@ -21,15 +21,15 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
-from .data import DATASETS, input_shape
-from .models import MODELS, OPTIMIZER_LR, build_model, default_lr
-from .precision import PRECISIONS
-from .prune_schedules import PRUNE_SCHEDULES, target_sparsity
-from .per_sample import LayerTape, PerSampleError
-from .positions import epoch_at, first_epoch_at, is_fraction
-from .regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, lambda_schedule
-from .sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
+from sensreg.errors import UserError
+from sensreg.data import DATASETS, input_shape
+from sensreg.models import MODELS, OPTIMIZER_LR, build_model, default_lr
+from sensreg.run.precision import PRECISIONS
+from sensreg.method.prune_schedules import PRUNE_SCHEDULES, target_sparsity
+from sensreg.method.per_sample import LayerTape, PerSampleError
+from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction
+from sensreg.method.regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, lambda_schedule
+from sensreg.method.sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
 
 OPTIMIZERS = ("sgd", "adam")
 PRUNE_SCOPES = ("global", "layer")  # one threshold on |w|, or τ·σ_l per tensor (pruning.Masks.scales)

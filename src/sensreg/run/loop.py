@@ -2,7 +2,7 @@
 benchmark), and ``run_epochs``, the epochs of a run (train, validate, ask the pruning schedule,
 log, checkpoint).
 
-Everything the loop works with is in one ``Training``: set up by ``run.py`` (which also owns the
+Everything the loop works with is in one ``Training``: set up by ``lifecycle.py`` (which also owns the
 run's life: resuming, the summary, the final files), saved whole into last.pt by
 ``Training.checkpoint`` and restored from it by ``Training.restore``.
 """
@@ -21,21 +21,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .compiling import compile_error, compile_errors, compile_model, compiled_passes
-from .config import TrainConfig
-from .data import Dataset, batches, crop_flip, crop_flip_draws, num_batches, part_of
-from .distributed import SINGLE, Dist
-from .errors import Diverged
-from .interrupt import StopSignals
-from .per_sample import LayerTape, has_batch_statistics, held_batch_statistics
-from .precision import autocast, grad_scaler
-from .prune_schedules import PruneContext, PruneSchedule
-from .trackers import NO_TRACKERS, Trackers
-from .pruning import Masks
-from .regularizer import build_schedule, insensitivity_stats, lambda_schedule, rescale_, shrink_
-from .run_folder import RunFolder
-from .sensitivity import Variant, batched_vjps_are_faster, gradients_and_sensitivity
-from .train_state import rng_states, set_rng_states
+from sensreg.run.compiling import compile_error, compile_errors, compile_model, compiled_passes
+from sensreg.run.config import TrainConfig
+from sensreg.data import Dataset, batches, crop_flip, crop_flip_draws, num_batches, part_of
+from sensreg.run.distributed import SINGLE, Dist
+from sensreg.run import evaluate as evaluation
+from sensreg.errors import Diverged
+from sensreg.run.interrupt import StopSignals
+from sensreg.method.per_sample import LayerTape, has_batch_statistics, held_batch_statistics
+from sensreg.run.precision import autocast, grad_scaler
+from sensreg.method.prune_schedules import PruneContext, PruneSchedule
+from sensreg.run.trackers import NO_TRACKERS, Trackers
+from sensreg.method.pruning import Masks
+from sensreg.method.regularizer import build_schedule, insensitivity_stats, lambda_schedule, rescale_, shrink_
+from sensreg.run.folder import RunFolder
+from sensreg.method.sensitivity import Variant, batched_vjps_are_faster, gradients_and_sensitivity
+from sensreg.run.train_state import rng_states, set_rng_states
 
 log = logging.getLogger("sensreg")
 
@@ -234,9 +235,13 @@ class Training:
 
     def __post_init__(self) -> None:
         # What the pruning schedule may act on, and the validation pass it decides by.
-        self.prune_ctx = PruneContext(self.model, self.masks, self.optimizer, self.data,
-                                      self.cfg.data.eval_batch_size, self.cfg.trainer.precision, self.dist,
+        self.prune_ctx = PruneContext(self.model, self.masks, self.optimizer, self.validate,
                                       num_batches(self.data.train, self.cfg.trainer.batch_size))
+
+    def validate(self) -> dict[str, float]:
+        """The model on the validation split, in the run's precision, over all its processes."""
+        return evaluation.evaluate(self.model, self.data.val, self.cfg.data.eval_batch_size, self.cfg.trainer.precision,
+                        self.dist)
 
     def elapsed(self) -> float:
         """Wall time of this run: earlier sessions and this one."""

@@ -31,11 +31,11 @@ import yaml
 from rich.cells import cell_len
 from rich.text import Text
 
-from .atomic import write_atomic
-from .errors import UserError
-from .run_folder import CONFIG_NAME, METRICS_NAME, STUDY_JSON, SUMMARY_NAME, RunFolder, relative_below
-from .tables import FitTable, markdown_table
-from .trackers import flat  # dotted keys, as the trackers log the config
+from sensreg.atomic import write_atomic
+from sensreg.errors import UserError
+from sensreg.run.folder import CONFIG_NAME, METRICS_NAME, STUDY_JSON, SUMMARY_NAME, RunFolder, relative_below
+from sensreg.run.tables import FitTable, markdown_table
+from sensreg.run.trackers import flat  # dotted keys, as the trackers log the config
 
 CSV_NAME, MD_NAME = "compare.csv", "compare.md"
 DEFAULT_SORT = "model,data,sens,lam,eta,seed,run"
@@ -379,7 +379,7 @@ def drop_duplicate_seeds(rows: list[Row], warnings: list[str]) -> list[Row]:
 
 # Keys that never tell two configurations apart: the seed, and those that say where and how fast
 # a run executes (config.NOT_EXPERIMENT and config.NOT_COMPUTATION, left out of the config hash;
-# written out here because config.py imports torch, which this module does not).
+# written out here because run/config.py imports torch, which this module does not).
 NOT_CONFIGURATION = ("trainer.seed", "logger.", "trainer.device", "trainer.progress", "trainer.channels_last",
                      "trainer.checkpoint_every", "trainer.resume", "data.root", "data.num_workers",
                      "data.pin_memory", "data.persistent_workers", "data.prefetch_factor")
@@ -484,7 +484,7 @@ def _fmt_value(v: Any) -> str:
 
 def mark_study_fronts(rows: list[Row]) -> None:
     """Mark the runs that a pareto sweep's study found on its front: study.json in the sweep
-    folder, the run folders' parent (sensreg.pareto), names them relative to itself."""
+    folder, the run folders' parent (sensreg.commands.pareto), names them relative to itself."""
     fronts: dict[Path, set[Path]] = {}  # sweep folder -> the run folders on its front
 
     def front_of(sweep_dir: Path) -> set[Path]:
@@ -730,7 +730,7 @@ MAX_LABELLED = 30  # points per plot up to which each is labelled with its λ (e
 
 def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
     """One PNG per (network, dataset) with results: test error against remaining parameters."""
-    from .plots import pareto_plot  # matplotlib only when a plot is drawn
+    from sensreg.run.plots import pareto_plot  # matplotlib only when a plot is drawn
 
     pairs: dict[tuple, list[Row]] = {}
     for r in rows:

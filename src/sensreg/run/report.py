@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import plots
-from .atomic import write_atomic
-from .errors import UserError
-from .run_folder import CONFIG_NAME, METRICS_NAME, RUN_FILES, SUMMARY_NAME, RunFolder, RunRecord
-from .tables import markdown_table
+from sensreg.run import plots
+from sensreg.atomic import write_atomic
+from sensreg.errors import UserError
+from sensreg.run.folder import CONFIG_NAME, METRICS_NAME, RUN_FILES, SUMMARY_NAME, RunFolder, RunRecord
+from sensreg.run.tables import markdown_table
 
 REPORT_NAME = "report.md"
 # Top-5 error says something only with many classes: with 10, nearly every image has its class
@@ -155,7 +155,7 @@ def eta_changes(rows: list[dict]) -> list[tuple[int, float]]:
 def _num_classes(summary: dict, config: dict, final: dict) -> int | None:
     """The number of classes of the run's dataset: from model.pt, else from the dataset's name
     or its config (the synthetic dataset's num_classes); None if none says."""
-    from .data.registry import DATASETS
+    from sensreg.data.registry import DATASETS
 
     if isinstance(final.get("num_classes"), int):
         return final["num_classes"]
@@ -198,8 +198,8 @@ def _final_state(run_dir: Path, config: dict, batches: int, data_root: str | Non
         return {}
     import torch
 
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .models import build_model
+    from sensreg.run.checkpoint import CheckpointError, load_checkpoint
+    from sensreg.models import build_model
 
     try:
         ckpt = load_checkpoint(ckpt_path)
@@ -240,12 +240,12 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
     import torch
     import torch.nn.functional as F
 
-    from .config import DataConfig
-    from .data import DatasetMissing, batches, load_dataset
-    from .per_sample import LayerTape, PerSampleError
-    from .pruning import prunable_names
-    from .regularizer import insensitivity, rescale_
-    from .sensitivity import batched_vjps_are_faster, get_variant, gradients_and_sensitivity
+    from sensreg.run.config import DataConfig
+    from sensreg.data import DatasetMissing, batches, load_dataset
+    from sensreg.method.per_sample import LayerTape, PerSampleError
+    from sensreg.method.pruning import prunable_names
+    from sensreg.method.regularizer import insensitivity, rescale_
+    from sensreg.method.sensitivity import batched_vjps_are_faster, get_variant, gradients_and_sensitivity
 
     sens_cfg = cfg.get("sens") or {}
     try:

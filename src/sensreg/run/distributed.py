@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import UserError
+from sensreg.errors import UserError
 
 
 class DistributedError(UserError, RuntimeError):
