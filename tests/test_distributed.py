@@ -74,7 +74,7 @@ def gradients_of_part(d, model_name, sens, classes, batched, reduction):
     step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), get_variant(sens), Masks(model, names),
                      names, "logits", classes, torch.Generator().manual_seed(5), dist=d, reduction=reduction)
     if batched is not None:
-        step.batched = batched
+        step.method.batched = batched
     part = slice(0, 4) if d.rank == 0 else slice(4, 7)
     loss, grads, sens_values = step.gradients(x[part], y[part], total=7)
     return {"loss": loss, "grads": grads, "sens": sens_values}
@@ -101,10 +101,10 @@ def test_two_processes_give_the_gradients_and_sensitivities_of_the_whole_batch(
     step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), get_variant(sens), Masks(model, names),
                      names, "logits", classes, torch.Generator().manual_seed(5), reduction=reduction)
     if batched is not None:
-        step.batched = batched
+        step.method.batched = batched
     loss, grads, sens_values = step.gradients(x, y)
     if batched is None:
-        assert step.batched == batched_vjps_are_faster(model)
+        assert step.method.batched == batched_vjps_are_faster(model)
     for part in parts:
         torch.testing.assert_close(part["loss"], loss, rtol=1e-12, atol=1e-12)
         for got, want in zip(part["grads"] + part["sens"], grads + sens_values):

@@ -216,8 +216,8 @@ def test_compiled_step_takes_the_unspecific_vjps_one_class_at_a_time():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     eager = TrainStep(model, optimizer, get_variant("unspec"), Masks(model, names), names)
     compiled = TrainStep(model, optimizer, get_variant("unspec"), Masks(model, names), names, compile=True)
-    assert eager.batched and not compiled.batched
-    assert compiled.forward is not model and compiled.model is model
+    assert eager.method.batched and not compiled.method.batched
+    assert compiled.method.forward_fn is not model and compiled.method.model is model
 
 
 @pytest.mark.slow  # two compilations of forward and backward: 10-30 s on a CPU

@@ -35,6 +35,38 @@ from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction, step
 
 
 @dataclass
+class PruneConfig:
+    """The prune.* settings, with their defaults (each configs/prune/*.yaml sets its schedule's
+    own); a schedule reads the ones it uses (``PruneSchedule.MINIMUMS``)."""
+
+    name: str = "search"
+    params: str = "all"
+    patience: int | None = 1
+    tolerance: float | None = 0.1
+    threshold: float | None = None
+    # the window: epochs (1-based; negative: counted back from the last) or fractions of the
+    # run (floats in [0, 1]), positions.py
+    start_epoch: int | float = 1
+    stop_epoch: int | float | None = None
+    every: int = 1
+    # whether the affine parameters of batch-norm (and other normalization) layers are
+    # regularized and pruned like the rest of `params`; false: they are trained, never shrunk
+    # or pruned (why: NORM_LAYERS in pruning.py). One key for both sets, as it is about which
+    # parameters the method touches at all.
+    batchnorm: bool = False
+    # global: one threshold on |w| for every prunable tensor; layer: the threshold (search:
+    # the bisected value; fixed: prune.threshold) is τ, and tensor l prunes |w| < τ·σ_l, σ_l the
+    # standard deviation of its kept entries (Han et al. 2015; pruning.Masks.scales)
+    scope: str = "global"
+    # gmp: the final sparsity (0.99) or compression ("100x"), the sparsity it starts from, and
+    # the window in steps where it is not given in epochs (start_epoch, stop_epoch)
+    target: float | str | None = None
+    initial: float = 0.0
+    start_step: int | None = None
+    end_step: int | None = None
+
+
+@dataclass
 class PruneContext:
     """What a schedule may act on: the model, its masks and optimizer (whose momentum and Adam
     moments of pruned entries are cleared), and how to measure the model on the validation
@@ -227,6 +259,17 @@ PRUNE_SCHEDULES: dict[str, type[PruneSchedule]] = {
 
 def build_prune_schedule(prune_cfg, epochs: int) -> PruneSchedule:
     return PRUNE_SCHEDULES[prune_cfg.name](prune_cfg, epochs)
+
+
+def prune_schedule(name: str, epochs: int, **settings: Any) -> PruneSchedule:
+    """The schedule ``name`` (search, fixed, gmp, none) of a run of ``epochs`` epochs, with the
+    prune.* ``settings`` given and the defaults of ``PruneConfig`` for the rest:
+    ``prune_schedule("gmp", 20, target="100x", stop_epoch=0.8)``. The loop calls its
+    ``after_step`` after every training step (where ``steps`` is true) and its ``after_epoch``
+    after every validation pass, with a ``PruneContext``."""
+    if name not in PRUNE_SCHEDULES:
+        raise ValueError(f"unknown pruning schedule {name!r}; known: {', '.join(PRUNE_SCHEDULES)}")
+    return PRUNE_SCHEDULES[name](PruneConfig(name=name, **settings), epochs)
 
 
 def search_and_prune(masks: Masks, optimizer, validate: Callable[[], dict[str, float]],

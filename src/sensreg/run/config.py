@@ -25,7 +25,7 @@ from sensreg.errors import UserError
 from sensreg.data import DATASETS, input_shape
 from sensreg.models import MODELS, OPTIMIZER_LR, build_model, default_lr
 from sensreg.run.precision import PRECISIONS
-from sensreg.method.prune_schedules import PRUNE_SCHEDULES, target_sparsity
+from sensreg.method.prune_schedules import PruneConfig, PRUNE_SCHEDULES, target_sparsity
 from sensreg.method.per_sample import LayerTape, PerSampleError
 from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction
 from sensreg.method.regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, lambda_schedule
@@ -144,35 +144,6 @@ class ScheduleConfig:
     milestones: list[int | float] = field(default_factory=lambda: [30, 60])
     gamma: float = 0.1
     min_factor: float = 0.0
-
-
-@dataclass
-class PruneConfig:
-    name: str = "search"
-    params: str = "all"
-    patience: int | None = 1
-    tolerance: float | None = 0.1
-    threshold: float | None = None
-    # the window: epochs (1-based; negative: counted back from the last) or fractions of the
-    # run (floats in [0, 1]), positions.py
-    start_epoch: int | float = 1
-    stop_epoch: int | float | None = None
-    every: int = 1
-    # whether the affine parameters of batch-norm (and other normalization) layers are
-    # regularized and pruned like the rest of `params`; false: they are trained, never shrunk
-    # or pruned (why: NORM_LAYERS in pruning.py). One key for both sets, as it is about which
-    # parameters the method touches at all.
-    batchnorm: bool = False
-    # global: one threshold on |w| for every prunable tensor; layer: the threshold (search:
-    # the bisected value; fixed: prune.threshold) is τ, and tensor l prunes |w| < τ·σ_l, σ_l the
-    # standard deviation of its kept entries (Han et al. 2015; pruning.Masks.scales)
-    scope: str = "global"
-    # gmp: the final sparsity (0.99) or compression ("100x"), the sparsity it starts from, and
-    # the window in steps where it is not given in epochs (start_epoch, stop_epoch)
-    target: float | str | None = None
-    initial: float = 0.0
-    start_step: int | None = None
-    end_step: int | None = None
 
 
 @dataclass

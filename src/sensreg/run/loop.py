@@ -28,14 +28,14 @@ from sensreg.run.distributed import SINGLE, Dist
 from sensreg.run import evaluate as evaluation
 from sensreg.errors import Diverged
 from sensreg.run.interrupt import StopSignals
-from sensreg.method.per_sample import LayerTape, has_batch_statistics, held_batch_statistics
 from sensreg.run.precision import autocast, grad_scaler
 from sensreg.method.prune_schedules import PruneContext, PruneSchedule
 from sensreg.run.trackers import NO_TRACKERS, Trackers
 from sensreg.method.pruning import Masks
-from sensreg.method.regularizer import build_schedule, insensitivity_stats, lambda_schedule, rescale_, shrink_
+from sensreg.method.regularizer import build_schedule, lambda_schedule
 from sensreg.run.folder import RunFolder
-from sensreg.method.sensitivity import Variant, batched_vjps_are_faster, gradients_and_sensitivity
+from sensreg.method.sensitivity import Variant, batched_vjps_are_faster
+from sensreg.method.step import SensitivityStep
 from sensreg.run.train_state import rng_states, set_rng_states
 
 log = logging.getLogger("sensreg")
@@ -44,6 +44,8 @@ log = logging.getLogger("sensreg")
 class TrainStep:
     """One minibatch: forward, loss gradient and sensitivity, shrink, optimizer step, masks.
 
+    The method's step (``method/step.py``'s ``SensitivityStep``, which a plain loop uses too)
+    with what a run adds around it:
     ``precision`` (fp32, bf16, fp16): the forward pass runs under autocast in that precision
     (``precision.py``); the weights, gradients and sensitivities stay float32. fp16 scales the
     loss with a GradScaler (``self.scaler``) and skips a step whose gradient overflowed.
@@ -58,33 +60,38 @@ class TrainStep:
                  precision: str = "fp32", compile: bool = False, dist: Dist = SINGLE,
                  reduction: str = "batch", scale: str = "none", gamma: float = 1.0,
                  scale_over: str = "tensor"):
-        self.model, self.optimizer, self.variant, self.masks = model, optimizer, variant, masks
-        self.output, self.classes, self.generator = output, classes, generator
-        # Frozen parameters (requires_grad=False) are neither trained nor regularized.
-        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        self.names = list(named)
-        self.params = list(named.values())
-        self.reg_index = [self.names.index(n) for n in regularized]
-        self.mask_index = [self.names.index(n) for n in masks.names]
+        self.optimizer = optimizer
+        # Inductor's compiled backward calls out= kernels (aten::mm.out) that have no rule in
+        # autograd's batched-gradient mode, which then fails: compiled, the unspecific VJPs go
+        # one class after the other.
+        self.method = SensitivityStep(
+            model, optimizer, variant, masks=masks, regularize=regularized, output=output, classes=classes,
+            generator=generator, reduction=reduction, scale=scale, gamma=gamma, scale_over=scale_over,
+            batched=batched_vjps_are_faster(model) and not compile,
+            forward=compile_model(model) if compile else model)
+        self.params = self.method.params
         self.device = next(model.parameters()).device
         self.precision = precision
         self.dist = dist
         self.scaler = grad_scaler(self.device, precision)
         self.compiled = compile
-        self.forward = compile_model(model) if compile else model
-        # Inductor's compiled backward calls out= kernels (aten::mm.out) that have no rule in
-        # autograd's batched-gradient mode, which then fails: compiled, the unspecific VJPs go
-        # one class after the other.
-        self.batched = batched_vjps_are_faster(model) and not compile
-        # The sample reduction records each layer's input and output in the forward pass; with
-        # batch norm, the sensitivity has a forward pass of its own, with the batch's statistics
-        # held constant, so that each sample's output depends on that sample alone.
-        self.tape = LayerTape(model, self.params) if reduction == "sample" and variant.uses_sensitivity else None
-        self.held_statistics = self.tape is not None and has_batch_statistics(model)
-        self.scale, self.gamma, self.scale_over = scale, gamma, scale_over
-        # Kept-entry masks of the regularized tensors (None: not prunable), for insensitivity_stats.
-        self.reg_kept = [masks.factors[masks.names.index(n)] if n in masks.names else None for n in regularized]
-        self.insensitivity: dict[str, float] | None = None  # of the last step called with measure=True
+
+    @property
+    def insensitivity(self) -> dict[str, float] | None:
+        """The insensitivity figures of the last step called with measure=True."""
+        return self.method.insensitivity
+
+    @property
+    def model(self) -> nn.Module:
+        return self.method.model
+
+    @property
+    def variant(self) -> Variant:
+        return self.method.variant
+
+    @property
+    def masks(self) -> Masks:
+        return self.method.masks
 
     def gradients(self, x: Tensor, y: Tensor, total: int | None = None
                   ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
@@ -104,17 +111,8 @@ class TrainStep:
 
     def _gradients(self, x: Tensor, y: Tensor, total: int | None = None
                    ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
-        sens_logits = None
         with autocast(self.device, self.precision):
-            if self.tape is None:
-                logits = self.forward(x)
-            elif self.held_statistics:
-                logits = self.forward(x)
-                with self.tape.record(), held_batch_statistics(self.model):
-                    sens_logits = self.forward(x)
-            else:
-                with self.tape.record():
-                    logits = self.forward(x)
+            logits, sens_logits = self.method.forward(x)
         # The loss and the outputs that the sensitivities differentiate are formed in float32
         # from the (bf16/fp16) logits; the cast is part of the graph, so the loss gradient and
         # the sensitivities' backward passes all run back through the same autocast forward.
@@ -137,9 +135,8 @@ class TrainStep:
             total, loss, reduce = None, F.cross_entropy(logits, y), None
         # The scaler's factor as a tensor (scaling a one): no wait for the device, as get_scale() would.
         scale = None if self.scaler is None else self.scaler.scale(torch.ones((), device=self.device))
-        grads, sens = gradients_and_sensitivity(self.variant, logits, loss, y, self.params, self.output,
-                                                self.classes, self.generator, self.batched, scale,
-                                                total, reduce, self.tape, sens_logits)
+        grads, sens = self.method.gradients(logits, loss, y, loss_scale=scale, total=total, reduce=reduce,
+                                            sens_logits=sens_logits)
         return (loss.detach() if reduce is None else reported), grads, sens
 
     def __call__(self, x: Tensor, y: Tensor, lam: float, total: int | None = None,
@@ -149,20 +146,7 @@ class TrainStep:
         loss, grads, sens = self.gradients(x, y, total)
         if self.scaler is not None and not self._unscale_(grads):
             return loss
-        reg_sens = None if sens is None else [sens[i] for i in self.reg_index]
-        if reg_sens is not None:
-            rescale_(reg_sens, self.scale, self.gamma, self.scale_over)
-        if measure and self.variant.regularizes:
-            self.insensitivity = insensitivity_stats(reg_sens, self.reg_kept)
-        if self.variant.regularizes and lam > 0:
-            shrink_([self.params[i] for i in self.reg_index], reg_sens, lam)
-        self.masks.mask_([grads[i] for i in self.mask_index])
-        for p, g in zip(self.params, grads):
-            p.grad = g
-        self.optimizer.step()
-        if self.scaler is not None:
-            self.scaler.update()
-        self.masks.apply_()
+        self.method.update(grads, sens, lam, measure, after_step=None if self.scaler is None else self.scaler.update)
         return loss
 
     def _unscale_(self, grads: list[Tensor]) -> bool:
