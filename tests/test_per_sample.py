@@ -17,7 +17,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from sensreg.method.per_sample import LayerTape, PerSampleError, has_batch_statistics, held_batch_statistics
-from sensreg.method.sensitivity import class_rows, get_variant, gradients_and_sensitivity, per_sample
+from sensreg.method.sensitivity import Pass, class_rows, get_variant, gradients_and_sensitivity
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -105,7 +105,7 @@ def sample_sensitivity(model, x, y, variant, output="logits", classes=None, gene
     context = held_batch_statistics(model) if has_batch_statistics(model) else torch.enable_grad()
     with tape.record(), context:
         logits = model(x)
-    return per_sample(get_variant(variant), tape, logits, y, output, classes, generator)
+    return get_variant(variant).per_sample(Pass(logits, y, params, [], output, classes, generator, tape=tape))
 
 
 @pytest.mark.parametrize("net", list(NETS))

@@ -21,7 +21,7 @@ from sensreg.data import batches, load_dataset
 from sensreg.models import build_model
 from sensreg.run import plots
 from sensreg.run.report import ReportError, _sensitivity, eta_changes, pruning_window, write_report
-from sensreg.method.sensitivity import specific
+from sensreg.method.sensitivity import VARIANTS, Pass
 from sensreg.run.lifecycle import train
 
 import conftest
@@ -145,7 +145,7 @@ def test_sensitivity_is_the_runs_own_variant_on_its_training_batches(finished_ru
     data = load_dataset("synthetic", num_train=400, num_test=100)
     x, y = next(batches(data.train, 50, shuffle=True, generator=torch.Generator().manual_seed(0)))
     params = list(model.parameters())
-    expected = specific(model(x), y, params, "logits")
+    expected = VARIANTS["spec"].of_batch(Pass(model(x), y, params, []))
     for (name, s), e in zip(got.items(), expected):
         torch.testing.assert_close(s, e, msg=name)
         torch.testing.assert_close(insens[name], (1 - e).clamp(min=0), msg=name)  # sens.scale=none
@@ -155,7 +155,7 @@ def test_insensitivity_is_per_sample_and_scaled_as_the_run_trained(finished_run,
     """sens.reduction=sample, sens.scale=gamma: the report's insensitivity per tensor is
     max(0, 1 - gamma * mean_n |d o_n/dw|) on the first shuffled batch, and its table and plot show it."""
     from sensreg.method.per_sample import LayerTape
-    from sensreg.method.sensitivity import get_variant, per_sample
+    from sensreg.method.sensitivity import Pass, get_variant
 
     run = copy_run(finished_run, tmp_path / "run", sens={"name": "spec", "reduction": "sample", "scale": "gamma",
                                                          "gamma": 50.0})
@@ -170,7 +170,7 @@ def test_insensitivity_is_per_sample_and_scaled_as_the_run_trained(finished_run,
     tape = LayerTape(model, params)
     with tape.record():
         logits = model(x)
-    expected = per_sample(get_variant("spec"), tape, logits, y)
+    expected = get_variant("spec").per_sample(Pass(logits, y, [], [], tape=tape))
     for (name, bar), e in zip(insens.items(), expected):
         torch.testing.assert_close(bar, (1 - 50.0 * e).clamp(min=0), msg=name)
     result = write_report(run, batches=1)

@@ -42,34 +42,6 @@ REDUCTIONS = ("batch", "sample")  # |d mean_n o_n / dw|, or mean_n |d o_n / dw| 
 Reduce = Callable[[list[Tensor]], None]
 
 
-@dataclass(frozen=True)
-class Variant:
-    """What a sensitivity variant needs from the training step."""
-
-    name: str
-    regularizes: bool  # whether the insensitivity-weighted shrink runs at all
-    uses_sensitivity: bool  # False: the shrink treats every parameter as insensitive (S = 0)
-    extra_backward: str  # what it costs beyond the loss gradient, for the docs and --help
-    description: str
-
-
-VARIANTS: dict[str, Variant] = {
-    "spec": Variant("spec", True, True, "1 backward", "specific: |d o_target / d w|"),
-    "unspec": Variant("unspec", True, True, "C (or K) batched VJPs", "unspecific: mean_k |d o_k / d w|"),
-    "loss": Variant("loss", True, True, "none", "loss-based (LOBSTER): |dL/dw|"),
-    "l2": Variant("l2", True, False, "none", "plain decoupled weight decay (insensitivity = 1)"),
-    "none": Variant("none", False, False, "none", "no regularization (control)"),
-}
-
-
-def get_variant(name: str) -> Variant:
-    """The registered variant ``name``; an unknown name is an error listing the known ones."""
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        raise KeyError(f"unknown sensitivity variant {name!r}; known: {', '.join(VARIANTS)}") from None
-
-
 def output_of(logits: Tensor, output: str) -> Tensor:
     """The output o that sensitivities differentiate: the logits themselves or softmax(logits)."""
     if output == "logits":
@@ -83,16 +55,6 @@ def batch_mean(values: Tensor, total: int | None = None) -> Tensor:
     """The mean of ``values`` over dimension 0, the batch; with ``total``, this part's share of
     the mean over a batch of ``total`` items (its sum divided by ``total``)."""
     return values.mean(dim=0) if total is None else values.sum(dim=0) / total
-
-
-def specific(logits: Tensor, targets: Tensor, params: list[Tensor], output: str = "logits",
-             retain_graph: bool = False, total: int | None = None,
-             reduce: Reduce | None = None) -> list[Tensor]:
-    """S(w) = |d/dw mean_n o_{n, targets_n}| for every tensor in ``params``."""
-    derivatives = specific_derivatives(logits, targets, params, output, retain_graph, total)
-    if reduce is not None:
-        reduce(derivatives)
-    return [d.abs_() for d in derivatives]
 
 
 def specific_derivatives(logits: Tensor, targets: Tensor, params: list[Tensor], output: str = "logits",
@@ -155,29 +117,118 @@ def class_rows(num_classes: int, classes: int | None, generator: torch.Generator
     return torch.randperm(num_classes, generator=generator)[:classes].to(device)
 
 
-def per_sample(variant: Variant, tape: LayerTape, logits: Tensor, targets: Tensor, output: str = "logits",
-               classes: int | None = None, generator: torch.Generator | None = None,
-               total: int | None = None, retain_graph: bool = False) -> list[Tensor]:
-    """The ``sample`` reduction: S(w) = mean_n |d o_n / d w| (``per_sample.py``).
+@dataclass
+class Pass:
+    """What a variant's sensitivity is computed from: one forward pass and its loss gradient.
 
-    ``logits`` must come from the forward pass that ``tape`` recorded. spec: o_n = o_{n, t_n};
-    unspec: (1/C) sum_k over the (sampled) classes of mean_n |d o_{n,k} / dw|; loss:
-    mean_n |d L_n / dw|. With ``total`` (one of several processes), each process's part of the
-    sum over the samples of the batch divided by ``total``: summed over the processes, the
-    whole batch's value. (The absolute values are taken per sample, before that sum.)
-    """
-    if variant.name == "loss":
-        n = len(targets) if total is None else total
-        return tape.abs_grad_sums([F.cross_entropy(logits, targets, reduction="sum") / n], retain_graph)
-    o = output_of(logits, output)
-    if variant.name == "spec":
-        return tape.abs_grad_sums([batch_mean(o.gather(1, targets[:, None]).squeeze(1), total)], retain_graph)
-    if variant.name != "unspec":
-        raise ValueError(f"variant {variant.name!r} has no sensitivity to reduce per sample")
-    means = batch_mean(o, total)  # (C,): each a sum of per-sample terms
-    rows = class_rows(means.shape[0], classes, generator, means.device)
-    sums = tape.abs_grad_sums([means[k] for k in rows.tolist()], retain_graph)
+    ``grads``: the loss gradient (scaled by ``loss_scale`` under fp16 loss scaling); ``tape``:
+    the layers' inputs and output gradients (the ``sample`` reduction); ``total`` and ``reduce``:
+    one of several processes (see the module's docstring); ``retain_graph``: keep the graph for
+    a later backward pass."""
+
+    logits: Tensor
+    targets: Tensor
+    params: list[Tensor]
+    grads: list[Tensor]
+    output: str = "logits"
+    classes: int | None = None
+    generator: torch.Generator | None = None
+    batched: bool = True
+    loss_scale: Tensor | float | None = None
+    total: int | None = None
+    reduce: Reduce | None = None
+    tape: LayerTape | None = None
+    retain_graph: bool = False
+
+
+# --- the batch reduction: |d mean_n o_n / dw| -------------------------------------------------
+
+def spec_of_batch(p: Pass) -> list[Tensor]:
+    derivatives = specific_derivatives(p.logits, p.targets, p.params, p.output, p.retain_graph, p.total)
+    if p.reduce is not None:  # the loss gradient and the derivatives in one call
+        p.reduce(p.grads + derivatives)
+    return [d.abs_() for d in derivatives]
+
+
+def unspec_of_batch(p: Pass) -> list[Tensor]:
+    if p.reduce is not None:
+        p.reduce(p.grads)
+    return unspecific(p.logits, p.params, p.output, p.classes, p.generator, p.retain_graph, p.batched,
+                      p.total, p.reduce)
+
+
+def loss_of_batch(p: Pass) -> list[Tensor]:
+    if p.reduce is not None:
+        p.reduce(p.grads)
+    sens = loss_based(p.grads)
+    if p.loss_scale is not None:
+        torch._foreach_div_(sens, p.loss_scale)
+    return sens
+
+
+# --- the sample reduction: mean_n |d o_n / d w| (per_sample.py) ----------------------------------
+# ``logits`` come from the forward pass the tape recorded. With ``total`` (one of several
+# processes), each process's part of the sum over the samples of the batch divided by ``total``:
+# summed over the processes, the whole batch's value (the absolute values are taken per sample,
+# before that sum).
+
+def spec_per_sample(p: Pass) -> list[Tensor]:
+    """o_n = o_{n, t_n}."""
+    o = output_of(p.logits, p.output)
+    return p.tape.abs_grad_sums([batch_mean(o.gather(1, p.targets[:, None]).squeeze(1), p.total)], p.retain_graph)
+
+
+def unspec_per_sample(p: Pass) -> list[Tensor]:
+    """(1/C) sum_k over the (sampled) classes of mean_n |d o_{n,k} / dw|."""
+    means = batch_mean(output_of(p.logits, p.output), p.total)  # (C,): each a sum of per-sample terms
+    rows = class_rows(means.shape[0], p.classes, p.generator, means.device)
+    sums = p.tape.abs_grad_sums([means[k] for k in rows.tolist()], p.retain_graph)
     return list(torch._foreach_div(sums, len(rows)))
+
+
+def loss_per_sample(p: Pass) -> list[Tensor]:
+    """mean_n |d L_n / dw|."""
+    n = len(p.targets) if p.total is None else p.total
+    return p.tape.abs_grad_sums([F.cross_entropy(p.logits, p.targets, reduction="sum") / n], p.retain_graph)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A sensitivity variant: whether it shrinks, and how its S is computed (None: no S, the
+    shrink treats every parameter as fully insensitive)."""
+
+    name: str
+    regularizes: bool  # whether the insensitivity-weighted shrink runs at all
+    description: str
+    of_batch: Callable[[Pass], list[Tensor]] | None = None  # the batch reduction
+    per_sample: Callable[[Pass], list[Tensor]] | None = None  # the sample reduction
+    # S needs backward passes of the outputs of its own (spec, unspec): the loss gradient keeps
+    # the graph for them. Its cost beyond the loss gradient, for the docs: extra_backward.
+    output_backward: bool = False
+    extra_backward: str = "none"
+
+    @property
+    def uses_sensitivity(self) -> bool:
+        return self.of_batch is not None
+
+
+VARIANTS: dict[str, Variant] = {
+    "spec": Variant("spec", True, "specific: |d o_target / d w|", spec_of_batch, spec_per_sample,
+                    output_backward=True, extra_backward="1 backward"),
+    "unspec": Variant("unspec", True, "unspecific: mean_k |d o_k / d w|", unspec_of_batch, unspec_per_sample,
+                      output_backward=True, extra_backward="C (or K) batched VJPs"),
+    "loss": Variant("loss", True, "loss-based (LOBSTER): |dL/dw|", loss_of_batch, loss_per_sample),
+    "l2": Variant("l2", True, "plain decoupled weight decay (insensitivity = 1)"),
+    "none": Variant("none", False, "no regularization (control)"),
+}
+
+
+def get_variant(name: str) -> Variant:
+    """The registered variant ``name``; an unknown name is an error listing the known ones."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise KeyError(f"unknown sensitivity variant {name!r}; known: {', '.join(VARIANTS)}") from None
 
 
 # Modules whose backward has no batching rule in autograd's batched-gradient mode: PyTorch falls
@@ -239,36 +290,27 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
     # norm) than bfloat16 (0.2-1.4 %); at most 22 of LeNet-5's 431,080 entries underflowed to
     # zero, each with a float32 sensitivity below 1e-5. A scale of 1024 left the relative error
     # unchanged (to 1e-4) and would risk overflow (S above 64), which would need its own check.
-    if tape is not None and variant.uses_sensitivity:
-        scaled = loss if loss_scale is None else loss * loss_scale
-        separate = sens_logits is not None and sens_logits is not logits
-        grads = [_or_zero(g, p) for g, p in zip(
-            torch.autograd.grad(scaled, params, retain_graph=not separate, allow_unused=True), params)]
-        sens = per_sample(variant, tape, logits if sens_logits is None else sens_logits, targets, output,
-                          classes, generator, total)
+    sample = tape is not None and variant.uses_sensitivity
+    separate = sample and sens_logits is not None and sens_logits is not logits
+    # The graph is kept for the sensitivity's own backward passes: the outputs' (batch
+    # reduction), or the tape's, which runs back through the same forward pass unless the
+    # sensitivity has a pass of its own (sens_logits).
+    keep = (variant.output_backward and not sample) or (sample and not separate)
+    scaled = loss if loss_scale is None else loss * loss_scale
+    grads = [_or_zero(g, p) for g, p in zip(
+        torch.autograd.grad(scaled, params, retain_graph=keep, allow_unused=True), params)]
+    if not variant.uses_sensitivity:
+        if reduce is not None:
+            reduce(grads)
+        return grads, None
+    if sample:
+        sens = variant.per_sample(Pass(logits if sens_logits is None else sens_logits, targets, params, grads,
+                                       output, classes, generator, total=total, tape=tape))
         if reduce is not None:  # per-sample absolute values add up over the processes' samples
             reduce(grads + sens)
         return grads, sens
-    needs_extra_backward = variant.name in ("spec", "unspec")
-    scaled = loss if loss_scale is None else loss * loss_scale
-    grads = [_or_zero(g, p) for g, p in zip(
-        torch.autograd.grad(scaled, params, retain_graph=needs_extra_backward, allow_unused=True), params)]
-    if variant.name == "spec":
-        derivatives = specific_derivatives(logits, targets, params, output, total=total)
-        if reduce is not None:
-            reduce(grads + derivatives)
-        return grads, [d.abs_() for d in derivatives]
-    if reduce is not None:
-        reduce(grads)
-    if variant.name == "unspec":
-        return grads, unspecific(logits, params, output, classes, generator, batched=batched,
-                                 total=total, reduce=reduce)
-    if variant.name == "loss":
-        sens = loss_based(grads)
-        if loss_scale is not None:
-            torch._foreach_div_(sens, loss_scale)
-        return grads, sens
-    return grads, None
+    return grads, variant.of_batch(Pass(logits, targets, params, grads, output, classes, generator, batched,
+                                        loss_scale, total, reduce))
 
 
 def _or_zero(g: Tensor | None, p: Tensor) -> Tensor:
