@@ -23,7 +23,7 @@ import torch
 
 from sensreg.errors import UserError
 from sensreg.data import DATASETS, input_shape
-from sensreg.models import MODELS, OPTIMIZER_LR, build_model, default_lr
+from sensreg.models import EXTERNAL, MODELS, OPTIMIZER_LR, UnknownModel, build_model, default_lr
 from sensreg.run.precision import PRECISIONS
 from sensreg.method.prune_schedules import PruneConfig, PRUNE_SCHEDULES, target_sparsity
 from sensreg.method.per_sample import LayerTape, PerSampleError
@@ -57,7 +57,8 @@ LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False, ("trainer"
                                            ("sens", "scale"): "none", ("sens", "gamma"): 1.0,
                                            ("sens", "scale_over"): "tensor", ("prune", "target"): None,
                                            ("prune", "initial"): 0.0, ("prune", "start_step"): None,
-                                           ("prune", "end_step"): None}
+                                           ("prune", "end_step"): None, ("model", "arch"): None,
+                                           ("model", "factory"): None, ("model", "kwargs"): {}}
 
 
 class ConfigError(UserError, ValueError):
@@ -107,6 +108,15 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "lenet300"
+    # model=torchvision or timm: the network's name in that library's registry; model=custom:
+    # the function that builds it, package.module:function; kwargs: keyword arguments for it
+    arch: str | None = None
+    factory: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def options(self) -> dict[str, Any]:
+        """build_model's keyword arguments beyond the name."""
+        return {"arch": self.arch, "factory": self.factory, "kwargs": dict(self.kwargs)}
 
 
 @dataclass
@@ -178,7 +188,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         model, optimizer = self.model.name, self.optim.name
-        if self.optim.lr is None and isinstance(model, str) and model in MODELS \
+        if self.optim.lr is None and isinstance(model, str) and (model in MODELS or model in EXTERNAL) \
                 and isinstance(optimizer, str) and optimizer in OPTIMIZER_LR:
             self.optim = replace(self.optim, lr=default_lr(model, optimizer))
 
@@ -229,7 +239,12 @@ class TrainConfig:
 
     def _check_choices(self, p: "_Problems") -> None:
         p.choice("data.name", self.data.name, list(DATASETS))
-        p.choice("model.name", self.model.name, list(MODELS))
+        p.choice("model.name", self.model.name, [*MODELS, *EXTERNAL])
+        if _registered(self.model.name, MODELS):
+            for key in ("arch", "factory", "kwargs"):
+                if getattr(self.model, key):
+                    p.append(f"model.{key} is read by model=torchvision, timm or custom only; "
+                             f"model.name={self.model.name} is sensreg's own network: drop model.{key}.")
         p.choice("sens.name", self.sens.name, list(VARIANTS))
         p.choice("sens.output", self.sens.output, OUTPUTS)
         p.choice("sens.params", self.sens.params, PARAM_SETS)
@@ -406,12 +421,24 @@ class TrainConfig:
         # (A folder dataset's classes are known once its folder is read; the count only sizes the
         # last layer, which any count fits.)
         classes = getattr(DATASETS.get(self.data.name), "num_classes", None) or self.data.num_classes
+        external = self.model.name in EXTERNAL
         try:
             with torch.device("meta"):
-                model = build_model(self.model.name, classes, shape)
-        except ValueError as err:
-            return [f"model.name={self.model.name} cannot train on data.name={self.data.name} "
-                    f"(inputs {'x'.join(map(str, shape))}): {err}. Choose a model made for this dataset."]
+                model = build_model(self.model.name, classes, shape, **self.model.options())
+                if external:  # sensreg's own networks check their inputs as they are built
+                    model(torch.empty((2, *shape)))
+        except UnknownModel as err:
+            return [f"{err}."]
+        except (ValueError, RuntimeError, TypeError, NotImplementedError) as err:
+            name = f"model.name={self.model.name}" + (f" ({self.model.arch or self.model.factory})" if external else "")
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            hint = ""
+            if self.model.name == "torchvision" and shape[0] != 3:
+                hint = " (torchvision's classification models take 3-channel images)"
+            elif external:
+                hint = " (or set its inputs with +model.kwargs.KEY=VALUE)"
+            return [f"{name} cannot train on data.name={self.data.name} (inputs {'x'.join(map(str, shape))}): "
+                    f"{why}. Choose a model made for this dataset{hint}."]
         # Weights, gradients, the optimizer's state and the sensitivity: four copies at least.
         need = 4 * 4 * sum(param.numel() for param in model.parameters())
         have = _memory_bytes()
@@ -484,6 +511,8 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
                           "a list of epochs or of fractions of the run, e.g. [30,60] or [0.8]"),
     "tuple[float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2
                             and all(_TYPES["float"][0](x) for x in v), "two numbers, e.g. [0.9,0.999]"),
+    "dict[str, Any]": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+                       "keyword arguments, e.g. +model.kwargs.image_size=32"),
 }
 
 

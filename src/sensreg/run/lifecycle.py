@@ -180,7 +180,7 @@ def setup(cfg: TrainConfig, dist: Dist = SINGLE) -> tuple[torch.device, Dataset,
                         device if cfg.data.on_device else "cpu", **cfg.data.loader_options())
     if not cfg.data.on_device:
         data = replace(data, train=data.train.to(device), val=data.val.to(device), test=data.test.to(device))
-    model = build_model(cfg.model.name, data.num_classes, data.input_shape)
+    model = build_model(cfg.model.name, data.num_classes, data.input_shape, **cfg.model.options())
     if cfg.trainer.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         # NHWC convolutions: on the CPU their backward pass is about twice as fast (LeNet-5).
         model = model.to(memory_format=torch.channels_last)

@@ -1,0 +1,111 @@
+"""Classifiers from outside sensreg's registry: any torchvision or timm classification model by
+its name in that library's own registry, and a user's own module by its factory function.
+
+    model=torchvision model.arch=mobilenet_v3_small      # torchvision.models.get_model
+    model=timm model.arch=resnet18                       # timm.create_model (the timm extra)
+    model=custom model.factory=mypkg.nets:small_cnn      # a function of yours
+    +model.kwargs.image_size=32                          # keyword arguments of any of them
+
+Each is built untrained (no downloaded weights: pretrained weights come from ``trainer.init``)
+with the dataset's number of classes. A name the library does not know, or a factory that
+cannot be imported, is one message naming the closest names, before any training.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+
+class UnknownModel(ValueError):
+    """A model.arch or model.factory that names nothing; the message says what would."""
+
+
+def _close(name: str, known: list[str], what: str) -> str:
+    near = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    return f"closest: {', '.join(near)}" if near else f"{len(known)} {what} are known"
+
+
+def torchvision_names() -> list[str]:
+    """torchvision's classification models (the top-level registry: no detection or
+    segmentation models, whose outputs are not class scores)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def torchvision_model(num_classes: int, input_shape: tuple[int, ...], arch: str, **kwargs: Any) -> nn.Module:
+    import torchvision
+
+    if arch not in torchvision_names():
+        raise UnknownModel(f"model.arch={arch} is no torchvision classification model "
+                           f"({_close(arch, torchvision_names(), 'models')}; "
+                           f"torchvision.models.list_models() lists them)")
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+
+
+def timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def timm_model(num_classes: int, input_shape: tuple[int, ...], arch: str, **kwargs: Any) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise UnknownModel("model=timm needs the timm package: pip install -e '.[timm]'") from None
+    if arch not in timm_names():
+        raise UnknownModel(f"model.arch={arch} is no timm model ({_close(arch, timm_names(), 'models')}; "
+                           f"timm.list_models() lists them)")
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **kwargs)
+
+
+def factory_of(path: str) -> Callable[..., nn.Module]:
+    """The function named ``package.module:function``."""
+    module_name, sep, function = path.partition(":")
+    if not sep or not module_name or not function:
+        raise UnknownModel(f"model.factory={path} is not of the form package.module:function")
+    if os.getcwd() not in sys.path:  # a module beside the command, as `python -m` would find it
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UnknownModel(f"model.factory={path}: module {module_name} cannot be imported ({err}); "
+                           f"install it, or run from the folder that holds it") from None
+    found = getattr(module, function, None)
+    if not callable(found):
+        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise UnknownModel(f"model.factory={path}: module {module_name} has no function {function} "
+                           f"({_close(function, names, 'functions')})")
+    return found
+
+
+def custom_model(num_classes: int, input_shape: tuple[int, ...], factory: str, **kwargs: Any) -> nn.Module:
+    """``factory(**kwargs)``, given ``num_classes`` and ``input_shape`` too where it takes them."""
+    build = factory_of(factory)
+    try:
+        accepted = inspect.signature(build).parameters
+    except (TypeError, ValueError):  # a builtin or C function: give it the keyword arguments only
+        accepted = {}
+    given = {k: v for k, v in (("num_classes", num_classes), ("input_shape", tuple(input_shape)))
+             if k in accepted and k not in kwargs}
+    model = build(**given, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise UnknownModel(f"model.factory={factory} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+# model.name -> (builder, the model.* key that names the network)
+EXTERNAL: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "torchvision": (torchvision_model, "arch"),
+    "timm": (timm_model, "arch"),
+    "custom": (custom_model, "factory"),
+}
