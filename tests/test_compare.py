@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from sensreg.commands import compare as cmp
+from sensreg.commands.compare import output as compare_output
 from sensreg.run.folder import LOCK_NAME
 
 import conftest
@@ -127,7 +128,7 @@ def test_every_run_is_listed_and_unreadable_folders_are_skipped_by_path(tree):
     running = runs["2_loss_running"]
     assert running.status == "running" and running.test_error_pct is None and running.n == 0
     assert (running.epochs_done, running.epochs) == (3, 20)
-    assert cmp._epochs(running) == "3/20"
+    assert compare_output._epochs(running) == "3/20"
     assert runs["3_unspec_failed"].status == "failed"
 
 
@@ -194,7 +195,7 @@ def test_group_by_config_hash_gives_mean_std_and_n_over_seeds(tree):
     assert a.test_error_pct == pytest.approx(2.2) and a.std["test_error_pct"] == pytest.approx(0.2)
     assert a.remaining_pct == pytest.approx(5.0) and a.std["remaining_pct"] == pytest.approx(1.0)
     assert a.wall_time_s == pytest.approx(31.0)  # seeds 0-2 took 30, 31 and 32 s
-    assert cmp._cell(a, "test_error_pct", "pct") == "2.20 ± 0.20"
+    assert compare_output._cell(a, "test_error_pct", "pct") == "2.20 ± 0.20"
 
     b = groups["hB"]  # two finished seeds and one still running
     assert b.n == 2 and b.seed == "0 1 2" and b.status == "2 completed, 1 running"

@@ -19,6 +19,7 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 import submitit  # noqa: E402  (installed with the plugin)
 
 from sensreg.commands import cli  # noqa: E402
+from sensreg.commands import train as train_command  # noqa: E402
 
 from conftest import TINY, run_dirs, sensreg  # noqa: E402  (the CLI helpers of the CLI tests)
 
@@ -50,7 +51,7 @@ def slurm_job_script(tmp_path: Path, monkeypatch, overrides: list[str]) -> tuple
         cfg = compose("train", overrides=["hydra/launcher=slurm", f"hydra.sweep.dir={sweep_dir}", *overrides],
                       return_hydra_config=True)
     launcher = instantiate(cfg.hydra.launcher)
-    launcher.setup(hydra_context=None, task_function=cli.train_task, config=cfg)
+    launcher.setup(hydra_context=None, task_function=train_command.train_task, config=cfg)
     assert launcher.launch([["sens.lam=1e-5"], ["sens.lam=1e-4"]], initial_job_idx=0) == []
     (job,) = built  # the whole sweep is one job array
     return job

@@ -16,7 +16,7 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
-from sensreg.commands import cli
+from sensreg.commands import reevaluate
 from sensreg.commands import compare as cmp
 from sensreg.models import build_model
 from sensreg.method.pruning import Masks, norm_parameter_names, prunable_names, sparsity_stats
@@ -238,7 +238,7 @@ def test_eval_output_fits_80_columns_in_a_pipe(monkeypatch, capsys):
     stats = long_stats()
     result = {"model": "resnet50", "data": "imagenet", "test_error": 0.2412, "test_top5_error": 0.0731,
               "test_loss": 0.9876, "sparsity": stats, "matches_summary": True}
-    cli._print_eval(result)
+    reevaluate._print_eval(result)
     out = capsys.readouterr().out
     assert_fits(out, 80, [r["name"] for r in stats["layers"]])
     assert "top-1 error 24.12%" in out and "figures match exactly" in out

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 
@@ -17,3 +21,53 @@ def fail(message: str, code: int = 2) -> None:
 
         err_console.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True)
     raise SystemExit(code)
+
+
+@contextmanager
+def user_errors(run=None, main_process: bool = True, unused_folder: Path | None = None, advice: str = ""):
+    """The one handler of the errors a user causes (``errors.UserError``): the message on stderr,
+    no traceback, and the exit code.
+
+    ``run``: the RunFolder of a training run under way. An error that ends a run (``ends_run``:
+    a missing dataset, a checkpoint that does not fit, divergence) is logged, recorded in the
+    run's summary (``run.train`` did that) and exits 1 naming the folder; in a sweep the job
+    fails and the sweep goes on (the with-block is left without an exception). Any other user
+    error means nothing was trained: exit 2. ``unused_folder``: Hydra's run folder, removed if
+    nothing was written there. ``advice``: appended to "Nothing was trained." in training.
+    """
+    from sensreg.errors import UserError
+
+    try:
+        yield
+    except UserError as err:
+        training = run is not None or unused_folder is not None
+        if unused_folder is not None:
+            remove_if_empty(unused_folder)
+        if not (run is not None and err.ends_run):
+            fail(f"{err}\nNothing was trained.{advice}" if training else str(err))
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        logging.getLogger("sensreg").error("run failed: %s", err)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            fail(f"{err} (run folder: {run.path})", code=err.exit_code)
+        # One diverging lambda must not cancel the rest of a sweep; its summary says failed.
+        if main_process:
+            err_console.print(f"[bold red]job failed, the sweep goes on:[/bold red] {err} "
+                              f"(run folder: {run.path})")
+
+
+def remove_if_empty(run_dir: Path) -> None:
+    """A config rejected before any work leaves no run folder behind (only Hydra's .hydra/)."""
+    if run_dir.is_dir() and all(p.name == ".hydra" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        # The dated folders above it, if now empty, but only those inside the working folder:
+        # one the user made (or stands in) is never removed.
+        cwd = Path.cwd().resolve()
+        for parent in list(run_dir.resolve().parents)[:3]:
+            if not parent.is_relative_to(cwd) or parent == cwd:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break

@@ -1,0 +1,283 @@
+"""`sensreg train`: the Hydra application, the checks made before Hydra starts (group spellings,
+output folders, override keys, the launcher), and one training job in its run folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+
+from sensreg.commands.console import remove_if_empty, fail, user_errors
+
+CONFIG_PACKAGE = "pkg://sensreg.configs"
+
+
+SUBMITIT_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
+
+
+def run_train(overrides: list[str]) -> None:
+    import hydra
+
+    overrides = _group_spelling(overrides)
+    _check_launcher_plugin(overrides)
+    _check_output_folders(overrides)
+    _check_override_keys(overrides)
+    if os.environ.get("RANK", "0") != "0":
+        # A further process of a torchrun run: process 0 writes the run folder (Hydra's .hydra/ too).
+        overrides = [*overrides, "hydra.output_subdir=null"]
+    # Hydra finds plugins by walking the hydra_plugins package, which an editable install
+    # (pip install -e) hides from it: sensreg's sweeper is registered by hand.
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.sensreg_pareto import ParetoSweeper
+
+    Plugins.instance().register(ParetoSweeper)
+    # Hydra reads its arguments from sys.argv; the program name shows up in its --help.
+    sys.argv = ["sensreg train", *overrides]
+    hydra.main(config_path=CONFIG_PACKAGE, config_name="train", version_base="1.3")(train_task)()
+
+
+def _key_values(overrides: list[str]):
+    """(override, key without Hydra's + / ++ prefix, value) for each key=value override."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        yield o, key.lstrip("+"), value
+
+
+# Config sections chosen from a group of another name: `sensreg train --help` lists them under the
+# section's name (eta_schedule), while Hydra takes the choice as schedule@eta_schedule=NAME.
+PACKAGED_GROUPS = {"eta_schedule": "schedule", "lam_schedule": "schedule"}
+
+
+def _group_options(group: str) -> list[str]:
+    from importlib import resources
+
+    folder = resources.files("sensreg.configs") / group
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _group_spelling(overrides: list[str]) -> list[str]:
+    """A section chosen by its own name, as --help lists it (eta_schedule=step), is taken for the
+    group choice (schedule@eta_schedule=step): Hydra would set the whole section to the text and
+    fail in a traceback. A value that is no option of the group, or the group named alone
+    (schedule=step, which does not say which section), is refused naming the right spelling."""
+    out = []
+    for o, key, value in _key_values(overrides):
+        section = key if "=" in o and not o.startswith(("+", "~")) else None
+        if section in PACKAGED_GROUPS:
+            group = PACKAGED_GROUPS[section]
+            options = _group_options(group) if section == "lam_schedule" else \
+                [n for n in _group_options(group) if n != "follow_eta"]
+            if not all(v in options for v in value.split(",")):  # a sweep: eta_schedule=step,cosine
+                fail(f"{o}: {section} is chosen from the group {group}, whose options for it are "
+                     f"{', '.join(options)}; e.g. {section}=step (or {group}@{section}=step). A key of "
+                     f"the section is set with a dot: {section}.milestones=[0.5,0.75].")
+            o = f"{group}@{section}={value}"
+        elif section in set(PACKAGED_GROUPS.values()):
+            sections = [s for s, g in PACKAGED_GROUPS.items() if g == section]
+            fail(f"{o}: the group {section} is used twice, for {' and '.join(sections)}; say which, e.g. "
+                 f"{sections[0]}={value} or {section}@{sections[0]}={value}.")
+        out.append(o)
+    return out
+
+
+def _check_output_folders(overrides: list[str]) -> None:
+    """A run or sweep folder given on the command line must be creatable: Hydra makes it before
+    the task starts and would answer a path under a file, or in a folder without write
+    permission, with a traceback. (Paths built from ${...} are Hydra's to resolve; not checked.)"""
+    from sensreg.atomic import first_existing
+
+    for o, key, value in _key_values(overrides):
+        if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+            continue
+        existing = first_existing(Path(value).expanduser().absolute())
+        if not existing.is_dir():
+            fail(f"{o}: {existing} is a file, so no folder can be made there. Choose another path "
+                 f"for {key}.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            fail(f"{o}: {existing} is not writable here, so the run folder cannot be made. Choose a "
+                 f"path you can write to for {key}.")
+
+
+def _check_override_keys(overrides: list[str]) -> None:
+    """A key=value override of a key that no config section has (a typo such as trainer.epoch)
+    names the key it most likely meant; Hydra's own answer would suggest adding the typo with
+    +trainer.epoch=3. Keys with + or ++, Hydra's own and group choices are left to Hydra."""
+    dotted = [(o, key) for o, key, _ in _key_values(overrides)
+              if "=" in o and not o.startswith("+") and key.count(".") == 1]
+    if not dotted:  # nothing to look up: spare `sensreg train --help` the config's imports
+        return
+    import difflib
+    from dataclasses import fields
+
+    from sensreg.run.config import TrainConfig
+
+    sections = {f.name: f.default_factory() for f in fields(TrainConfig)}
+    for o, key in dotted:
+        section, _, name = key.partition(".")
+        if section not in sections:
+            continue
+        known = [f.name for f in fields(sections[section])]
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {section}.{close[0]}? " if close else ""
+            fail(f"{o}: the config has no key {key}; {hint}The keys of {section}: {', '.join(known)}. "
+                 f"(`sensreg train --cfg job` prints the whole config.)")
+
+
+def _check_launcher_plugin(overrides: list[str]) -> None:
+    """The submitit launchers come from an optional plugin; without it Hydra would only say that
+    the config hydra/launcher/submitit_slurm is not found."""
+    for o, key, value in _key_values(overrides):
+        if key == "hydra/launcher" and value in SUBMITIT_LAUNCHERS:
+            try:
+                import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+            except ImportError:
+                fail(f"{o} needs Hydra's submitit launcher plugin, which is not installed: "
+                     f"pip install -e '.[slurm]' (or pip install 'hydra-submitit-launcher>=1.2,<1.3').")
+
+
+def train_task(cfg) -> dict | None:
+    """The Hydra task: composed config in, plain values and the run folder passed down; the
+    run's summary (with its run_dir) out, None for a job of a sweep that failed."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    if str(HydraConfig.get().sweeper.get("_target_", "")).endswith("ParetoSweeper"):
+        # A value the search drew that the config check refuses (exit code 2) fails this trial
+        # only: the message is printed, the study is told, and the search goes on. A stop
+        # (Ctrl-C, a scheduler's signal) still stops the sweep.
+        try:
+            return _train_task(cfg, hydra_dir)
+        except SystemExit as exit_:
+            if exit_.code != 2:
+                raise
+            return None
+    return _train_task(cfg, hydra_dir)
+
+
+def _train_task(cfg, hydra_dir: Path) -> dict | None:
+    from omegaconf import OmegaConf
+
+    from sensreg.run import distributed
+
+    from sensreg.run import trackers
+    from sensreg.run.config import TrainConfig, resolve_device
+
+    with user_errors(unused_folder=hydra_dir, advice=FIX_VALUES):
+        dist = distributed.from_environment()
+        raw = OmegaConf.to_container(cfg, resolve=True)
+        config = TrainConfig.from_dict(raw)
+        names = trackers.check_logger_config(raw.get("logger"))
+        cfg.optim.lr = config.optim.lr  # null stood for the network's default: config.yaml shows it
+        # Every process checks the config first and meets the same problems, so none of them
+        # waits in the process group for one that has already given up.
+        dist = distributed.init(dist, resolve_device(config.trainer.device))
+    # Process 0 tracks for all.
+    tracked = trackers.Trackers(names, raw.get("logger"), trackers.group_of_job()) if dist.is_main \
+        else trackers.NO_TRACKERS
+    try:
+        return _train_in_folder(cfg, config, dist, hydra_dir, tracked)
+    finally:
+        distributed.shutdown(dist)
+
+
+FIX_VALUES = " Fix the value(s) above on the command line or in the config."
+
+
+def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None:
+    """Choose the run folder (process 0 chooses for all), train, and turn failures into messages."""
+    from omegaconf import OmegaConf
+
+    from sensreg.run import folder as run_folder
+    from sensreg.errors import UserError
+    from sensreg.run.interrupt import Interrupted
+    from sensreg.run.lifecycle import resume_state, train
+
+    chosen: tuple[Path, Path | None] | str
+    try:
+        chosen = run_folder.resolve(hydra_dir, config.trainer.resume)
+    except UserError as err:
+        chosen = str(err)
+    # Each process's Hydra named its own folder (from its own clock); process 0's is the run's.
+    chosen = dist.broadcast_object(chosen)
+    if isinstance(chosen, str):
+        remove_if_empty(hydra_dir)
+        fail(f"{chosen}\nNothing was trained.{FIX_VALUES}")
+    run_dir, resume_from = chosen
+    if run_dir != hydra_dir:
+        remove_if_empty(hydra_dir)  # resuming elsewhere, or not process 0: Hydra's folder stays unused
+    folder = run_folder.RunFolder(run_dir)
+    try:
+        with user_errors(run=folder, main_process=dist.is_main):
+            with folder.lock() if dist.is_main else nullcontext():
+                saved = resume_state(config, resume_from)  # checked before anything is written
+                if dist.is_main:
+                    folder.write_config(OmegaConf.to_yaml(cfg, resolve=True))
+                _setup_logging(folder.log_path if dist.is_main else None)
+                # The run folder travels with the summary: a sweeper reads its trials from it.
+                return {**train(config, run_dir, saved, dist, tracked), "run_dir": str(run_dir)}
+        return None  # this job of a sweep failed (its summary says so); the sweep goes on
+    except Interrupted as err:
+        if folder.has_checkpoint():
+            fail(f"{err}: the run folder {run_dir} holds a checkpoint and says status: interrupted. "
+                 f"Continue it with `sensreg train <the same overrides> trainer.resume={run_dir}`.",
+                 code=err.exit_code)
+        fail(f"{err} before training began; nothing to continue, run the command again.", code=err.exit_code)
+    except KeyboardInterrupt:
+        fail(f"interrupted at once; the run folder {run_dir} says status: interrupted and keeps its "
+             f"last checkpoint, if it had one.", code=130)
+    except OSError as err:
+        if folder.has_checkpoint():
+            then = f"continue with `sensreg train <the same overrides> trainer.resume={run_dir}`"
+        else:
+            remove_if_empty(run_dir)
+            then = "run the command again" if not run_dir.exists() else (
+                f"start it over in the same folder (it has no checkpoint to continue from) with `sensreg "
+                f"train <the same overrides> hydra.run.dir={run_dir} trainer.resume=true`")
+        fail(f"could not read or write a file ({err}). Every file of the run folder {run_dir} is "
+             f"replaced only by a complete new version, so what was there before is intact; free "
+             f"space or fix the permissions, then {then}.", code=1)
+
+
+def _setup_logging(log_file: Path | None) -> None:
+    """One line per event on stdout and in the run's train.log (reset for each job of a sweep).
+    ``None``: a further process of a distributed run, for which process 0 reports; only errors
+    show."""
+    logger = logging.getLogger("sensreg")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    if log_file is None:
+        logger.setLevel(logging.ERROR)
+        return
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    # Hydra configures logging again for each job of a sweep (dictConfig with
+    # disable_existing_loggers), which would silence this logger from the second job on.
+    logger.disabled = False
+    fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stdout), _RunLogHandler(log_file)):
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+
+
+class _RunLogHandler(logging.FileHandler):
+    """train.log. A line that cannot be written (a full disk) ends the run like any other failed
+    write of the run folder, with the one message naming the file, where logging's default
+    would print a traceback and carry on without its log."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            from sensreg.atomic import named_os_error
+
+            raise named_os_error(err, Path(self.baseFilename)) from None
+        super().handleError(record)
+
+
