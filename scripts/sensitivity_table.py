@@ -51,7 +51,8 @@ from sensreg.run.folder import SUMMARY_NAME, RunFolder
 from sensreg.run.tables import markdown_table
 
 BASELINES = ("l2", "gmp")
-OUTCOMES = ("wins", "ties", "loses", "is ahead on a single seed", "is behind on a single seed")
+OUTCOMES = ("wins", "ties", "loses", "is ahead on a single seed", "is level on a single seed",
+            "is behind on a single seed")
 
 
 @dataclass
@@ -212,7 +213,9 @@ def judge(values: list[float], even: float) -> str | None:
     if not values:
         return None
     mean = statistics.mean(values)
-    if len(values) == 1:
+    if len(values) == 1:  # level: the same compression or error, to rounding
+        if math.isclose(mean, even, rel_tol=1e-6, abs_tol=1e-9):
+            return "is level on a single seed"
         return "is ahead on a single seed" if mean > even else "is behind on a single seed"
     std = statistics.stdev(values)
     return "wins" if mean - even > std else "loses" if even - mean > std else "ties"

@@ -118,6 +118,8 @@ def test_equal_compression_and_order():
     assert st.at_compression(points, 100) == pytest.approx((0.03, 0.024))
     assert st.at_compression(points, 101) is None and st.at_compression(points, 49) is None
     assert st.at_compression(points[:1], 50) == pytest.approx((0.02, 0.018))  # a one-point curve, exactly
+    assert st.judge([1.0000000001], 1.0) == "is level on a single seed"
+    assert st.judge([1.01], 1.0) == "is ahead on a single seed" and st.judge([-0.001], 0.0) == "is behind on a single seed"
 
     def run(val, compression):
         return st.Run(None, "n", 60, 0, "spec", "gmp", {}, val, val, compression)
@@ -192,3 +194,23 @@ def test_table_and_verdict(runs, tmp_path):
     assert "- **lenet300/mnist, 20 epochs.** Against l2, no comparison (no l2 run at this seed). Against " \
            "gmp, spec is ahead on a single seed at *λ 0.001, gmp 22.2×* at equal compression (val err +0.10 pt; " \
            "test error 1.60 % against 1.70 % on those seeds)." in out
+
+
+# The runs the README's table of what the sensitivity buys is made of: the reference runs and
+# the LeNet-5 runs from the dense start (one seed each).
+DOCUMENTED = ["outputs/reference", "outputs/study/dense5_60"]
+
+
+def test_the_readme_and_the_results_page_hold_the_table_of_the_committed_runs():
+    done = subprocess.run([sys.executable, str(SCRIPT), *DOCUMENTED], capture_output=True, text=True, check=True,
+                          cwd=REPO)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| lenet")]
+    verdicts = [line for line in done.stdout.splitlines() if line.startswith("- **lenet")]
+    assert len(rows) >= 6 and len(verdicts) >= 4
+    for doc in ("README.md", "docs/results.md"):
+        text = (REPO / doc).read_text()
+        for row in rows:
+            assert row in text, f"{doc} lacks or differs in: {row}"
+    results = (REPO / "docs" / "results.md").read_text()
+    for verdict in verdicts:
+        assert verdict in results, f"docs/results.md lacks or differs in: {verdict}"

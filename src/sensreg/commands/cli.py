@@ -1,10 +1,12 @@
 """`sensreg <command> [overrides]`: one entry per command.
 
 - ``train``: a Hydra application (config groups, overrides, ``-m`` sweeps, ``--cfg job``,
-  ``--help``) over the configs shipped in the package as ``sensreg.configs``.
-- ``eval CHECKPOINT [data.KEY=VALUE ...]``: re-evaluates a saved model on its test set.
-- ``compare PATH ...``: a table, compare.csv/.md and plots of every run below PATH (``compare.py``); ``eval`` is ``reevaluate.py``.
-- ``report RUN_DIR``: report.md and plots for one run (``run/report.py``).
+  ``--help``) over the configs shipped in the package as ``sensreg.configs`` (``train.py``).
+- ``eval CHECKPOINT [data.KEY=VALUE ...]``: re-evaluates a saved model on its test set
+  (``reevaluate.py``).
+- ``compare PATH ...``: a table, compare.csv/.md and plots of every run below PATH
+  (``compare_report.py``, ``compare/``).
+- ``report RUN_DIR``: report.md and plots for one run (``compare_report.py``, ``run/report.py``).
 
 User mistakes end with a one-paragraph message on stderr and exit code 2, never a traceback.
 """
