@@ -73,6 +73,14 @@ def test_a_torchvision_mobilenet_trains_every_variant(workdir, sens):
 
 
 @pytest.mark.slow
+def test_a_torchvision_model_takes_grayscale_images(workdir):
+    # As a user would try it first: MNIST-shaped generated data, one channel, repeated to three.
+    summary = train_and_check(workdir, "gray", "model=torchvision", "model.arch=mobilenet_v3_small",
+                              "data.shape=[1,28,28]")
+    assert summary["sparsity"]["layers"][0]["name"].startswith("net.features.0")
+
+
+@pytest.mark.slow
 def test_a_torchvision_vit_trains(workdir):
     # ViT-B/32 on 32x32 images: one patch and the class token.
     train_and_check(workdir, "vit", "model=torchvision", "model.arch=vit_b_32", "+model.kwargs.image_size=32",
@@ -108,8 +116,8 @@ def refusal(workdir, capsys, *overrides: str) -> str:
     (["model=custom", "model.factory=no_such_module:f"], "module no_such_module cannot be imported"),
     (["model=custom", "model.factory=user_nets:gelu_nett"], "has no function gelu_nett (closest: gelu_net)"),
     (["model=lenet5", "+model.arch=resnet18"], "model.arch is read by model=torchvision, timm or custom only"),
-    (["model=torchvision", "data.shape=[1,28,28]"],
-     "model.name=torchvision (resnet18) cannot train on data.name=synthetic (inputs 1x28x28)"),
+    (["model=torchvision", "data.shape=[2,28,28]"],
+     "model.name=torchvision (resnet18) cannot train on data.name=synthetic (inputs 2x28x28)"),
     (["model=custom", "model.factory=user_nets:gelu_net", "sens.reduction=sample"], "LayerNorm"),
 ])
 def test_what_names_nothing_or_cannot_train_is_refused_before_training(workdir, capsys, overrides, expected):

@@ -41,14 +41,30 @@ def torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+class RepeatChannels(nn.Module):
+    """A network made for colour images, given grayscale ones: the one channel repeated three
+    times, as torchvision's ``Grayscale(num_output_channels=3)`` does. Its parameters are the
+    network's, under ``net.``."""
+
+    def __init__(self, net: nn.Module, channels: int = 3):
+        super().__init__()
+        self.net, self.channels = net, channels
+
+    def forward(self, x):
+        return self.net(x.expand(-1, self.channels, *x.shape[2:]))
+
+
 def torchvision_model(num_classes: int, input_shape: tuple[int, ...], arch: str, **kwargs: Any) -> nn.Module:
+    """torchvision's ``arch``; on one-channel images (MNIST) behind ``RepeatChannels``, as every
+    torchvision classification model takes three."""
     import torchvision
 
     if arch not in torchvision_names():
         raise UnknownModel(f"model.arch={arch} is no torchvision classification model "
                            f"({_close(arch, torchvision_names(), 'models')}; "
                            f"torchvision.models.list_models() lists them)")
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    return RepeatChannels(model) if input_shape and input_shape[0] == 1 else model
 
 
 def timm_names() -> list[str]:

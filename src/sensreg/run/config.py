@@ -433,8 +433,8 @@ class TrainConfig:
             name = f"model.name={self.model.name}" + (f" ({self.model.arch or self.model.factory})" if external else "")
             why = str(err).splitlines()[0] if str(err) else type(err).__name__
             hint = ""
-            if self.model.name == "torchvision" and shape[0] != 3:
-                hint = " (torchvision's classification models take 3-channel images)"
+            if self.model.name == "torchvision" and shape[0] not in (1, 3):
+                hint = " (torchvision's classification models take 3-channel images, or 1-channel ones repeated)"
             elif external:
                 hint = " (or set its inputs with +model.kwargs.KEY=VALUE)"
             return [f"{name} cannot train on data.name={self.data.name} (inputs {'x'.join(map(str, shape))}): "
