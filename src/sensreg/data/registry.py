@@ -43,6 +43,9 @@ class DatasetSpec:
     # Read from image files batch by batch, never held on the device; its training split
     # augments as it decodes (the training loop adds no crop and flip).
     from_files: bool = False
+    # Images in the full training split, before the validation split is held out of it; None
+    # where the options or the folder say (synthetic: num_train).
+    train_size: int | None = None
 
     def load(self, root: str | Path = "data", **options) -> tuple[Split, Split]:
         return self.loader(root, self.normalization, **options)
@@ -53,12 +56,13 @@ class DatasetSpec:
 # of pixels). LeNet-300-100 and LeNet-5 take CIFAR's inputs too: their first layers size
 # themselves to the input (3,072 inputs for LeNet-300-100, a 1,250-input fc1 for LeNet-5).
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
-    DatasetSpec("mnist", tensors.load_mnist, (1, 28, 28), 10, ((0.1307,), (0.3081,))),
-    DatasetSpec("fashion_mnist", tensors.load_fashion_mnist, (1, 28, 28), 10, ((0.2860,), (0.3530,))),
+    DatasetSpec("mnist", tensors.load_mnist, (1, 28, 28), 10, ((0.1307,), (0.3081,)), train_size=60_000),
+    DatasetSpec("fashion_mnist", tensors.load_fashion_mnist, (1, 28, 28), 10, ((0.2860,), (0.3530,)),
+                train_size=60_000),
     DatasetSpec("cifar10", tensors.load_cifar10, (3, 32, 32), 10,
-                ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
+                ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), train_size=50_000),
     DatasetSpec("cifar100", tensors.load_cifar100, (3, 32, 32), 100,
-                ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))),
+                ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), train_size=50_000),
     DatasetSpec("synthetic", tensors.load_synthetic, None, None),
     DatasetSpec("imagenet", folders.load_imagenet, None, None, from_files=True),
 )}
@@ -81,10 +85,15 @@ def pad_value(name: str) -> tuple[float, ...]:
     return tuple(-m / s for m, s in zip(mean, std))
 
 
+def validation_size(n: int, val_fraction: float) -> int:
+    """How many of ``n`` training images the validation split holds out (at least one)."""
+    return max(1, round(n * val_fraction))
+
+
 def split_train_val(train: Split, val_fraction: float, split_seed: int) -> tuple[Split, Split]:
     """Hold out ``val_fraction`` of the training set, chosen by ``split_seed`` alone."""
     n = len(train)
-    n_val = max(1, round(n * val_fraction))
+    n_val = validation_size(n, val_fraction)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     return train.subset(train_idx), train.subset(val_idx, evaluation=True)

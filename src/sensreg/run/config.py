@@ -23,10 +23,12 @@ import torch
 
 from sensreg.errors import UserError
 from sensreg.data import DATASETS, input_shape
+from sensreg.data.registry import validation_size
 from sensreg.models import EXTERNAL, MODELS, OPTIMIZER_LR, UnknownModel, build_model, default_lr
 from sensreg.run.precision import PRECISIONS
 from sensreg.method.prune_schedules import PruneConfig, PRUNE_SCHEDULES, target_sparsity
 from sensreg.method.per_sample import LayerTape, PerSampleError
+from sensreg.method.pruning import prunable_names
 from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction
 from sensreg.method.regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, lambda_schedule
 from sensreg.method.sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
@@ -59,6 +61,11 @@ LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False, ("trainer"
                                            ("prune", "initial"): 0.0, ("prune", "start_step"): None,
                                            ("prune", "end_step"): None, ("model", "arch"): None,
                                            ("model", "factory"): None, ("model", "kwargs"): {}}
+
+
+# The seeds a run can use: torch.manual_seed takes 64-bit integers, and the run seeds its
+# generators with seed, seed + 1 and seed + 2 (lifecycle.setup_training).
+SEED_RANGE = (-(2**63), 2**63 - 3)
 
 
 class ConfigError(UserError, ValueError):
@@ -233,9 +240,47 @@ class TrainConfig:
         if p or any(_type_problems(f.name, getattr(self, f.name)) for f in fields(self)):
             return list(p)
         p += self._lambda_schedule_problems()  # needs valid schedules, lambda and epochs
+        p += self._run_length_problems()
         if not p:
             p += self._model_data_problems()
         return list(p)
+
+    def _train_images(self) -> int | None:
+        """Images of the training split once the validation split is held out (None: known only
+        once a folder dataset is read)."""
+        spec = DATASETS.get(self.data.name)
+        n = self.data.num_train if self.data.name == "synthetic" else getattr(spec, "train_size", None)
+        return None if n is None else n - validation_size(n, self.data.val_fraction)
+
+    def _run_length_problems(self) -> list[str]:
+        """What the length of the run makes impossible: a seed beyond the generators' range, a
+        training split left empty, a gmp window after the last step."""
+        p = []
+        seed = self.trainer.seed
+        if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+            p.append(f"trainer.seed={seed} is outside the seeds PyTorch takes: use an integer from "
+                     f"{SEED_RANGE[0]} to {SEED_RANGE[1]} (the run also draws from seed + 1 and seed + 2).")
+        train = self._train_images()
+        if train is not None and train < 1:
+            p.append(f"data.val_fraction={self.data.val_fraction} holds out every training image of "
+                     f"data.name={self.data.name} for validation, leaving none to train on; lower it (0.1 is usual).")
+            return p
+        if self.prune.name != "gmp" or train is None:
+            return p
+        epochs = self.trainer.epochs
+        steps = epochs * -(-train // self.trainer.batch_size)
+        start, end = self.prune.start_step, self.prune.end_step
+        length = f"the run's last step, {steps} ({epochs} epoch{'s' * (epochs > 1)} of {steps // epochs} steps)"
+        if start is not None and start >= steps:
+            p.append(f"prune.start_step={start} comes at or after {length}: gmp would never prune. "
+                     f"Give a step before it.")
+        elif end is not None and end > steps:
+            p.append(f"prune.end_step={end} comes after {length}: gmp would never reach "
+                     f"prune.target={self.prune.target}. Set prune.end_step to at most {steps}.")
+        if start is None and isinstance(self.prune.start_epoch, int) and self.prune.start_epoch > epochs:
+            p.append(f"prune.start_epoch={self.prune.start_epoch} comes after the last epoch (trainer.epochs="
+                     f"{epochs}): gmp would never prune. Give an epoch of the run, or a fraction of it.")
+        return p
 
     def _check_choices(self, p: "_Problems") -> None:
         p.choice("data.name", self.data.name, list(DATASETS))
@@ -446,6 +491,14 @@ class TrainConfig:
             return [f"model.name={self.model.name} with {classes} classes (data.num_classes) has "
                     f"{need // 16:,} parameters, which need {need / 2**30:.3g} GiB to train, more than this "
                     f"machine's {have / 2**30:.3g} GiB; use fewer classes or a smaller model."]
+        if self.prune.name == "gmp":
+            names = prunable_names(model, self.prune.params, self.prune.batchnorm)
+            total = sum(dict(model.named_parameters())[n].numel() for n in names)
+            kept = total - round(target_sparsity(self.prune.target) * total)
+            if kept < len(names):  # every pruned tensor keeps at least its largest entry
+                return [f"prune.target={self.prune.target} would keep {kept} of the network's {total:,} prunable "
+                        f"parameters, fewer than one for each of its {len(names)} tensors: a target beyond "
+                        f"the network. Give at most {total // len(names):,}x."]
         if self.sens.reduction == "sample" and VARIANTS[self.sens.name].uses_sensitivity:
             try:
                 LayerTape(model, [p for p in model.parameters() if p.requires_grad])
