@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import sensreg
-from sensreg.data import batches, load_dataset
+from sensreg.data import batches, load_dataset, num_batches
 from sensreg.models import build_model
 
 
@@ -37,7 +37,7 @@ def train(epochs=20, seed=0, dataset="mnist", root="data", lam=3e-4, lr=0.05, ba
     model = build_model("lenet300", data.num_classes, data.input_shape)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
     step = sensreg.SensitivityStep(model, optimizer, "spec")
-    steps_per_epoch = -(-len(data.train) // batch_size)
+    steps_per_epoch = num_batches(data.train, batch_size)
     prune = sensreg.prune_schedule("gmp", epochs, target=0.955, stop_epoch=0.8, every=100)
     context = sensreg.PruneContext(model, step.masks, optimizer, lambda: evaluate(model, data.val), steps_per_epoch)
     drop = int(0.8 * epochs + 0.5)  # eta and lambda divided by 10 from this epoch on (0-based)

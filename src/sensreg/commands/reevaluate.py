@@ -12,8 +12,7 @@ import torch
 from sensreg.commands.console import fail, user_errors
 from sensreg.data import load_test_split
 from sensreg.method.pruning import sparsity_stats
-from sensreg.models import build_model, model_options
-from sensreg.run.checkpoint import CheckpointError, load_checkpoint
+from sensreg.run.checkpoint import CheckpointError, load_checkpoint, saved_network
 from sensreg.run.config import DataConfig
 from sensreg.run.evaluate import evaluate
 
@@ -34,8 +33,7 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
         data_cfg[key] = value
     data = DataConfig(**data_cfg)
     test, num_classes, input_shape = load_test_split(data.name, data.root, device, **data.loader_options())
-    model = build_model(ckpt["model_name"], ckpt["num_classes"], tuple(ckpt["input_shape"]),
-                        **model_options(ckpt["config"].get("model") or {}))
+    model = saved_network(ckpt)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:

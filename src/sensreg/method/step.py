@@ -33,11 +33,12 @@ class SensitivityStep:
     ``variant``: ``spec`` (the paper's specific sensitivity), ``unspec``, ``loss``, ``l2`` (the
     same shrink with S = 0: decoupled weight decay) or ``none`` (no shrink), or a ``Variant``.
     ``masks``: the entries that may be pruned (``Masks``); by default every parameter but those
-    of normalization layers (``prunable_names(model, "all")``, as ``sensreg train`` does), all kept. ``regularize``: the names of the
-    parameters the shrink acts on (default: the masks' parameters). ``output``: S of the
-    ``logits`` or of the softmax ``probs``; ``classes`` and ``generator``: the classes drawn per
-    step by ``unspec`` (None: all). ``reduction``: ``batch`` (|d mean_n o_n / dw|) or ``sample``
-    (mean_n |d o_n / dw|: the forward pass must run inside ``with step.recording():``);
+    of normalization layers (``prunable_names(model, "all")``, as ``sensreg train`` does), all
+    kept. ``regularize``: the names of the parameters the shrink acts on (default: the masks'
+    parameters). ``output``: S of the ``logits`` or of the softmax ``probs``; ``classes`` and
+    ``generator``: the classes drawn per step by ``unspec`` (None: all). ``reduction``: ``batch``
+    (|d mean_n o_n / dw|) or ``sample`` (mean_n |d o_n / dw|, from the layers ``forward``
+    records: the logits must come from it, as they do when the step is called);
     ``scale``, ``gamma``, ``scale_over``: how S is brought to the bound at 1 (``rescale_``).
     ``forward``: what computes the logits (default: the model; ``torch.compile(model)``, say).
     Frozen parameters (requires_grad False) are neither trained nor regularized.
@@ -81,7 +82,8 @@ class SensitivityStep:
         with self.tape.record():
             return self.forward_fn(x), None
 
-    def gradients(self, logits: Tensor, loss: Tensor, targets: Tensor, **kwargs) -> tuple[list[Tensor], list[Tensor] | None]:
+    def gradients(self, logits: Tensor, loss: Tensor, targets: Tensor,
+                  **kwargs) -> tuple[list[Tensor], list[Tensor] | None]:
         """The loss gradient of every trainable parameter and, where the variant has one, their
         sensitivity (None otherwise); ``kwargs`` as ``gradients_and_sensitivity`` takes them."""
         return gradients_and_sensitivity(self.variant, logits, loss, targets, self.params, self.output,

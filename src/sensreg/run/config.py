@@ -24,7 +24,8 @@ import torch
 from sensreg.errors import UserError
 from sensreg.data import DATASETS, input_shape
 from sensreg.data.registry import validation_size
-from sensreg.models import EXTERNAL, MODELS, OPTIMIZER_LR, UnknownModel, build_model, default_lr
+from sensreg.models import (EXTERNAL, MODELS, OPTIMIZER_LR, UnknownModel, build_model, default_lr,
+                            model_options)
 from sensreg.run.precision import PRECISIONS
 from sensreg.method.prune_schedules import PruneConfig, PRUNE_SCHEDULES, target_sparsity
 from sensreg.method.per_sample import LayerTape, PerSampleError
@@ -123,7 +124,7 @@ class ModelConfig:
 
     def options(self) -> dict[str, Any]:
         """build_model's keyword arguments beyond the name."""
-        return {"arch": self.arch, "factory": self.factory, "kwargs": dict(self.kwargs)}
+        return model_options(asdict(self))
 
 
 @dataclass
@@ -254,7 +255,7 @@ class TrainConfig:
 
     def _run_length_problems(self) -> list[str]:
         """What the length of the run makes impossible: a seed beyond the generators' range, a
-        training split left empty, a gmp window after the last step."""
+        training split left empty, a gmp window after the run's last step or epoch."""
         p = []
         seed = self.trainer.seed
         if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
@@ -277,6 +278,8 @@ class TrainConfig:
         elif end is not None and end > steps:
             p.append(f"prune.end_step={end} comes after {length}: gmp would never reach "
                      f"prune.target={self.prune.target}. Set prune.end_step to at most {steps}.")
+        # (Here, once every value is valid, rather than beside the stop_epoch check: a problem
+        # naming prune.start_epoch there hides the checks of the window's end.)
         if start is None and isinstance(self.prune.start_epoch, int) and self.prune.start_epoch > epochs:
             p.append(f"prune.start_epoch={self.prune.start_epoch} comes after the last epoch (trainer.epochs="
                      f"{epochs}): gmp would never prune. Give an epoch of the run, or a fraction of it.")
@@ -493,7 +496,8 @@ class TrainConfig:
                     f"machine's {have / 2**30:.3g} GiB; use fewer classes or a smaller model."]
         if self.prune.name == "gmp":
             names = prunable_names(model, self.prune.params, self.prune.batchnorm)
-            total = sum(dict(model.named_parameters())[n].numel() for n in names)
+            params = dict(model.named_parameters())
+            total = sum(params[n].numel() for n in names)
             kept = total - round(target_sparsity(self.prune.target) * total)
             if kept < len(names):  # every pruned tensor keeps at least its largest entry
                 return [f"prune.target={self.prune.target} would keep {kept} of the network's {total:,} prunable "

@@ -224,8 +224,8 @@ class Training:
 
     def validate(self) -> dict[str, float]:
         """The model on the validation split, in the run's precision, over all its processes."""
-        return evaluation.evaluate(self.model, self.data.val, self.cfg.data.eval_batch_size, self.cfg.trainer.precision,
-                        self.dist)
+        return evaluation.evaluate(self.model, self.data.val, self.cfg.data.eval_batch_size,
+                                   self.cfg.trainer.precision, self.dist)
 
     def elapsed(self) -> float:
         """Wall time of this run: earlier sessions and this one."""

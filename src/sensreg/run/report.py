@@ -198,13 +198,11 @@ def _final_state(run_dir: Path, config: dict, batches: int, data_root: str | Non
         return {}
     import torch
 
-    from sensreg.run.checkpoint import CheckpointError, load_checkpoint
-    from sensreg.models import build_model, model_options
+    from sensreg.run.checkpoint import CheckpointError, load_checkpoint, saved_network
 
     try:
         ckpt = load_checkpoint(ckpt_path)
-        model = build_model(ckpt["model_name"], ckpt["num_classes"], tuple(ckpt["input_shape"]),
-                            **model_options(ckpt["config"].get("model") or {}))
+        model = saved_network(ckpt)
         model.load_state_dict(ckpt["state_dict"])
     except (CheckpointError, KeyError, RuntimeError) as err:
         notes.append(f"|w| and sensitivity histograms: model.pt cannot be used ({err}).")

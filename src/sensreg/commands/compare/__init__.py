@@ -5,8 +5,8 @@ given paths (single runs, sweeps, whole ``outputs/`` trees), reads each into a `
 trusting it (a corrupt or half-written ``summary.json`` is skipped and reported, never a crash),
 keeps the rows that match ``--where``, optionally folds the seeds of one configuration into one
 row (runs sharing a ``config_hash``), marks the Pareto-optimal rows and writes ``compare.csv``,
-``compare.md`` and one plot per network and dataset. Nothing here imports torch, so the command
-starts fast; matplotlib is imported only when a plot is drawn (``run/plots.py``).
+``compare.md`` and one plot per network and dataset. matplotlib is imported only when a plot is
+drawn (``run/plots.py``).
 """
 
 from __future__ import annotations
