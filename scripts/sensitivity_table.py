@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sensreg.method.prune_schedules import target_sparsity
+from sensreg.run.config import upgrade_config
 from sensreg.run.folder import SUMMARY_NAME, RunFolder
 from sensreg.run.tables import markdown_table
 
@@ -71,9 +72,9 @@ class Run:
 
 def method_of(cfg: dict) -> str | None:
     sens, prune = cfg.get("sens") or {}, cfg.get("prune") or {}
-    if prune.get("scope", "global") != "global":
+    if prune.get("scope") != "global":
         return None
-    if sens.get("name") == "spec" and sens.get("reduction", "batch") == "batch" and sens.get("scale", "none") == "none":
+    if sens.get("name") == "spec" and sens.get("reduction") == "batch" and sens.get("scale") == "none":
         return "spec"
     if sens.get("name") == "l2":
         return "l2"
@@ -103,7 +104,7 @@ def find_runs(roots: list[str]) -> list[Run]:
     for root in roots:
         for summary_path in sorted(Path(root).rglob(SUMMARY_NAME)):
             record = RunFolder(summary_path.parent).read()
-            s, cfg = record.summary or {}, record.config
+            s, cfg = record.summary or {}, upgrade_config(record.config)
             method = method_of(cfg)
             if record.status != "completed" or method is None:
                 continue

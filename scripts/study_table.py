@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from sensreg.method.prune_schedules import l1_removed_in_all
+from sensreg.run.config import upgrade_config
 from sensreg.run.folder import SUMMARY_NAME, RunFolder
 from sensreg.run.tables import markdown_table
 
@@ -38,18 +39,18 @@ def row(run: Path, root: Path) -> dict | None:
     record = RunFolder(run).read()
     if record.status != "completed":
         return None
-    summary, cfg, last = record.summary, record.config, record.metrics[-1]
+    summary, cfg, last = record.summary, upgrade_config(record.config), record.metrics[-1]
     sens, prune = cfg["sens"], cfg["prune"]
-    scale = sens.get("scale", "none")
-    scale = {"gamma": f"γ {sens.get('gamma'):g}", "max": f"max/{sens.get('scale_over', 'tensor')}"}.get(scale, scale)
+    scale = sens["scale"]
+    scale = {"gamma": f"γ {sens['gamma']:g}", "max": f"max/{sens['scale_over']}"}.get(scale, scale)
     weights = [layer for layer in summary["sparsity"]["layers"] if layer["prunable"] and len(layer["shape"]) > 1]
     insens, below = last.get("insens_mean", math.nan), last.get("insens_below_half", math.nan)
     l1_cut = l1_removed_in_all(summary.get("thresholds", []))
     return {
         "run": str(run.relative_to(root)) if run != root else run.name, "sens": sens["name"],
-        "reduction": sens.get("reduction", "batch") if sens["name"] in ("spec", "unspec", "loss") else "",
+        "reduction": sens["reduction"] if sens["name"] in ("spec", "unspec", "loss") else "",
         "scale": scale if sens["name"] in ("spec", "unspec", "loss") else "",
-        "scope": prune.get("scope", "global"), "lam": sens["lam"], "seed": cfg["trainer"]["seed"],
+        "scope": prune["scope"], "lam": sens["lam"], "seed": cfg["trainer"]["seed"],
         "epochs": summary["epochs_completed"], "val": 100 * summary["val_error"],
         "remaining": summary["remaining_pct"], "compression": summary["compression"],
         "layers": ", ".join(f"{w['name'].removesuffix('.weight')} {w['remaining_pct']:.2g}" for w in weights),

@@ -9,7 +9,6 @@ from importlib import resources
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from sensreg.run.checkpoint import CheckpointError, load_checkpoint
@@ -22,7 +21,7 @@ from sensreg.method.prune_schedules import PRUNE_SCHEDULES
 from sensreg.run.lifecycle import setup as setup_run, train  # not `setup`: pytest < 9 would call it as a module set-up
 from sensreg.run.loop import TrainStep
 
-from conftest import config, random_batch  # config(): the small synthetic-data run of the training tests
+from conftest import composed, config, random_batch  # config(): the small synthetic-data run of the training tests
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -173,7 +172,7 @@ def test_every_prune_config_has_the_dataclass_keys():
     options = [p for p in folder.iterdir() if p.name.endswith(".yaml")]
     assert sorted(p.name for p in options) == sorted(f"{name}.yaml" for name in PRUNE_SCHEDULES)
     for path in options:
-        values = yaml.safe_load(path.read_text())
+        values = composed("~experiment", f"prune={path.name.removesuffix('.yaml')}")["prune"]
         assert set(values) == keys, path.name
         assert values["batchnorm"] is False, path.name
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import fields
 from importlib import resources
 
 import pytest
+import yaml
 
-from sensreg.run.config import LATER_KEYS, NOT_COMPUTATION, ConfigError, TrainConfig, config_differences
+from sensreg.run.config import (GROUP_SCHEMAS, LATER_KEYS, NOT_COMPUTATION, ConfigError, TrainConfig,
+                                 config_differences, option_node, upgrade_config)
 from sensreg.data import DATASETS
 from sensreg.method.prune_schedules import PRUNE_SCHEDULES
 from sensreg.method.sensitivity import VARIANTS
@@ -20,6 +23,41 @@ def test_dataclass_defaults_are_the_shipped_defaults():
     # Code that builds TrainConfig() directly trains what the config groups' own defaults do
     # (`sensreg train ~experiment`): the main job is a preset on top of them.
     assert TrainConfig.from_dict(composed("~experiment")) == TrainConfig()
+
+
+@pytest.mark.parametrize("group", list(GROUP_SCHEMAS))
+def test_every_option_file_starts_from_its_schema_node_and_holds_presets_only(group):
+    # The schema (run/config.py) is the one home of the defaults: an option file names its own
+    # node first and sets only the values that differ from it. Composed, the option has exactly
+    # the keys the schema gives it, and the dataclass accepts them all.
+    folder = resources.files("sensreg.configs") / group
+    for path in (p for p in folder.iterdir() if p.name.endswith(".yaml")):
+        option = path.name.removesuffix(".yaml")
+        raw = yaml.safe_load(path.read_text())
+        assert raw["defaults"] == [f"/schema.{group}.{option}@_here_", "_self_"], path.name
+        node = option_node(group, option)
+        presets = {k: v for k, v in raw.items() if k != "defaults"}
+        assert set(presets) <= set(node), (path.name, sorted(set(presets) - set(node)))
+        assert not [k for k, v in presets.items() if node[k] == v], f"{path.name} repeats a schema default"
+        section = "eta_schedule" if group == "schedule" else group
+        value = composed("~experiment", f"{group}@{section}={option}" if group == "schedule" else f"{group}={option}")[section]
+        assert value == node | presets | ({"params": "all"} if group == "prune" else {})
+        assert set(value) <= {f.name for f in fields(GROUP_SCHEMAS[group])}
+
+
+def test_an_option_reads_only_its_own_keys_of_the_schema():
+    # sgd has no betas, adam no momentum: Hydra refuses optim.betas with sgd, as before the schema.
+    assert set(option_node("optim", "sgd")) == {"name", "lr", "momentum", "nesterov"}
+    assert set(option_node("optim", "adam")) == {"name", "lr", "betas", "eps"}
+    assert option_node("optim", "adam")["betas"] == [0.9, 0.999]  # a list, as OmegaConf holds it
+    assert set(option_node("data", "mnist")) == {"name", "root", "val_fraction", "split_seed", "on_device",
+                                                 "eval_batch_size"}
+    assert option_node("prune", "gmp")["params"] == "${sens.params}"
+    # an option the schema does not name (a user's new dataset) gets the keys every option reads
+    assert set(option_node("data", "my_own_dataset")) == set(option_node("data", "mnist"))
+    assert option_node("data", "my_own_dataset")["name"] == "my_own_dataset"
+    with pytest.raises(Exception, match="betas"):
+        composed("optim=sgd", "optim.betas=[0.8,0.9]")
 
 
 def test_the_main_job_is_the_default_preset_and_a_named_preset_replaces_it():
@@ -266,3 +304,22 @@ def test_every_reference_preset_keeps_the_hash_of_its_committed_runs():
         assert TrainConfig.from_dict(composed(*overrides.split())).hash() == saved, name
         checked += 1
     assert checked >= 15
+
+
+def test_an_old_config_is_read_through_one_upgrade():
+    # A config saved before sens.reduction, prune.scope, ... existed reads as having the values
+    # that did what that version did; what it saved is kept, and a section it lacks stays absent.
+    old = {"sens": {"name": "spec", "lam": 1e-4}, "prune": {"name": "search", "scope": "layer"}, "trainer": None}
+    new = upgrade_config(old)
+    assert new["sens"] == {"name": "spec", "lam": 1e-4, "reduction": "batch", "scale": "none", "gamma": 1.0,
+                           "scale_over": "tensor"}
+    assert new["prune"]["scope"] == "layer" and new["prune"]["target"] is None and new["prune"]["batchnorm"] is False
+    assert "data" not in new and new["trainer"] is None
+    assert old["sens"] == {"name": "spec", "lam": 1e-4}  # the argument is left as it was
+    new["data"] = {}
+    assert upgrade_config(new)["data"]["shape"] == [1, 28, 28]
+    upgrade_config(new)["data"]["shape"].append(9)  # each upgrade gets its own copy of a list default
+    assert LATER_KEYS[("data", "shape")] == [1, 28, 28]
+    # every key the upgrade fills is a key of the schema
+    assert all(key in {f.name for f in fields(GROUP_SCHEMAS["schedule" if s.endswith("schedule") else s])}
+               for s, key in LATER_KEYS)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from sensreg.run.config import DataConfig, TrainConfig
 from sensreg.data import (DATASETS, DatasetMissing, Split, batches, input_shape, load_dataset, num_batches,
@@ -90,7 +89,7 @@ def test_fashion_mnist_is_taken_from_debian_into_the_data_root(tmp_path):
 
 # --- every registered dataset ----------------------------------------------------------------------
 
-# The keys that every configs/data/NAME.yaml has (the dataset's own options come on top of them).
+# The keys that every data option has (the dataset's own options come on top of them).
 COMMON_DATA_KEYS = {"name", "root", "val_fraction", "split_seed", "on_device", "eval_batch_size"}
 
 
@@ -100,7 +99,7 @@ def test_every_dataset_has_a_config_that_agrees_with_its_spec(name):
     assert spec.name == name
     path = resources.files("sensreg.configs") / "data" / f"{name}.yaml"
     assert path.is_file(), f"configs/data/{name}.yaml is missing"
-    values = yaml.safe_load(path.read_text())
+    values = composed("~experiment", f"data={name}")["data"]
     assert values["name"] == name
     keys = {f.name for f in fields(DataConfig)}
     assert COMMON_DATA_KEYS <= set(values) <= keys, (sorted(COMMON_DATA_KEYS - set(values)), sorted(set(values) - keys))

@@ -2,8 +2,8 @@
 
 To add a dataset: write its loader, ``loader(root, normalization, **options) -> (train, test)``
 (in ``tensors.py`` if it fits on a device as tensors, else in ``folders.py``); add one
-``DatasetSpec`` to ``DATASETS`` below; add ``configs/data/NAME.yaml`` with the keys of
-``config.DataConfig`` (options beyond name and root reach the loader through its
+``DatasetSpec`` to ``DATASETS`` below; add ``configs/data/NAME.yaml`` naming its node of the
+schema, ``config.DataConfig`` (options beyond name and root reach the loader through its
 ``loader_options``). The config check, training and the reports find the dataset here.
 """
 

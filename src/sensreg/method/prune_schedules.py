@@ -36,19 +36,27 @@ from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction, step
 
 @dataclass
 class PruneConfig:
-    """The prune.* settings, with their defaults (each configs/prune/*.yaml sets its schedule's
-    own); a schedule reads the ones it uses (``PruneSchedule.MINIMUMS``)."""
+    """The prune.* settings and their defaults, those of the threshold search (the option files
+    configs/prune/*.yaml set the other schedules' own); a schedule reads the ones it uses
+    (``PruneSchedule.MINIMUMS``) and every schedule has every key."""
 
     name: str = "search"
+    # which tensors may be pruned (all: weights and biases, or weights); `sensreg train` makes
+    # it sens.params unless set, so that what is regularized is what may be pruned
     params: str = "all"
+    # search: after `patience` epochs without a lower validation loss (0: after every epoch),
+    # bisect for the largest threshold whose pruning keeps the validation loss within
+    # (1 + tolerance) of its value before. Patience 0 prunes faster in short runs but ratchets
+    # the loss up over long ones (docs/measurements.md).
     patience: int | None = 1
     tolerance: float | None = 0.1
-    threshold: float | None = None
+    threshold: float | None = None  # fixed: prune every |w| below it
     # the window: epochs (1-based; negative: counted back from the last) or fractions of the
-    # run (floats in [0, 1]), positions.py
+    # run (floats in [0, 1]), positions.py; the epochs after stop_epoch fine-tune with the
+    # masks fixed
     start_epoch: int | float = 1
     stop_epoch: int | float | None = None
-    every: int = 1
+    every: int = 1  # fixed: epochs between prunings; gmp: steps between prunings
     # whether the affine parameters of batch-norm (and other normalization) layers are
     # regularized and pruned like the rest of `params`; false: they are trained, never shrunk
     # or pruned (why: NORM_LAYERS in pruning.py). One key for both sets, as it is about which

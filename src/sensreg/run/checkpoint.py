@@ -21,6 +21,7 @@ from torch import nn
 from sensreg.atomic import write_atomic
 from sensreg.errors import CheckpointError  # noqa: F401  (raised here; defined with the other errors)
 from sensreg.models import build_model, model_options
+from sensreg.run.config import upgrade_config
 
 FORMAT = "sensreg-model"
 FORMAT_VERSION = 2  # 1: dense state dict and bool masks; 2: masked tensors stored sparsely
@@ -87,14 +88,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a sensreg model checkpoint (no format "
                               f"{FORMAT!r}); `sensreg eval` reads the model.pt of a sensreg run folder.")
-    return unpack(payload, path)
+    ckpt = unpack(payload, path)
+    if isinstance(ckpt.get("config"), dict):
+        ckpt["config"] = upgrade_config(ckpt["config"])
+    return ckpt
 
 
 def saved_network(ckpt: dict[str, Any]) -> nn.Module:
     """The network a loaded checkpoint (``load_checkpoint``) was saved from, untrained: its
     registered name, classes and input shape, and for an outside model its model.* settings."""
     return build_model(ckpt["model_name"], ckpt["num_classes"], tuple(ckpt["input_shape"]),
-                       **model_options(ckpt["config"].get("model") or {}))
+                       **model_options(ckpt["config"]["model"]))
 
 
 def unpack(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:

@@ -1,22 +1,28 @@
-"""The typed view of a composed `sensreg train` config, validated before any work starts.
+"""The typed view of a composed `sensreg train` config, validated before any work starts, and
+the one home of every key's default.
 
-The defaults here are those of the shipped YAML files (``configs/``), so that code building a
-``TrainConfig`` directly gets what ``sensreg train`` gets; a test holds the two together.
+The dataclasses below are the schema: each key, its type and its default. Hydra composes from
+them: ``option_node`` gives each option of a config group (``optim=adam``) the keys that option
+reads, at their defaults, and the option's YAML file (``configs/optim/adam.yaml``) names that node
+in its defaults list and holds only the values it changes, its presets. Code that builds a
+``TrainConfig`` directly therefore gets what ``sensreg train ~experiment`` gets.
 
 The core never sees Hydra: the CLI turns the composed config into a plain dict, and
 ``TrainConfig.from_dict`` turns that into these dataclasses, checking every value a user can
-get wrong. All problems are collected and reported together in one ``ConfigError``.
+get wrong. All problems are collected and reported together in one ``ConfigError``. Config
+dicts saved by older versions (run folders, checkpoints) are read through ``upgrade_config``.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import os
 from pathlib import Path
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -26,6 +32,7 @@ from sensreg.data import DATASETS, input_shape
 from sensreg.data.registry import validation_size
 from sensreg.models import (EXTERNAL, MODELS, OPTIMIZER_LR, UnknownModel, build_model, default_lr,
                             model_options)
+from sensreg.run.config_keys import LATER_KEYS, NOT_COMPUTATION, NOT_EXPERIMENT
 from sensreg.run.precision import PRECISIONS
 from sensreg.method.prune_schedules import PruneConfig, PRUNE_SCHEDULES, target_sparsity
 from sensreg.method.per_sample import LayerTape, PerSampleError
@@ -37,33 +44,6 @@ from sensreg.method.sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
 OPTIMIZERS = ("sgd", "adam")
 PRUNE_SCOPES = ("global", "layer")  # one threshold on |w|, or τ·σ_l per tensor (pruning.Masks.scales)
 PARAM_SETS = ("all", "weights")
-# Keys that say where and how a run executes, not what it computes: left out of the config hash
-# and free to change when a run is resumed.
-# Sections of the composed config that are not part of the experiment: the CLI reads them
-# (logger: the experiment trackers, trackers.py).
-NOT_EXPERIMENT = ("logger",)
-NOT_COMPUTATION = (("trainer", "device"), ("trainer", "progress"), ("trainer", "channels_last"),
-                   ("trainer", "checkpoint_every"), ("trainer", "resume"), ("data", "root"),
-                   ("data", "num_workers"), ("data", "pin_memory"), ("data", "persistent_workers"),
-                   ("data", "prefetch_factor"))
-# Keys added after runs had been saved without them, each with the value that does what those
-# runs did: at that value a key is left out of the config hash (so a config keeps the hash it had
-# before the key existed), and a saved config that lacks it reads as having it (so such a run can
-# be resumed).
-# data.image_size and data.resize are read by folder datasets only, and no run on one predates
-# them: any value reproduces the older runs, and their defaults keep those runs' hashes.
-LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False, ("trainer", "precision"): "fp32",
-                                           ("trainer", "compile"): False, ("prune", "batchnorm"): False,
-                                           ("prune", "scope"): "global",
-                                           ("data", "image_size"): 224, ("data", "resize"): 256,
-                                           ("data", "shape"): [1, 28, 28], ("sens", "reduction"): "batch",
-                                           ("sens", "scale"): "none", ("sens", "gamma"): 1.0,
-                                           ("sens", "scale_over"): "tensor", ("prune", "target"): None,
-                                           ("prune", "initial"): 0.0, ("prune", "start_step"): None,
-                                           ("prune", "end_step"): None, ("model", "arch"): None,
-                                           ("model", "factory"): None, ("model", "kwargs"): {}}
-
-
 # The seeds a run can use: torch.manual_seed takes 64-bit integers, and the run seeds its
 # generators with seed, seed + 1 and seed + 2 (lifecycle.setup_training).
 SEED_RANGE = (-(2**63), 2**63 - 3)
@@ -73,33 +53,39 @@ class ConfigError(UserError, ValueError):
     """A user mistake in the config; the message says what is wrong and how to fix it."""
 
 
+def _only(*options: str, **default: Any) -> Any:
+    """A key that only these options of its group read (``default=`` or ``default_factory=``):
+    the config nodes of the group's other options leave it out, so that Hydra refuses it there."""
+    return field(metadata={"options": options}, **default)
+
+
 @dataclass
 class DataConfig:
     name: str = "mnist"
-    root: str = "data"
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    on_device: bool = True
+    root: str = "data"  # where the dataset lives: each data/NAME.yaml says its layout
+    val_fraction: float = 0.1  # held out from the training set for threshold and model selection
+    split_seed: int = 0  # fixes the train/validation split, the same for every training seed
+    on_device: bool = True  # hold the whole dataset on the training device as tensors
     eval_batch_size: int = 1000
     # random crop of the image zero-padded (black) by 4 pixels and horizontal flip, of training
     # batches only; the CIFAR configs turn it on
-    augment: bool = False
-    # synthetic only
-    num_train: int = 1024
-    num_test: int = 512
-    num_classes: int = 10
-    noise: float = 1.0
-    shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # of one image: C, H, W
+    augment: bool = _only("cifar10", "cifar100", "imagenet", default=False)
+    # synthetic only: class prototypes plus noise (data/synthetic.yaml)
+    num_train: int = _only("synthetic", default=1024)
+    num_test: int = _only("synthetic", default=512)
+    num_classes: int = _only("synthetic", default=10)
+    noise: float = _only("synthetic", default=1.0)
+    shape: list[int] = _only("synthetic", default_factory=lambda: [1, 28, 28])  # of one image: C, H, W
     # imagenet only (read from image files): the training crop's and the evaluation crop's
     # side, and the side the shorter edge is resized to before the evaluation crop
-    image_size: int = 224
-    resize: int = 256
+    image_size: int = _only("imagenet", default=224)
+    resize: int = _only("imagenet", default=256)
     # imagenet only: DataLoader worker processes that decode the images, pinned host memory
     # for the copies to a GPU, workers kept alive between passes, batches loaded ahead per worker
-    num_workers: int = 8
-    pin_memory: bool = True
-    persistent_workers: bool = True
-    prefetch_factor: int = 2
+    num_workers: int = _only("imagenet", default=8)
+    pin_memory: bool = _only("imagenet", default=True)
+    persistent_workers: bool = _only("imagenet", default=True)
+    prefetch_factor: int = _only("imagenet", default=2)
 
     def loader_options(self) -> dict[str, Any]:
         """Keyword arguments of the dataset loader beyond name and root."""
@@ -118,9 +104,9 @@ class ModelConfig:
     name: str = "lenet300"
     # model=torchvision or timm: the network's name in that library's registry; model=custom:
     # the function that builds it, package.module:function; kwargs: keyword arguments for it
-    arch: str | None = None
-    factory: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    arch: str | None = _only("torchvision", "timm", default=None)
+    factory: str | None = _only("custom", default=None)
+    kwargs: dict[str, Any] = _only("torchvision", "timm", "custom", default_factory=dict)
 
     def options(self) -> dict[str, Any]:
         """build_model's keyword arguments beyond the name."""
@@ -130,56 +116,69 @@ class ModelConfig:
 @dataclass
 class SensConfig:
     name: str = "spec"
-    lam: float = 3e-4
-    output: str = "logits"
-    params: str = "all"
+    lam: float = 3e-4  # shrink strength: w <- w - lam * w * max(0, 1 - S) every step
+    output: str = "logits"  # the output o that S differentiates: logits (z) or probs (softmax(z))
+    params: str = "all"  # which tensors are regularized: all (weights and biases) or weights
+    # unspec only: None = exact over all C classes; K = unbiased estimate over K sampled classes
     classes: int | None = None
     # batch: |d mean_n o_n / dw|; sample: mean_n |d o_n / dw| (per_sample.py)
     reduction: str = "batch"
     # how S is brought to the scale of the bound at 1: none, gamma (S * gamma), max (S / max S
     # per tensor or over all regularized tensors: scale_over); regularizer.SCALES
     scale: str = "none"
-    gamma: float = 1.0
-    scale_over: str = "tensor"
+    gamma: float = 1.0  # the factor of scale=gamma
+    scale_over: str = "tensor"  # scale=max: the maximum of each tensor | all (of every regularized tensor)
 
 
 @dataclass
 class OptimConfig:
     name: str = "sgd"
-    # None: the network's default for this optimizer (models.default_lr), filled in when the
-    # config is built, so that the saved config, the hash and the run see the number
+    # None: the network's default for this optimizer (models.default_lr: SGD 0.05, LeNet-5
+    # 0.02, VGG-16 0.01; Adam 1e-3), filled in when the config is built, so that the saved
+    # config, the hash and the run see the number
     lr: float | None = None
-    momentum: float = 0.9
-    nesterov: bool = True
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    momentum: float = _only("sgd", default=0.9)
+    nesterov: bool = _only("sgd", default=True)
+    betas: tuple[float, float] = _only("adam", default=(0.9, 0.999))
+    eps: float = _only("adam", default=1e-8)
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "constant"
-    # epochs, or fractions of the run (0.8): positions.py
-    milestones: list[int | float] = field(default_factory=lambda: [30, 60])
-    gamma: float = 0.1
-    min_factor: float = 0.0
+    name: str = "constant"  # the options: configs/schedule/
+    # step: the factor is gamma^(milestones passed); milestones are epochs, or fractions of the
+    # run (0.8): positions.py
+    milestones: list[int | float] = _only("step", default_factory=lambda: [30, 60])
+    gamma: float = _only("step", default=0.1)
+    min_factor: float = _only("cosine", default=0.0)  # cosine: the factor at the end of the run
 
 
 @dataclass
 class TrainerConfig:
     epochs: int = 20
     batch_size: int = 100
-    device: str = "auto"
+    device: str = "auto"  # auto (cuda when present, else cpu) | cpu | cuda | cuda:N
     seed: int = 0
-    deterministic: bool = False
-    warmup_epochs: int = 0
+    deterministic: bool = False  # true: deterministic kernels (slower on GPU), bit-reproducible on CPU
+    warmup_epochs: int = 0  # dense epochs first: lambda = 0 and no pruning
+    # The weights to start from (None: a random initialization), read from this file only, never
+    # downloaded: a sensreg model.pt, or a state dict file as torchvision publishes its weights,
+    # also one saved from a DistributedDataParallel model ("module." prefixes are removed) or
+    # nested under "state_dict" or "model" (init_weights.py). It must fit the network:
+    # torchvision's ImageNet weights (1000 classes) load into vgg16/resnet18/resnet50 on a
+    # 1000-class dataset, not into a 10-class model.
     init: str | None = None
-    progress: Any = "auto"
-    channels_last: bool = True
+    progress: Any = "auto"  # auto (a progress bar on a terminal only) | true | false
+    channels_last: bool = True  # NHWC memory layout for networks with convolutions (faster; same results)
+    # write last.pt (everything needed to resume) every N epochs; 0 = only at the end or on a stop
     checkpoint_every: int = 1
+    # true: continue from last.pt in this run folder | PATH: continue the run folder PATH
     resume: Any = False
-    # the training forward under autocast (precision.py); fp16 needs CUDA
+    # fp32 | bf16 | fp16: the training forward under autocast (precision.py); fp16: CUDA only,
+    # with loss scaling
     precision: str = "fp32"
-    # torch.compile the model for the training forward (evaluation stays uncompiled)
+    # torch.compile the model for the training forward (evaluation stays uncompiled; on the CPU
+    # it needs a C++ compiler)
     compile: bool = False
 
 
@@ -551,6 +550,43 @@ class TrainConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+# The schema of each config group's options (eta_schedule and lam_schedule are both chosen from
+# the group schedule), and the defaults that are another key's value in a composed config.
+GROUP_SCHEMAS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "sens": SensConfig,
+                                  "optim": OptimConfig, "schedule": ScheduleConfig,
+                                  "prune": PruneConfig, "trainer": TrainerConfig}
+LINKED_DEFAULTS: dict[str, dict[str, str]] = {"prune": {"params": "${sens.params}"}}
+
+
+def option_node(group: str, option: str) -> dict[str, Any]:
+    """The config an option of a group starts from: the schema's default of every key the option
+    reads (``_only``), its name, and the linked defaults. Hydra knows it as ``schema.GROUP.OPTION``
+    (registered by ``sensreg.configs``); the option's YAML file adds its presets."""
+    schema = GROUP_SCHEMAS[group]
+    node = {f.name: _plain(f.default_factory() if f.default_factory is not MISSING else f.default)
+            for f in fields(schema) if option in f.metadata.get("options", (option,))}
+    if "name" in node:
+        node["name"] = option
+    return node | LINKED_DEFAULTS.get(group, {})
+
+
+def _plain(value: Any) -> Any:
+    # OmegaConf holds lists, not tuples (OptimConfig.betas)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config as an older version saved it (config.yaml, a checkpoint's config), read as this
+    version's: every key added since (``LATER_KEYS``) that a saved section lacks gets the value
+    that does what the older version did. The one place old run folders are translated; readers
+    index the result directly. Sections the config does not have stay absent."""
+    out = {section: (dict(values) if isinstance(values, dict) else values) for section, values in saved.items()}
+    for (section, key), old in LATER_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(key, copy.deepcopy(old))
+    return out
+
+
 # What each annotation of the dataclasses above accepts, and how a problem is worded.
 _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
@@ -630,12 +666,9 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any],
                        ignore: tuple[tuple[str, str], ...] = ()) -> list[str]:
     """``section.key: saved -> now`` for every value that differs, except the ``ignore`` keys.
 
-    A ``LATER_KEYS`` key missing from ``saved`` counts as its old value.
+    ``saved`` is read through ``upgrade_config``.
     """
-    saved = {section: dict(values or {}) for section, values in saved.items()}
-    for (section, key), old in LATER_KEYS.items():
-        if section in saved:
-            saved[section].setdefault(key, old)
+    saved = upgrade_config({section: dict(values or {}) for section, values in saved.items()})
     out = []
     for section in sorted(set(saved) | set(now)):
         a, b = saved.get(section) or {}, now.get(section) or {}

@@ -19,6 +19,7 @@ from typing import Any
 from sensreg.run import plots
 from sensreg.atomic import write_atomic
 from sensreg.errors import UserError
+from sensreg.run.config import upgrade_config
 from sensreg.run.folder import CONFIG_NAME, METRICS_NAME, RUN_FILES, SUMMARY_NAME, RunFolder, RunRecord
 from sensreg.run.tables import markdown_table
 
@@ -214,7 +215,7 @@ def _final_state(run_dir: Path, config: dict, batches: int, data_root: str | Non
     if state["weights"].size == 0:
         notes.append("|w| and sensitivity histograms: every prunable parameter was pruned.")
         return {"num_classes": ckpt["num_classes"]}
-    cfg = config or ckpt.get("config") or {}  # config.yaml first: it is what the user reads
+    cfg = upgrade_config(config or ckpt.get("config") or {})  # config.yaml first: it is what the user reads
     if batches <= 0:
         notes.append("sensitivity histogram: not asked for (--batches 0).")
         return state
@@ -246,15 +247,15 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
     from sensreg.method.regularizer import insensitivity, rescale_
     from sensreg.method.sensitivity import batched_vjps_are_faster, get_variant, gradients_and_sensitivity
 
-    sens_cfg = cfg.get("sens") or {}
-    try:
-        variant = get_variant(sens_cfg.get("name", "spec"))
-    except KeyError as err:
-        raise _Skip(str(err)) from None
+    try:  # (the config as this version reads it: upgrade_config)
+        sens_cfg, prune_cfg, trainer, data_cfg = cfg["sens"], cfg["prune"], cfg["trainer"], cfg["data"]
+        variant = get_variant(sens_cfg["name"])
+    except (KeyError, TypeError) as err:
+        raise _Skip(f"the run's config does not name its sensitivity variant ({err}).") from None
     if not variant.uses_sensitivity:
         raise _Skip(f"variant {variant.name!r} has no sensitivity ({variant.description}).")
     known = {f.name for f in fields(DataConfig)}
-    data = DataConfig(**{k: v for k, v in (cfg.get("data") or {}).items() if k in known})
+    data = DataConfig(**{k: v for k, v in data_cfg.items() if k in known})
     if data_root:
         data.root = data_root
     try:
@@ -262,20 +263,16 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
     except (DatasetMissing, KeyError) as err:
         raise _Skip(f"the run's dataset could not be loaded, so it is left out ({err}). "
                     f"Give its location with --data-root.") from None
-    trainer = cfg.get("trainer") or {}
-    seed = int(trainer.get("seed", 0))
-    batch_size = int(trainer.get("batch_size", 100))
+    seed, batch_size = int(trainer["seed"]), int(trainer["batch_size"])
     order, classes = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
-    prune_cfg = cfg.get("prune") or {}
-    regularized = [names.index(n) for n in prunable_names(model, sens_cfg.get("params", "all"),
-                                                         bool(prune_cfg.get("batchnorm", False)))]
+    regularized = [names.index(n) for n in prunable_names(model, sens_cfg["params"], bool(prune_cfg["batchnorm"]))]
     total = [torch.zeros_like(p) for p in params]
     total_bar = [torch.zeros_like(params[i]) for i in regularized]
     model.eval()  # no dropout or batch statistics: S of the network as it will be used
     try:
-        tape = LayerTape(model, params) if sens_cfg.get("reduction", "batch") == "sample" else None
+        tape = LayerTape(model, params) if sens_cfg["reduction"] == "sample" else None
     except PerSampleError as err:
         raise _Skip(str(err)) from None
     done = 0
@@ -286,14 +283,13 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
             with tape.record():
                 logits = model(x)
         _, s = gradients_and_sensitivity(variant, logits, F.cross_entropy(logits, y), y, params,
-                                         sens_cfg.get("output", "logits"), sens_cfg.get("classes"),
+                                         sens_cfg["output"], sens_cfg["classes"],
                                          classes, batched_vjps_are_faster(model), tape=tape)
         for t, v in zip(total, s):
             t += v.detach()
         # The insensitivity as the training step takes it: of each batch's S, brought to scale.
         scaled = [s[i].detach().clone() for i in regularized]
-        rescale_(scaled, sens_cfg.get("scale", "none"), float(sens_cfg.get("gamma", 1.0)),
-                 sens_cfg.get("scale_over", "tensor"))
+        rescale_(scaled, sens_cfg["scale"], float(sens_cfg["gamma"]), sens_cfg["scale_over"])
         for t, v in zip(total_bar, scaled):
             t += insensitivity(v)
         done += 1

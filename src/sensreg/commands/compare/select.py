@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sensreg.run.config_keys import NOT_COMPUTATION, NOT_EXPERIMENT
 from sensreg.run.folder import STUDY_JSON
 
 from sensreg.commands.compare.output import _fmt_lam
@@ -173,11 +174,9 @@ def drop_duplicate_seeds(rows: list[Row], warnings: list[str]) -> list[Row]:
 
 
 # Keys that never tell two configurations apart: the seed, and those that say where and how fast
-# a run executes (config.NOT_EXPERIMENT and config.NOT_COMPUTATION, left out of the config hash;
-# written out here because run/config.py imports torch, which this module does not).
-NOT_CONFIGURATION = ("trainer.seed", "logger.", "trainer.device", "trainer.progress", "trainer.channels_last",
-                     "trainer.checkpoint_every", "trainer.resume", "data.root", "data.num_workers",
-                     "data.pin_memory", "data.persistent_workers", "data.prefetch_factor")
+# a run executes (left out of the config hash too).
+NOT_CONFIGURATION = ("trainer.seed", *(f"{section}." for section in NOT_EXPERIMENT),
+                     *(f"{section}.{key}" for section, key in NOT_COMPUTATION))
 # Keys a group name shows first when several would tell the groups apart: those most often varied.
 NAME_KEYS = ("model.name", "data.name", "sens.name", "sens.lam", "prune.name", "prune.target",
              "prune.tolerance", "prune.threshold", "trainer.epochs", "optim.name", "optim.lr")
