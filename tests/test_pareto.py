@@ -209,3 +209,90 @@ def test_the_main_job_is_searched_with_the_defaults(tmp_path, monkeypatch, in_pr
     study = optuna.load_study(study_name="synthetic_lenet300_spec", storage=f"sqlite:///{sweep_dir / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert all(set(t.params) == {"sens.lam", "prune.target"} for t in study.trials)
+
+
+# --- one writer per study, and a way back from a damaged one -------------------------------------
+
+@pytest.mark.slow
+def test_a_second_command_on_a_running_study_is_refused_and_a_stale_lock_is_taken_over(
+        tmp_path, monkeypatch, in_process_cli):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    sweep_dir = tmp_path / "sweep"
+    lock = sweep_dir / "study.db.lock"
+    cmd = [sys.executable, "-m", "sensreg", "train", *SWEEP, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
+    with subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as first:
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and lock.stat().st_size) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGSTOP)  # held in the middle of its sweep, lock and all
+        try:
+            second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        out, err = first.communicate(timeout=120)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    message = " ".join(second.stderr.split())  # as one line, however the console wrapped it
+    assert f"is in use by process {first.pid} on" in message and str(lock) in message
+    assert first.returncode == 0, err[-2000:]
+    assert [t.state for t in load(sweep_dir).trials] == [optuna.trial.TrialState.COMPLETE] * 2 and not lock.exists()
+
+    # A lock whose process is gone (the first command's, now ended) is taken over.
+    lock.write_text(f"{first.pid} {__import__('socket').gethostname()}\n")
+    monkeypatch.chdir(tmp_path)
+    assert sweep(sweep_dir, "hydra.sweeper.n_trials=3") == 0
+    assert trials_done(load(sweep_dir)) == 3 and not lock.exists()
+
+
+@pytest.mark.parametrize("fault, fix", [
+    ("damaged", "Move it aside (or delete it) and run the command again"),
+    ("locked", "Close that program"),
+])
+def test_a_damaged_or_locked_study_file_is_one_message_naming_it_and_the_fix(
+        fault, fix, tmp_path, monkeypatch, capsys, in_process_cli):
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    db = sweep_dir / "study.db"
+    holder = None
+    if fault == "damaged":
+        db.write_bytes(bytes(range(256)) * 16)
+    else:  # another program holds a write transaction on a real study
+        optuna.create_study(study_name="synthetic_lenet300_spec", storage=f"sqlite:///{db}")
+        holder = sqlite3.connect(db)
+        holder.execute("BEGIN IMMEDIATE")
+    try:
+        assert sweep(sweep_dir, "hydra.sweeper.n_trials=1") == 2
+    finally:
+        if holder is not None:
+            holder.close()
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the study {db}" in err and fix in err and "Nothing was trained" in err and "Traceback" not in err
+    assert not (sweep_dir / "study.db.lock").exists() and not list(sweep_dir.glob("*_*"))
+
+
+@pytest.mark.slow
+def test_a_new_study_among_an_earlier_studys_run_folders_numbers_its_own_after_them(
+        tmp_path, monkeypatch, in_process_cli):
+    monkeypatch.chdir(tmp_path)
+    sweep_dir = tmp_path / "sweep"
+    assert sweep(sweep_dir, "hydra.sweeper.n_trials=2", "trainer.epochs=1") == 0
+    earlier = {p.name: (p / "summary.json").read_bytes() for p in sweep_dir.glob("*_*")}
+    assert sorted(earlier) == ["0_lenet300_spec", "1_lenet300_spec"]
+    (sweep_dir / "study.db").unlink()  # what the message about a damaged study.db advises
+
+    assert sweep(sweep_dir, "hydra.sweeper.n_trials=2", "trainer.epochs=1") == 0
+    study = load(sweep_dir)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert [Path(t.user_attrs["run_dir"]).name for t in study.trials] == ["2_lenet300_spec", "3_lenet300_spec"]
+    assert {name: (sweep_dir / name / "summary.json").read_bytes() for name in earlier} == earlier
+    # Continued, the new study's folders follow on from its own.
+    assert sweep(sweep_dir, "hydra.sweeper.n_trials=3", "trainer.epochs=1") == 0
+    assert Path(load(sweep_dir).trials[2].user_attrs["run_dir"]).name == "4_lenet300_spec"

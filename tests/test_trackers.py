@@ -4,8 +4,12 @@ reader: TensorBoard's EventAccumulator and MLflow's client."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +160,111 @@ def test_an_unknown_tracker_setting_is_refused_by_name(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     assert cli(*RUN, "logger=mlflow", "+logger.mlflow.uri=x", f"hydra.run.dir={tmp_path / 'run'}") == 2
     assert "logger.mlflow: unknown key(s) uri" in capsys.readouterr().err
+
+
+# --- nothing outside the process stalls a run ------------------------------------------------------
+
+def closed_port() -> int:
+    """A local port nothing listens on: connections to it are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def silent_server() -> socket.socket:
+    """A local server that accepts connections and never answers (the kernel completes the
+    handshake of up to 8 clients without an accept)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    return server
+
+
+def train_process(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sensreg", "train", *RUN, "trainer.epochs=1", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["refuses connections", "never answers", "is no database"])
+def test_an_mlflow_store_that_cannot_be_used_is_one_line_before_the_first_epoch_and_the_run_goes_on(
+        store, tmp_path):
+    pytest.importorskip("mlflow")
+    server = silent_server() if store == "never answers" else None
+    if store == "is no database":
+        (tmp_path / "store.db").write_bytes(bytes(range(256)) * 20)
+        uri = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        uri = f"http://127.0.0.1:{server.getsockname()[1] if server else closed_port()}"
+    run = tmp_path / "run"
+    began = time.monotonic()
+    with train_process("logger=mlflow", f"logger.mlflow.tracking_uri={uri}", f"hydra.run.dir={run}",
+                       cwd=tmp_path) as process:
+        out, err = process.communicate(timeout=120)  # before: 4 minutes, forever, and 100 s
+    took = time.monotonic() - began
+    if server:
+        server.close()
+    assert process.returncode == 0, err[-2000:]
+    lines = out.splitlines()
+    warnings = [i for i, line in enumerate(lines) if "warning: logger=mlflow" in line]
+    assert len(warnings) == 1 and uri in lines[warnings[0]] and "the run goes on without it" in lines[warnings[0]]
+    assert warnings[0] < next(i for i, line in enumerate(lines) if "epoch   1" in line)
+    assert "Traceback" not in out + err and took < 60
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and "mlflow_run_id" not in summary["trackers"]
+
+
+def test_a_required_tracker_that_cannot_be_used_refuses_the_run(tmp_path, monkeypatch, capsys, in_process_cli):
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    uri = f"http://127.0.0.1:{closed_port()}"
+    assert cli(*RUN, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "logger.mlflow.required=true",
+               f"hydra.run.dir={tmp_path / 'run'}") == 2
+    err = capsys.readouterr().err
+    assert f"logger=mlflow ({uri}) cannot be used: its server refuses connections" in err
+    assert "logger.mlflow.required=false" in err and "Nothing was trained" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_honoured_at_once_while_a_tracker_call_waits_for_its_server(tmp_path):
+    pytest.importorskip("mlflow")
+    server = silent_server()
+    server.settimeout(90)
+    uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+    with train_process("logger=mlflow", f"logger.mlflow.tracking_uri={uri}", f"hydra.run.dir={tmp_path / 'run'}",
+                       cwd=tmp_path) as process:
+        connection, _ = server.accept()  # the run's first request is now waiting for an answer
+        asked = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=90)  # before: the first Ctrl-C was ignored for a minute
+        took = time.monotonic() - asked
+    connection.close()
+    server.close()
+    assert process.returncode == 130 and took < 10, (took, err[-2000:])
+    assert "stopped by SIGINT" in err and "Traceback" not in out + err
+
+
+# pytest reports a thread's uncaught exception (its traceback, in a console) as this warning.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_tensorboard_folder_that_cannot_be_written_is_one_line_and_no_thread_traceback(
+        tmp_path, monkeypatch, capsys, in_process_cli):
+    pytest.importorskip("tensorboard")
+    from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
+
+    def refused(self, filename, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", filename)
+
+    # TensorBoard writes its event files from a thread of its own; every write there is refused,
+    # as in a read-only folder (which the tests, run as any user, cannot count on).
+    monkeypatch.setattr(LocalFileSystem, "_write", refused)
+    monkeypatch.setattr(LocalFileSystem, "append", refused)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert cli(*RUN, "trainer.epochs=1", "logger=tensorboard", f"hydra.run.dir={run}") == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err and "Exception in thread" not in captured.err
+    warnings = [line for line in captured.out.splitlines() if "warning: logger=tensorboard" in line]
+    assert len(warnings) == 1 and "Permission denied" in warnings[0]
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"

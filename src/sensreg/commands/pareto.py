@@ -11,6 +11,11 @@ continues it:
   again with the same parameters, continuing its run folder from last.pt where it has one;
 - `n_trials` is the study's total, not the number to add.
 
+One command at a time runs trials of a study: it holds SWEEP_DIR/study.db.lock (taken over when
+its process is gone, as a run folder's lock is), and a second is refused. A study.db that is
+damaged, or locked by another program, is one message naming the file and the fix. A new study
+in a sweep folder that holds an earlier study's run folders numbers its own after them.
+
 A trial whose run fails (it diverged, or the sampler drew a value the config check refuses) is
 reported to the study as failed and the sweep goes on. After every batch SWEEP_DIR/study.json
 lists the trials and the front, which `sensreg compare SWEEP_DIR` marks.
@@ -22,6 +27,7 @@ its seeded sampler proposes the points of the first invocation again).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,7 @@ from hydra.plugins.sweeper import Sweeper
 
 from sensreg.atomic import write_json
 from sensreg.run.config import NOT_COMPUTATION
-from sensreg.run.folder import CHECKPOINT_NAME, STUDY_DB, STUDY_JSON, relative_below
+from sensreg.run.folder import CHECKPOINT_NAME, STUDY_DB, STUDY_JSON, StudyLock, relative_below
 
 OBJECTIVES = ("val_error", "remaining_pct")  # summary.json keys, both minimized
 SAMPLERS = ("nsgaii", "tpe")
@@ -157,12 +163,16 @@ class ParetoSearch(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
+        from sensreg.errors import UserError
+
+        self.launched = False
         try:
             self._sweep(arguments)
-        except SweepError as err:
+        except (SweepError, UserError) as err:  # UserError: the study's lock is held (StudyLock)
             from sensreg.commands.console import fail
 
-            fail(f"{err} Nothing was trained.")
+            fail(f"{err} " + ("The trials that ran are in their run folders." if self.launched
+                              else "Nothing was trained."))
 
     def _sweep(self, arguments: list[str]) -> None:
         try:
@@ -170,6 +180,8 @@ class ParetoSearch(Sweeper):
         except ImportError:  # however hydra/sweeper=pareto was chosen: command line or a config file
             raise SweepError("hydra/sweeper=pareto needs optuna, which is not installed: pip install -e "
                              "'.[sweep]' (or pip install 'optuna>=4,<6').") from None
+
+        from sqlalchemy.exc import SQLAlchemyError  # optuna's storage; installed with it
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # The command line's sweeps replace the configured ones of the same keys.
@@ -180,21 +192,32 @@ class ParetoSearch(Sweeper):
                                     + list(given.values()))
         self._check(space)
         sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{sweep_dir / STUDY_DB}"
-        study = optuna.create_study(study_name=self.study_name, storage=storage, load_if_exists=True,
-                                    directions=["minimize"] * len(OBJECTIVES))
+        db = sweep_dir / STUDY_DB
+        with StudyLock(sweep_dir):  # one command runs trials of a study at a time
+            check_study_file(db)
+            try:
+                self._search(space, fixed, sweep_dir)
+            except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+                raise SweepError(study_file_problem(db, err.__cause__ or err)) from None
+
+    def _search(self, space: dict[str, Any], fixed: list[str], sweep_dir: Path) -> None:
+        import optuna
+
+        study = optuna.create_study(study_name=self.study_name, storage=f"sqlite:///{sweep_dir / STUDY_DB}",
+                                    load_if_exists=True, directions=["minimize"] * len(OBJECTIVES))
         self._check_same_study(study, fixed, space, sweep_dir)
+        first = first_folder_number(study, sweep_dir)
         # Seeded by how far the study got: reproducible, and a continued study draws new points.
         seed = None if self.seed is None else self.seed + len(study.trials)
         study.sampler = make_sampler(self.sampler_name, seed, self.population_size)
-        self._requeue_stopped(study, sweep_dir)
+        self._requeue_stopped(study, sweep_dir, first)
         say(f"study {self.study_name} in {sweep_dir / STUDY_DB}, {trials_done(study)} trial(s) of "
-            f"{self.n_trials} done; searching {', '.join(space)}")
+            f"{self.n_trials} done; searching {', '.join(space)}"
+            + (f"; its run folders are numbered from {first}, after those of an earlier study" if first else ""))
         while trials_done(study) < self.n_trials:
             # Trials asked one after another have consecutive numbers; each trial's run folder
-            # is numbered by its trial (hydra.job.num), so the folders of a continued study
-            # follow on from the first invocation's.
+            # is numbered by its trial (hydra.job.num, plus the study's first folder number),
+            # so the folders of a continued study follow on from the first invocation's.
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - trials_done(study)))]
             jobs = []
             for trial in trials:
@@ -202,7 +225,8 @@ class ParetoSearch(Sweeper):
                 jobs.append([*fixed, *(f"{k}={v}" for k, v in trial.params.items()),
                              *([f"trainer.resume={resume}"] if resume else [])])
             try:
-                returns = self.launcher.launch(jobs, initial_job_idx=trials[0].number)
+                self.launched = True
+                returns = self.launcher.launch(jobs, initial_job_idx=trials[0].number + first)
             except (KeyboardInterrupt, SystemExit):
                 say("stopped; the same command continues the study (the trial under way resumes "
                     "from its last checkpoint)")
@@ -256,7 +280,7 @@ class ParetoSearch(Sweeper):
                 f"study with hydra.sweeper.study_name=NAME (or hydra.sweep.dir=DIR).")
 
     @staticmethod
-    def _requeue_stopped(study, sweep_dir: Path) -> None:
+    def _requeue_stopped(study, sweep_dir: Path, first: int) -> None:
         """Trials an earlier invocation left running (it was stopped) are told failed and
         enqueued again with their parameters, to be asked first; their run folders continue
         from last.pt where they have one."""
@@ -266,7 +290,7 @@ class ParetoSearch(Sweeper):
             if trial.state != optuna.trial.TrialState.RUNNING:
                 continue
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-            folder = trial.user_attrs.get("resume") or _trial_folder(sweep_dir, trial.number)
+            folder = trial.user_attrs.get("resume") or _trial_folder(sweep_dir, trial.number + first)
             resume = str(folder) if folder is not None and (Path(folder) / CHECKPOINT_NAME).exists() else None
             study.enqueue_trial(trial.params, user_attrs={"continues": trial.number, "resume": resume})
             say(f"trial {trial.number} was stopped; it is run again" + (f", continuing {folder}" if resume else ""))
@@ -298,8 +322,53 @@ def trials_done(study) -> int:
     return finished - sum("continues" in t.user_attrs for t in study.trials)
 
 
+def first_folder_number(study, sweep_dir: Path) -> int:
+    """The number of the run folder of the study's trial 0. It is 0, unless a new study starts in
+    a sweep folder that holds numbered run folders already (an earlier study's, whose study.db
+    was deleted or moved aside): its folders then follow on from theirs, which stay as they are,
+    where the same numbers would collide with them. Kept in the study, for its continuations."""
+    if "first_folder" not in study.user_attrs:
+        numbers = [int(m.group(1)) for p in sweep_dir.iterdir() if p.is_dir() and (m := re.match(r"(\d+)_", p.name))]
+        # A study with trials but no first folder was started before this was recorded: at 0.
+        study.set_user_attr("first_folder", max(numbers) + 1 if numbers and not study.trials else 0)
+    return study.user_attrs["first_folder"]
+
+
+# How long a study.db locked by another program is waited for before that is reported (SQLite's
+# busy timeout, as SQLAlchemy's default).
+LOCKED_WAIT_S = 5.0
+
+
+def check_study_file(db: Path) -> None:
+    """Raises SweepError naming ``db`` and the fix where the study file is no SQLite database
+    (damaged) or another program holds a write transaction on it, before any trial runs."""
+    import sqlite3
+    from contextlib import closing
+
+    if not db.exists():
+        return
+    try:
+        with closing(sqlite3.connect(db, timeout=LOCKED_WAIT_S)) as con:
+            con.execute("PRAGMA schema_version")  # reads the header: a file that is no database fails
+            con.execute("BEGIN IMMEDIATE")  # waits for another program's write transaction
+            con.rollback()
+    except sqlite3.Error as err:
+        raise SweepError(study_file_problem(db, err)) from None
+
+
+def study_file_problem(db: Path, err: BaseException) -> str:
+    """The message for a study file that cannot be used: what happened, and the fix."""
+    if "locked" in str(err):
+        return (f"the study {db} is locked by another program, which has held a write transaction on "
+                f"it for more than {LOCKED_WAIT_S:g} s ({err}). Close that program (an sqlite3 shell, a "
+                f"dashboard writing to the file), then run the command again: it continues the study.")
+    return (f"the study {db} cannot be read ({err}): the file is damaged, or not a study. Move it "
+            f"aside (or delete it) and run the command again: a new study starts, and its run folders "
+            f"are numbered after those already in {db.parent}, which stay as they are.")
+
+
 def _trial_folder(sweep_dir: Path, number: int) -> Path | None:
-    """The run folder of trial ``number`` (named ``NUMBER_...`` by hydra.sweep.subdir)."""
+    """The run folder numbered ``number`` (named ``NUMBER_...`` by hydra.sweep.subdir)."""
     found = sorted(p for p in sweep_dir.glob(f"{number}_*") if p.is_dir())
     return found[0] if found else None
 

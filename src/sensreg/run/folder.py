@@ -44,7 +44,7 @@ CHECKPOINT_NAME = "last.pt"  # the training state to resume from (checkpoint.py)
 LOG_NAME = "train.log"
 LOCK_NAME = ".lock"
 # A pareto sweep's folder (sensreg.commands.pareto): the study, and its trials and front as JSON.
-STUDY_DB, STUDY_JSON = "study.db", "study.json"
+STUDY_DB, STUDY_JSON, STUDY_LOCK = "study.db", "study.json", "study.db.lock"
 RUN_FILES = (SUMMARY_NAME, METRICS_NAME, CONFIG_NAME, MODEL_NAME)  # any of them marks a run folder
 
 
@@ -109,9 +109,15 @@ class RunLock:
     start on another node, after Slurm has ended the process that held the lock.
     """
 
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / LOCK_NAME
+    def __init__(self, folder: Path, name: str = LOCK_NAME):
+        self.path = Path(folder) / name
         self.held = False
+
+    def busy(self) -> str:
+        """The refusal while another process holds the lock."""
+        return (f"the run folder {self.path.parent} is in use by {self._owner()} (lock file {self.path}). "
+                f"Wait for that run to end, or choose another folder; if no such process exists any "
+                f"more, delete the lock file.")
 
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,10 +127,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 if not _lock_is_stale(self.path):
-                    raise RunFolderError(
-                        f"the run folder {self.path.parent} is in use by {self._owner()} (lock file "
-                        f"{self.path}). Wait for that run to end, or choose another folder; if no "
-                        f"such process exists any more, delete the lock file.") from None
+                    raise RunFolderError(self.busy()) from None
                 self.path.unlink(missing_ok=True)
                 continue
             try:
@@ -148,6 +151,21 @@ class RunLock:
     def _owner(self) -> str:
         pid, host, _ = _read_lock(self.path)
         return f"process {pid} on {host}" if pid else "another process"
+
+
+class StudyLock(RunLock):
+    """The lock of a pareto sweep's study (SWEEP_DIR/study.db.lock), held by the one command
+    that runs trials of it: two would mark each other's trials failed. Taken over when stale,
+    as a run folder's is."""
+
+    def __init__(self, sweep_dir: Path):
+        super().__init__(sweep_dir, STUDY_LOCK)
+
+    def busy(self) -> str:
+        return (f"the study {self.path.parent / STUDY_DB} is in use by {self._owner()}, which runs a "
+                f"sweep on it (lock file {self.path}). Wait for that command to end (running it again "
+                f"then continues the study), or start another study in another folder with hydra.sweep.dir=DIR; "
+                f"if no such process exists any more, delete the lock file.")
 
 
 def writer_gone(folder: Path) -> bool:

@@ -66,7 +66,7 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
             tr = setup_training(cfg, folder, summary, saved, stop, dist, session_start=started)
             if trackers:
                 trackers.start(folder.path, cfg.to_dict(), summary, tr.loop.epoch if saved else None,
-                               decisions_done=len(tr.prune.thresholds))
+                               decisions_done=len(tr.prune.thresholds), stopping=lambda: stop.requested is not None)
                 tr.trackers = trackers
                 write_summary()  # with the tracker runs' ids
             run_epochs(tr)
