@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, TINY, needs_mnist, run_dirs, sensreg
+from conftest import REPO, TINY, needs_mnist, run_dirs, run_in_process, sensreg
 
 
 def test_help_lists_commands(tmp_path):
@@ -159,6 +159,23 @@ def test_a_mistyped_key_names_the_key_it_most_likely_meant(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "did you mean trainer.epochs?" in out.stderr and "+trainer.epoch" not in out.stderr
     assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run folder
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["optim=sgd", "optim.betas=[0.8,0.9]"], "optim.betas is read by optim=adam only, and this command chooses "
+                                             "optim=sgd. Drop optim.betas, or choose optim=adam."),
+    (["data.num_train=300", "data=mnist"], "data.num_train is read by data=synthetic only"),
+    (["eta_schedule=cosine", "eta_schedule.gamma=0.5"], "eta_schedule.gamma is read by eta_schedule=step only, "
+                                                        "and this command chooses eta_schedule=cosine"),
+])
+def test_a_key_another_option_reads_is_named_with_that_option(tmp_path, monkeypatch, capsys, in_process_cli,
+                                                              overrides, expected):
+    # Hydra's own answer would suggest +optim.betas, which would be accepted and then ignored.
+    monkeypatch.chdir(tmp_path)
+    assert run_in_process("train", *TINY, *overrides) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert expected in err and "+optim" not in err and "Traceback" not in err
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_refused_config_removes_its_run_folder_but_never_the_folder_it_runs_in(tmp_path):

@@ -1,8 +1,8 @@
 """Values at their extremes are refused before any work (exit 2, the key named, no run folder)
 rather than ending in a traceback or in a run that cannot do what was asked: a seed beyond the
 64-bit range, a validation split that takes every training image, a gmp window after the run's
-last step or epoch, a compression target beyond the network's size. Values just inside each
-bound still train."""
+last step or epoch, a compression target beyond the network's size, a warm-up as long as the run.
+Values just inside each bound still train."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ TINY = ["data=synthetic", "data.num_train=200", "data.num_test=50", "trainer.epo
     ("prune.start_epoch=2", "prune.start_epoch=2 comes after the last epoch (trainer.epochs=1)"),
     ("prune.target=1e9x", "prune.target=1e9x would keep 0 of the network's 266,610 prunable parameters"),
     ("prune.target=50000x", "fewer than one for each of its 6 tensors"),
+    ("trainer.warmup_epochs=1", "trainer.warmup_epochs=1 covers the whole run (trainer.epochs=1)"),
 ])
 def test_an_extreme_value_is_refused_before_any_work(tmp_path, monkeypatch, capsys, in_process_cli,
                                                      override, expected):

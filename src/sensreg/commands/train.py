@@ -115,16 +115,38 @@ def _check_override_keys(overrides: list[str]) -> None:
     from sensreg.run.config import TrainConfig
 
     sections = {f.name: f.default_factory() for f in fields(TrainConfig)}
+    chosen = _chosen_options(overrides)
     for o, key in dotted:
         section, _, name = key.partition(".")
         if section not in sections:
             continue
-        known = [f.name for f in fields(sections[section])]
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
+        schema = {f.name: f for f in fields(sections[section])}
+        if name not in schema:
+            close = difflib.get_close_matches(name, list(schema), n=1)
             hint = f"did you mean {section}.{close[0]}? " if close else ""
-            fail(f"{o}: the config has no key {key}; {hint}The keys of {section}: {', '.join(known)}. "
+            fail(f"{o}: the config has no key {key}; {hint}The keys of {section}: {', '.join(schema)}. "
                  f"(`sensreg train --cfg job` prints the whole config.)")
+        # A key only some options read (optim.betas: adam), set beside another option chosen on
+        # the command line: Hydra's answer would suggest +optim.betas, which would be ignored.
+        readers = schema[name].metadata.get("options")
+        option = chosen.get(section)
+        if readers and option is not None and option not in readers:
+            group = section  # (eta_schedule=step is also how a schedule is chosen)
+            fail(f"{o}: {key} is read by {' and '.join(f'{group}={r}' for r in readers)} only, and this "
+                 f"command chooses {group}={option}. Drop {key}, or choose "
+                 f"{'one of those' if len(readers) > 1 else f'{group}={readers[0]}'}.")
+
+
+def _chosen_options(overrides: list[str]) -> dict[str, str]:
+    """The option each config section gets on the command line (data=mnist, schedule@eta_schedule=
+    step), where one is chosen there; a sweep over options (optim=sgd,adam) chooses none."""
+    chosen = {}
+    for o, key, value in _key_values(overrides):
+        if "=" not in o or o.startswith("~") or "." in key or "," in value:
+            continue
+        group, _, section = key.partition("@")
+        chosen[section or group] = value
+    return chosen
 
 
 def _check_launcher_plugin(overrides: list[str]) -> None:

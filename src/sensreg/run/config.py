@@ -265,9 +265,14 @@ class TrainConfig:
             p.append(f"data.val_fraction={self.data.val_fraction} holds out every training image of "
                      f"data.name={self.data.name} for validation, leaving none to train on; lower it (0.1 is usual).")
             return p
+        epochs, warmup = self.trainer.epochs, self.trainer.warmup_epochs
+        if warmup >= epochs and (self.sens.name != "none" or self.prune.name != "none"):
+            p.append(f"trainer.warmup_epochs={warmup} covers the whole run (trainer.epochs={epochs}): every epoch "
+                     f"would be dense, with nothing regularized or pruned. Give fewer warm-up epochs than "
+                     f"trainer.epochs (or train dense with sens=none prune=none).")
+            return p
         if self.prune.name != "gmp" or train is None:
             return p
-        epochs = self.trainer.epochs
         steps = epochs * -(-train // self.trainer.batch_size)
         start, end = self.prune.start_step, self.prune.end_step
         length = f"the run's last step, {steps} ({epochs} epoch{'s' * (epochs > 1)} of {steps // epochs} steps)"
