@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -17,14 +18,14 @@ import torch
 
 from sensreg import atomic
 from sensreg.run.checkpoint import CheckpointError
-from sensreg.run.config import ConfigError
+from sensreg.run.config import ConfigError, TrainConfig
 from sensreg.run.interrupt import Interrupted
 from sensreg.run.folder import RunFolderError, RunLock, resolve
 from sensreg.run.lifecycle import resume_state, train
 from sensreg.run.loop import TrainStep
 from sensreg.run.train_state import load_training_state
 
-from conftest import assert_same_run, metrics_without_time, stop_at_step, train_config
+from conftest import assert_same_run, composed, metrics_without_time, stop_at_step, train_config
 
 # Deterministic CPU runs on noisy synthetic data (noise 3: the validation loss stays well above 0).
 BASE = {
@@ -452,3 +453,15 @@ def test_legal_but_useless_settings_get_a_one_line_warning_before_the_first_step
         train(cfg, tmp_path / "run")
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert [w.removeprefix("warning: ") for w in warned[:3]] == found
+    # A step schedule's milestone after the last epoch never takes effect; one at the last epoch does
+    # (from epoch M + 1 on), as do fractions of the run and epochs counted back from its end.
+    late = config(eta_schedule={"name": "step", "milestones": [1, 3, 7]}, lam_schedule={"name": "step", "milestones": [2]},
+                  trainer={"epochs": 3})
+    assert useless_settings(late, 1080, 10) == [
+        "eta_schedule.milestones: 3, 7 come(s) after the last epoch (trainer.epochs=3), so the factor never changes "
+        "there; give epochs of the run, or fractions of it (eta_schedule.milestones=[0.5,0.75])."]
+    within = config(eta_schedule={"name": "step", "milestones": [0.5, 2, -1]}, trainer={"epochs": 3})
+    assert useless_settings(within, 1080, 10) == []
+    presets = resources.files("sensreg.configs") / "experiment"
+    for preset in (p.name.removesuffix(".yaml") for p in presets.iterdir() if p.name.endswith(".yaml")):
+        assert useless_settings(TrainConfig.from_dict(composed(f"experiment={preset}")), 60_000, 10) == [], preset

@@ -38,7 +38,7 @@ from sensreg.method.prune_schedules import PruneConfig, PRUNE_SCHEDULES, target_
 from sensreg.method.per_sample import LayerTape, PerSampleError
 from sensreg.method.pruning import prunable_names
 from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction
-from sensreg.method.regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULES, lambda_schedule
+from sensreg.method.regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULE_KEYS, SCHEDULES, lambda_schedule
 from sensreg.method.sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
 
 OPTIMIZERS = ("sgd", "adam")
@@ -143,14 +143,19 @@ class OptimConfig:
     eps: float = _only("adam", default=1e-8)
 
 
+def _schedules_reading(key: str) -> tuple[str, ...]:
+    """The schedules that take ``key`` (regularizer.SCHEDULE_KEYS)."""
+    return tuple(name for name, keys in SCHEDULE_KEYS.items() if key in keys)
+
+
 @dataclass
 class ScheduleConfig:
     name: str = "constant"  # the options: configs/schedule/
     # step: the factor is gamma^(milestones passed); milestones are epochs, or fractions of the
     # run (0.8): positions.py
-    milestones: list[int | float] = _only("step", default_factory=lambda: [30, 60])
-    gamma: float = _only("step", default=0.1)
-    min_factor: float = _only("cosine", default=0.0)  # cosine: the factor at the end of the run
+    milestones: list[int | float] = _only(*_schedules_reading("milestones"), default_factory=lambda: [30, 60])
+    gamma: float = _only(*_schedules_reading("gamma"), default=0.1)
+    min_factor: float = _only(*_schedules_reading("min_factor"), default=0.0)  # cosine: the factor at the end
 
 
 @dataclass

@@ -30,6 +30,7 @@ from sensreg.run.environment import git_commit, versions
 from sensreg.run.init_weights import init_model_
 from sensreg.run.interrupt import Interrupted, StopSignals
 from sensreg.models import build_model
+from sensreg.method.positions import epoch_at
 from sensreg.method.prune_schedules import build_prune_schedule
 from sensreg.run.trackers import NO_TRACKERS, Trackers
 from sensreg.method.pruning import Masks, prunable_names, sparsity_stats
@@ -169,6 +170,14 @@ def useless_settings(cfg: TrainConfig, train_size: int, num_classes: int) -> lis
     if cfg.sens.name == "unspec" and cfg.sens.classes is not None and cfg.sens.classes >= num_classes:
         found.append(f"sens.classes={cfg.sens.classes} is not fewer than the dataset's {num_classes} "
                      f"classes: the exact sensitivity over all of them is computed (sens.classes=null).")
+    epochs = cfg.trainer.epochs
+    for section in ("eta_schedule", "lam_schedule"):
+        schedule = getattr(cfg, section)
+        late = [m for m in schedule.milestones if epoch_at(m, epochs) >= epochs] if schedule.name == "step" else []
+        if late:  # (a milestone M takes effect from epoch M + 1 on: regularizer.step)
+            found.append(f"{section}.milestones: {', '.join(map(str, late))} come(s) after the last epoch "
+                         f"(trainer.epochs={epochs}), so the factor never changes there; give epochs of the run, "
+                         f"or fractions of it ({section}.milestones=[0.5,0.75]).")
     return found
 
 
