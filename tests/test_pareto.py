@@ -52,6 +52,9 @@ def test_the_sweeper_without_optuna_is_one_message_before_any_training(tmp_path,
 @pytest.mark.parametrize("override, message", [
     ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 must be an integer >= 1"),
     ("hydra.sweeper.sampler=grid", "hydra.sweeper.sampler=grid is not one of: nsgaii, tpe"),
+    ("hydra.sweeper.seed=18446744073709551616", "hydra.sweeper.seed=18446744073709551616 must be null (not "
+                                                "reproducible) or an integer from 0 to 4294967283"),
+    ("hydra.sweeper.seed=-1", "hydra.sweeper.seed=-1 must be null"),
     ("prune=gmp prune.tolerance=interval(0.01,0.3)", "prune.tolerance is searched, but prune=gmp does not read it"),
     ("sens=none sens.lam=interval(1e-5,1e-3)", "sens.lam is searched, but sens=none does not regularize"),
     ("sens=none prune=none", "hydra/sweeper=pareto has nothing to search: sens=none prune=none"),

@@ -260,6 +260,12 @@ class ParetoSearch(Sweeper):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise SweepError(f"hydra.sweeper.{key}={value!r} must be an integer >= {low}.")
+        # The sampler is seeded with seed + the trials done so far, and NumPy takes seeds below 2^32.
+        top = 2**32 - 1 - self.n_trials
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not 0 <= self.seed <= top):
+            raise SweepError(f"hydra.sweeper.seed={self.seed!r} must be null (not reproducible) or an integer "
+                             f"from 0 to {top} (the sampler draws from seed + the trials done, below 2^32).")
 
     @staticmethod
     def _check_same_study(study, fixed: list[str], space: dict[str, Any], sweep_dir: Path) -> None:
