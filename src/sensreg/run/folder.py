@@ -236,6 +236,16 @@ class RunFolder:
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()
 
+    def remove_unstarted(self) -> bool:
+        """Remove the files of a run that failed before its first epoch (its summary, config and
+        log; nothing else is there to lose), as after an error in its input (a dataset that is
+        not there): such a run leaves no folder. Whether it did."""
+        if not _failed_before_its_first_epoch(self.path):
+            return False
+        for name in (SUMMARY_NAME, CONFIG_NAME, LOG_NAME):
+            (self.path / name).unlink(missing_ok=True)
+        return True
+
     def is_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
 
