@@ -21,3 +21,28 @@ def test_a_missing_dataset_is_exit_2_one_message_and_no_run_folder(tmp_path):
     assert both.count("ImageNet is not in") == 1 and "Nothing was trained." in out.stderr
     assert "Traceback" not in both
     assert not run.exists() and not (tmp_path / "nowhere").exists()
+
+
+SWEEP = ["train", "-m", "~experiment", "data=synthetic", "data.num_train=200", "data.num_test=50", "trainer.epochs=1",
+         "trainer.device=cpu", "trainer.progress=false"]
+
+
+def test_a_sweep_whose_jobs_failed_ends_with_one_line_counting_them_and_exit_1(tmp_path):
+    sweep = tmp_path / "sweep"
+    # Four jobs: one trains, two are refused (sens.lam=-1), one diverges in its second epoch.
+    out = sensreg(*SWEEP, "trainer.epochs=2", "prune=none", "schedule@eta_schedule=step", "eta_schedule.milestones=[1]",
+                  "eta_schedule.gamma=1,1e20", "schedule@lam_schedule=constant", "sens.lam=1e-4,-1", f"hydra.sweep.dir={sweep}", cwd=tmp_path, module=True)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 3 of 4 jobs of the sweep failed:"), last
+    assert last.count("sens.lam=-1") == 2 and last.count("refused, no run folder") == 2
+    assert f"eta_schedule.gamma=1e+20 sens.lam=0.0001 (run folder {sweep / '2_lenet300_spec'})" in last
+    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in sweep.rglob("summary.json")}
+    assert statuses == {"0_lenet300_spec": "completed", "2_lenet300_spec": "failed"}
+    # Every job refused: nothing was trained, exit code 2 as for a single refused run.
+    out = sensreg(*SWEEP, "sens.lam=-1,-2", f"hydra.sweep.dir={tmp_path / 'refused'}", cwd=tmp_path, module=True)
+    assert out.returncode == 2 and "2 of 2 jobs of the sweep failed" in out.stderr
+    # A sweep without failures says nothing more and exits 0.
+    out = sensreg(*SWEEP, "sens.lam=1e-4,1e-3", f"hydra.sweep.dir={tmp_path / 'fine'}", cwd=tmp_path, module=True)
+    assert out.returncode == 0 and "jobs of the sweep failed" not in out.stderr

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -36,7 +37,42 @@ def run_train(overrides: list[str]) -> None:
     Plugins.instance().register(ParetoSweeper)
     # Hydra reads its arguments from sys.argv; the program name shows up in its --help.
     sys.argv = ["sensreg train", *overrides]
+    SWEEP_JOBS.clear()
     hydra.main(config_path=CONFIG_PACKAGE, config_name="train", version_base="1.3")(train_task)()
+    _count_failed_jobs(SWEEP_JOBS)
+
+
+@dataclass
+class SweepJob:
+    """One job of a sweep run in this process: its run folder, its overrides, and how it ended."""
+
+    folder: Path
+    overrides: list[str]
+    failed: bool = False
+    refused: bool = False  # refused before any training (exit code 2 on its own)
+
+
+# The jobs of the sweep under way in this process (Hydra's basic sweeper and launcher), in order.
+SWEEP_JOBS: list[SweepJob] = []
+
+
+def _count_failed_jobs(jobs: list[SweepJob]) -> None:
+    """A sweep whose jobs failed ends with one line counting and naming them, and exit code 1 (2
+    where every job was refused before training: nothing was trained at all). Each failed job's
+    own message was printed as it failed, and the sweep went on with the next."""
+    failed = [j for j in jobs if j.failed]
+    if not failed:
+        return
+    common = set.intersection(*(set(j.overrides) for j in jobs))
+
+    def named(job: SweepJob) -> str:
+        values = " ".join(o for o in job.overrides if o not in common) or "its overrides"
+        where = f"run folder {job.folder}" if job.folder.exists() else "refused, no run folder"
+        return f"{values} ({where})"
+
+    fail(f"{len(failed)} of {len(jobs)} jobs of the sweep failed: {'; '.join(map(named, failed))}. "
+         f"Each one's message is above; a failed run's summary.json says why too.",
+         code=2 if all(j.refused for j in jobs) else 1)
 
 
 def _key_values(overrides: list[str]):
@@ -155,7 +191,23 @@ def train_task(cfg) -> dict | None:
             if exit_.code != 2:
                 raise
             return None
-    return _train_task(cfg, hydra_dir)
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return _train_task(cfg, hydra_dir)
+    # A job of a sweep that fails, or whose values are refused (its message printed, exit code 2
+    # on its own), does not stop the others; the sweep counts them at its end. A stop (Ctrl-C, a
+    # scheduler's signal) or a failed write still stops the sweep.
+    job = SweepJob(hydra_dir, list(HydraConfig.get().overrides.task))
+    SWEEP_JOBS.append(job)
+    try:
+        result = _train_task(cfg, hydra_dir)
+    except SystemExit as exit_:
+        if exit_.code != 2:
+            raise
+        result, job.refused = None, True
+    job.failed = result is None
+    return result
 
 
 def _train_task(cfg, hydra_dir: Path) -> dict | None:
