@@ -11,9 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from conftest import config, sensreg
+from conftest import assert_same_run, config, sensreg
 
 
 def test_a_missing_dataset_is_exit_2_one_message_and_no_run_folder(tmp_path):
@@ -99,3 +100,109 @@ def test_ctrl_c_during_eval_is_one_line_and_exit_130(tmp_path):
     assert out.returncode == 130, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "interrupted" in out.stderr
+
+
+def signal_in_evaluation(monkeypatch, split_size: int, nth: int = 1) -> dict:
+    """A real SIGINT while the ``nth`` evaluation of a split of ``split_size`` samples yields its
+    first batch; returns the counts: those evaluations, and the batches yielded after the signal."""
+    import signal
+
+    import sensreg.run.evaluate as evaluate_module
+
+    original, seen = evaluate_module.batches, {"evaluations": 0, "batches_after": 0, "sent": False}
+
+    def batches(split, *args, **kwargs):
+        mine = len(split) == split_size
+        seen["evaluations"] += mine
+        for i, batch in enumerate(original(split, *args, **kwargs)):
+            if seen["sent"]:
+                seen["batches_after"] += 1
+            elif mine and seen["evaluations"] == nth and i == 0:
+                signal.raise_signal(signal.SIGINT)
+                seen["sent"] = True
+            yield batch
+
+    monkeypatch.setattr(evaluate_module, "batches", batches)
+    return seen
+
+
+def test_ctrl_c_in_the_final_test_evaluation_stops_at_once_and_the_resume_finishes_the_run(
+        tmp_path, monkeypatch, capfd):
+    from sensreg.run.interrupt import Interrupted
+    from sensreg.run.lifecycle import resume_state, train
+
+    cfg = config(data={"eval_batch_size": 10})  # the test split: 10 batches of 10
+    train(cfg, tmp_path / "full")
+    seen = signal_in_evaluation(monkeypatch, 100)
+    run = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        train(cfg, run)
+    assert seen["batches_after"] == 0  # the stop came before the next batch, not after the split
+    assert "SIGINT: stopping after the training step or evaluation batch under way" in capfd.readouterr().err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["checkpoint_to_resume"] == "last.pt"
+    assert not (run / "model.pt").exists()
+    monkeypatch.undo()
+    train(cfg, run, resume_state(cfg, run / "last.pt"))
+    assert_same_run(tmp_path / "full", run)
+
+
+def test_ctrl_c_in_the_threshold_search_stops_within_an_evaluation_batch_and_the_resume_matches(
+        tmp_path, monkeypatch):
+    from sensreg.run.interrupt import Interrupted
+    from sensreg.run.lifecycle import resume_state, train
+
+    cfg = config(prune={"name": "search", "patience": 0, "tolerance": 0.1}, sens={"name": "spec", "lam": 1e-3},
+                 data={"eval_batch_size": 10, "noise": 3.0}, trainer={"epochs": 2, "deterministic": True})
+    train(cfg, tmp_path / "full")
+    assert len(json.loads((tmp_path / "full" / "summary.json").read_text())["thresholds"]) == 2
+    # Epoch 2's end: its validation, then the search's evaluations; the signal in the third.
+    per_epoch = json.loads((tmp_path / "full" / "summary.json").read_text())["thresholds"][0]["evaluations"] + 2
+    seen = signal_in_evaluation(monkeypatch, 30, nth=per_epoch + 3)
+    run = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        train(cfg, run)
+    assert seen["sent"] and seen["batches_after"] == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] == 1
+    monkeypatch.undo()
+    train(cfg, run, resume_state(cfg, run / "last.pt"))
+    assert_same_run(tmp_path / "full", run)
+
+
+def test_ctrl_c_to_the_command_in_a_slow_threshold_search_exits_130_within_seconds(tmp_path):
+    import os
+    import signal
+    import time
+
+    # Each evaluation batch of the search made slow (a second), as on a large validation split;
+    # the search's start is marked by a file.
+    marker = tmp_path / "searching"
+    script = ("import sys, time\n"
+              "import sensreg.method.prune_schedules as p, sensreg.run.evaluate as e\n"
+              "search, batches = p.search_threshold, e.batches\n"
+              "def slow_search(*a, **k):\n"
+              f"    open({str(marker)!r}, 'w').close()\n"
+              "    e.batches = lambda *a, **k: (time.sleep(1.0) or b for b in batches(*a, **k))\n"
+              "    return search(*a, **k)\n"
+              "p.search_threshold = slow_search\n"
+              "from sensreg.commands.cli import main\n"
+              "main(sys.argv[1:])\n")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", script, "train", "~experiment", "data=synthetic", "data.num_train=300",
+                             "data.num_test=100", "data.eval_batch_size=10", "trainer.epochs=2", "trainer.device=cpu",
+                             "prune=search", "prune.patience=0", f"hydra.run.dir={run}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert time.time() - sent < 20  # the search alone would take minutes
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "SIGINT: stopping after the training step or evaluation batch under way" in err
+    assert "stopped in the validation and pruning decision of epoch 1" in out
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"

@@ -277,7 +277,8 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
             fail(f"{err}: the run folder {run_dir} holds a checkpoint and says status: interrupted. "
                  f"Continue it with `sensreg train <the same overrides> trainer.resume={run_dir}`.",
                  code=err.exit_code)
-        fail(f"{err} before training began; nothing to continue, run the command again.", code=err.exit_code)
+        fail(f"{err} before the run wrote its first checkpoint; nothing to continue from, run the command "
+             f"again.", code=err.exit_code)
     except KeyboardInterrupt:
         fail(f"interrupted at once; the run folder {run_dir} says status: interrupted and keeps its "
              f"last checkpoint, if it had one.", code=130)
