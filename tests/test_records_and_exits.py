@@ -206,3 +206,19 @@ def test_ctrl_c_to_the_command_in_a_slow_threshold_search_exits_130_within_secon
     assert "SIGINT: stopping after the training step or evaluation batch under way" in err
     assert "stopped in the validation and pruning decision of epoch 1" in out
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_resume_without_last_pt_starts_over_and_keeps_the_earlier_records(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "~experiment", "data=synthetic", "data.num_train=200", "data.num_test=50", "trainer.epochs=1",
+            "trainer.device=cpu", f"hydra.run.dir={run}"]
+    assert sensreg(*args, cwd=tmp_path, module=True).returncode == 0
+    (run / "last.pt").unlink()  # a run killed before its checkpoint, or with trainer.checkpoint_every=0
+    before = {name: (run / name).read_bytes() for name in ("summary.json", "metrics.csv", "config.yaml", "train.log")}
+    out = sensreg(*args, "trainer.resume=true", cwd=tmp_path, module=True)
+    assert out.returncode == 0, out.stderr
+    (aside,) = run.glob("earlier-run-*")
+    assert f"found no last.pt in {run} to continue from, so the run starts over" in out.stdout
+    assert str(aside) in out.stdout and str(aside) in (run / "train.log").read_text()
+    assert {name: (aside / name).read_bytes() for name in before} == before
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed" and (run / "last.pt").is_file()

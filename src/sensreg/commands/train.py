@@ -266,9 +266,18 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
         with user_errors(run=folder, main_process=dist.is_main):
             with folder.lock() if dist.is_main else nullcontext():
                 saved = resume_state(config, resume_from)  # checked before anything is written
+                # trainer.resume=true without a last.pt starts over (a requeued job that never
+                # checkpointed must still run), but the earlier run's records are kept.
+                aside = folder.set_aside() if dist.is_main and resume_from is None and \
+                    config.trainer.resume is True else None
                 if dist.is_main:
                     folder.write_config(OmegaConf.to_yaml(cfg, resolve=True))
                 _setup_logging(folder.log_path if dist.is_main else None)
+                if aside is not None:
+                    logging.getLogger("sensreg").warning(
+                        "warning: trainer.resume=true found no %s in %s to continue from, so the run starts "
+                        "over; the earlier run's records (summary.json, metrics.csv, config.yaml, train.log) "
+                        "were moved to %s.", run_folder.CHECKPOINT_NAME, run_dir, aside)
                 # The run folder travels with the summary: a sweeper reads its trials from it.
                 return {**train(config, run_dir, saved, dist, tracked), "run_dir": str(run_dir)}
         return None  # this job of a sweep failed (its summary says so); the sweep goes on

@@ -12,7 +12,8 @@ Which folder a run uses and whether it continues an earlier run there (``resolve
   that run failed before its first epoch (nothing to resume or lose).
 - ``trainer.resume=true`` continues from ``last.pt`` in the run's own folder (a fixed
   ``hydra.run.dir`` / ``hydra.sweep.dir``, or a requeued cluster job); without one it starts
-  from scratch, so that a requeued job that never checkpointed still runs.
+  from scratch, so that a requeued job that never checkpointed still runs. The records of the
+  earlier run there are moved into a subfolder first (``RunFolder.set_aside``), never replaced.
 - ``trainer.resume=PATH`` continues the run folder PATH (or the run whose ``last.pt`` PATH is).
 - ``RunLock`` makes sure two processes never write into one folder at once.
 """
@@ -43,6 +44,7 @@ MODEL_NAME = "model.pt"  # the final model, compact (checkpoint.py)
 CHECKPOINT_NAME = "last.pt"  # the training state to resume from (checkpoint.py)
 LOG_NAME = "train.log"
 LOCK_NAME = ".lock"
+EARLIER_RUN = "earlier-run-"  # the subfolder a run started over in its folder moves the records into
 # A pareto sweep's folder (sensreg.commands.pareto): the study, and its trials and front as JSON.
 STUDY_DB, STUDY_JSON = "study.db", "study.json"
 RUN_FILES = (SUMMARY_NAME, METRICS_NAME, CONFIG_NAME, MODEL_NAME)  # any of them marks a run folder
@@ -245,6 +247,26 @@ class RunFolder:
         for name in (SUMMARY_NAME, CONFIG_NAME, LOG_NAME):
             (self.path / name).unlink(missing_ok=True)
         return True
+
+    def set_aside(self) -> Path | None:
+        """Move the records of an earlier run that left no last.pt to continue from (its summary,
+        metrics, config, log and model) into a subfolder ``earlier-run-<date>-<time>``, so that a
+        run started over in this folder replaces none of them; returns the subfolder (None where
+        there was no earlier run, or one that failed before its first epoch: nothing to keep).
+        ``sensreg compare`` does not look below a run folder, so the subfolder is no run of its own."""
+        if not self.is_run() or _failed_before_its_first_epoch(self.path):
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path / f"{EARLIER_RUN}{stamp}"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path / f"{EARLIER_RUN}{stamp}-{n}"
+        aside.mkdir()
+        for name in (SUMMARY_NAME, METRICS_NAME, CONFIG_NAME, LOG_NAME, MODEL_NAME):
+            if (self.path / name).exists():
+                os.replace(self.path / name, aside / name)
+        return aside
 
     def is_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
