@@ -222,3 +222,38 @@ def test_resume_without_last_pt_starts_over_and_keeps_the_earlier_records(tmp_pa
     assert str(aside) in out.stdout and str(aside) in (run / "train.log").read_text()
     assert {name: (aside / name).read_bytes() for name in before} == before
     assert json.loads((run / "summary.json").read_text())["status"] == "completed" and (run / "last.pt").is_file()
+
+
+def test_a_run_folder_removed_under_its_run_stops_the_run_and_is_not_made_again(tmp_path):
+    import os
+    import shutil
+    import time
+
+    def under_way(run: Path) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "sensreg", "train", "~experiment", "data=synthetic",
+                                 "data.num_train=20000", "data.num_test=200", "trainer.epochs=100", "trainer.device=cpu",
+                                 f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.time() + 120
+        while not ((run / "train.log").exists() and "epoch   1 " in (run / "train.log").read_text()):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        return proc
+
+    # The whole folder removed: the run stops at its next write and does not make it again.
+    gone = tmp_path / "gone"
+    proc = under_way(gone)
+    shutil.rmtree(gone, ignore_errors=True)  # (the run may be writing a file at that very moment)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert f"the run folder {gone} was removed while the run went on" in err
+    assert not gone.exists()
+    # Its lock file removed: another process may have taken the folder; the run writes no more.
+    unlocked = tmp_path / "unlocked"
+    proc = under_way(unlocked)
+    (unlocked / ".lock").unlink()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert f"the lock file {unlocked / '.lock'} was removed" in err and f"trainer.resume={unlocked}" in err
+    assert json.loads((unlocked / "summary.json").read_text())["status"] == "running"  # left as it was
+    assert not (unlocked / ".lock").exists()

@@ -292,6 +292,9 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
         fail(f"interrupted at once; the run folder {run_dir} says status: interrupted and keeps its "
              f"last checkpoint, if it had one.", code=130)
     except OSError as err:
+        gone = folder.gone_error()
+        if gone is not None:  # removed under the run in the middle of a write
+            fail(f"{gone} (run folder: {run_dir})", code=gone.exit_code)
         if folder.has_checkpoint():
             then = f"continue with `sensreg train <the same overrides> trainer.resume={run_dir}`"
         else:

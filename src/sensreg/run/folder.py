@@ -25,6 +25,7 @@ import json
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from sensreg.run import checkpoint
 
 from sensreg.run import train_state
 from sensreg.atomic import TEMPORARY_GLOB, named_os_error, write_atomic, write_json
-from sensreg.errors import UserError
+from sensreg.errors import RunError, UserError
 
 CONFIG_NAME = "config.yaml"  # the composed config, resolved
 METRICS_NAME = "metrics.csv"  # one row per finished epoch
@@ -65,6 +66,15 @@ METRIC_COLUMNS = ("epoch", "eta", "lam", "train_loss", "val_loss", "val_error", 
 
 class RunFolderError(UserError, RuntimeError):
     """The run folder cannot be used as asked; the message says why and what to do."""
+
+
+class RunFolderGone(RunError, RuntimeError):
+    """The run folder, or the lock file this process holds in it, was removed while the run went on."""
+
+
+# The lock files this process holds (RunLock): one removed under it means the folder is no longer
+# this run's to write.
+_HELD_LOCKS: set[Path] = set()
 
 
 def _failed_before_its_first_epoch(folder: Path) -> bool:
@@ -136,6 +146,7 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
                 raise named_os_error(err, self.path) from None
             self.held = True
+            _HELD_LOCKS.add(self.path)
             # Temporary files of atomic writes that a killed process never renamed into place.
             for leftover in self.path.parent.glob(TEMPORARY_GLOB):
                 leftover.unlink(missing_ok=True)
@@ -146,6 +157,7 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+            _HELD_LOCKS.discard(self.path)
 
     def _owner(self) -> str:
         pid, host, _ = _read_lock(self.path)
@@ -218,22 +230,63 @@ class RunFolder:
     def lock(self) -> "RunLock":
         return RunLock(self.path)
 
+    def gone(self) -> str | None:
+        """What was removed under the run, if anything: the folder, or the lock file this process
+        holds in it. A write would otherwise make the folder again, without its config, log or
+        lock, or write beside another process that has since taken the folder."""
+        if not self.path.is_dir():
+            return f"the run folder {self.path} was removed"
+        lock = self.path / LOCK_NAME
+        if lock in _HELD_LOCKS and not lock.exists():
+            return f"the lock file {lock} was removed, so another process may be writing this folder"
+        return None
+
+    def gone_error(self, vanished: bool = False) -> "RunFolderGone | None":
+        """The error saying what was removed under the run (``gone``), and what is left; None
+        while all is well. ``vanished``: a write just found its own file or folder missing,
+        which happens in a folder being removed before the folder itself is gone."""
+        why = self.gone() or (f"files of the run folder {self.path} were removed" if vanished else None)
+        if why is None:
+            return None
+        kept = (f"{self.checkpoint_path} keeps the last checkpoint: once no other process writes "
+                f"there, continue with trainer.resume={self.path}") if self.has_checkpoint() else \
+            "What the run had written went with it: run the command again"
+        return RunFolderGone(f"{why} while the run went on; it stops here and writes nothing more "
+                             f"rather than make the folder again without its config, log and lock. {kept}.")
+
+    @contextmanager
+    def _writing(self):
+        """Around each write: RunFolderGone where the folder or its lock was removed under the
+        run, found before the write or by it (a file of its own that vanished mid-write)."""
+        err = self.gone_error()
+        if err is not None:
+            raise err
+        try:
+            yield
+        except FileNotFoundError:
+            raise self.gone_error(vanished=True) from None
+
     def write_config(self, text: str) -> None:
-        write_atomic(self.config_path, lambda f: f.write(text))
+        with self._writing():
+            write_atomic(self.config_path, lambda f: f.write(text))
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        write_metrics(self.metrics_path, rows)
+        with self._writing():
+            write_metrics(self.metrics_path, rows)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json(self.summary_path, summary)
+        with self._writing():
+            write_json(self.summary_path, summary)
 
     def save_model(self, model, masks, **meta) -> int:
         """model.pt (``checkpoint.save_model``); returns its size in bytes."""
-        checkpoint.save_model(self.model_path, model, masks, **meta)
-        return self.model_path.stat().st_size
+        with self._writing():
+            checkpoint.save_model(self.model_path, model, masks, **meta)
+            return self.model_path.stat().st_size
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        train_state.save_training_state(self.checkpoint_path, state)
+        with self._writing():
+            train_state.save_training_state(self.checkpoint_path, state)
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()

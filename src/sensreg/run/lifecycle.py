@@ -86,7 +86,8 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
         summary["wall_time_s"] = earlier + time.time() - started
         if folder.has_checkpoint():
             summary["checkpoint_to_resume"] = CHECKPOINT_NAME
-        write_summary()
+        if folder.gone() is None:  # nothing is written into a folder removed under the run
+            write_summary()
         trackers.close(summary["status"])
         raise
     return summary
