@@ -257,3 +257,26 @@ def test_a_run_folder_removed_under_its_run_stops_the_run_and_is_not_made_again(
     assert f"the lock file {unlocked / '.lock'} was removed" in err and f"trainer.resume={unlocked}" in err
     assert json.loads((unlocked / "summary.json").read_text())["status"] == "running"  # left as it was
     assert not (unlocked / ".lock").exists()
+
+
+LONG_NAME = "n" * 256  # one byte over NAME_MAX
+LONG_PATH = "/".join(["p" * 200] * 21)  # 4220 bytes: over PATH_MAX, every name within NAME_MAX
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir", "trainer.init"])
+@pytest.mark.parametrize("path, expected", [
+    (LONG_NAME, "256 bytes long, and the file system takes at most 255 bytes for one name"),
+    (LONG_PATH, "and the system takes paths of at most 4095 bytes"),
+])
+def test_a_path_beyond_the_systems_limits_is_refused_before_any_work(tmp_path, monkeypatch, capsys, in_process_cli,
+                                                                     key, path, expected):
+    from conftest import run_in_process
+
+    monkeypatch.chdir(tmp_path)
+    mode = ["-m"] if key == "hydra.sweep.dir" else []
+    code = run_in_process("train", *mode, "~experiment", "data=synthetic", "trainer.epochs=1", "trainer.device=cpu",
+                          f"{key}={tmp_path / path}")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and f"{key}=" in err and expected in err and f"Choose a shorter path for {key}" in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no run folder, no outputs/

@@ -123,11 +123,17 @@ def _check_output_folders(overrides: list[str]) -> None:
     """A run or sweep folder given on the command line must be creatable: Hydra makes it before
     the task starts and would answer a path under a file, or in a folder without write
     permission, with a traceback. (Paths built from ${...} are Hydra's to resolve; not checked.)"""
-    from sensreg.atomic import first_existing
+    from sensreg.atomic import first_existing, path_too_long
 
     for o, key, value in _key_values(overrides):
-        if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+        if key not in ("hydra.run.dir", "hydra.sweep.dir", "trainer.init") or not value or "${" in value:
             continue
+        # Hydra would make the folder (or Python look at the file) and fail in a traceback.
+        too_long = path_too_long(value)
+        if too_long is not None:
+            fail(f"{o}: {too_long}. Choose a shorter path for {key}.")
+        if key == "trainer.init":
+            continue  # the config check looks at the file
         existing = first_existing(Path(value).expanduser().absolute())
         if not existing.is_dir():
             fail(f"{o}: {existing} is a file, so no folder can be made there. Choose another path "
