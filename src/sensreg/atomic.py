@@ -52,6 +52,27 @@ def first_existing(path: Path) -> Path:
     return path
 
 
+def path_too_long(path: str | Path) -> str | None:
+    """Why the system cannot take ``path`` at all, or None: one of its names longer than the
+    file system's limit (NAME_MAX, 255 bytes on most), or the whole longer than PATH_MAX (4096
+    bytes on Linux). Any look at such a path (even whether it exists) fails with an OSError."""
+    full = os.fsencode(os.path.abspath(os.path.expanduser(str(path))))
+    name_max, path_max = 255, 4096
+    try:
+        name_max = os.pathconf("/", "PC_NAME_MAX")
+        path_max = os.pathconf("/", "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        pass
+    for name in full.split(b"/"):
+        if len(name) > name_max:
+            shown = os.fsdecode(name[:24])
+            return (f"the name {shown}... in it is {len(name)} bytes long, and the file system takes at "
+                    f"most {name_max} bytes for one name")
+    if len(full) >= path_max:
+        return f"it is {len(full)} bytes long, and the system takes paths of at most {path_max - 1} bytes"
+    return None
+
+
 def _os_error_under(err: BaseException) -> OSError | None:
     """The OSError a non-OSError exception was raised while handling, if any."""
     if not isinstance(err, Exception):

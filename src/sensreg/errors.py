@@ -7,8 +7,8 @@ handler for them all). Each module keeps its own subclass next to the code that 
 a reader of that module sees what it may raise.
 
 Exit codes: 2 for a mistake found before anything was trained (a bad value, an unusable
-folder or file); 1 for a training run that began and then failed (``ends_run``: a missing
-dataset, a checkpoint that does not fit, divergence); 128 + n for a run stopped by signal n
+folder or file, a dataset that is not there); 1 for a training run that began and then failed
+(``ends_run``: a checkpoint that does not fit, divergence); 128 + n for a run stopped by signal n
 (``interrupt.Interrupted``).
 """
 
@@ -21,7 +21,7 @@ class UserError(Exception):
     exit_code = 2
     # Raised by a training run under way: `sensreg train` logs it, records it in summary.json as
     # the run's failure, exits 1, and a sweep goes on with its next job. False: nothing was
-    # trained, the value or folder named in the message is to be fixed.
+    # trained, the value, folder or dataset named in the message is to be fixed.
     ends_run = False
 
 

@@ -29,11 +29,13 @@ def user_errors(run=None, main_process: bool = True, unused_folder: Path | None 
     no traceback, and the exit code.
 
     ``run``: the RunFolder of a training run under way. An error that ends a run (``ends_run``:
-    a missing dataset, a checkpoint that does not fit, divergence) is logged, recorded in the
-    run's summary (``run.train`` did that) and exits 1 naming the folder; in a sweep the job
-    fails and the sweep goes on (the with-block is left without an exception). Any other user
-    error means nothing was trained: exit 2. ``unused_folder``: Hydra's run folder, removed if
-    nothing was written there. ``advice``: appended to "Nothing was trained." in training.
+    a checkpoint that does not fit, divergence) is logged, recorded in the run's summary
+    (``run.train`` did that) and exits 1 naming the folder; in a sweep the job fails and the
+    sweep goes on (the with-block is left without an exception). Any other user error (a
+    dataset that is not there, a busy folder) means nothing was trained: exit 2, and a run
+    folder that this run had started and that holds nothing else is removed.
+    ``unused_folder``: Hydra's run folder, removed if nothing was written there. ``advice``:
+    appended to "Nothing was trained." in training.
     """
     from sensreg.errors import UserError
 
@@ -43,6 +45,8 @@ def user_errors(run=None, main_process: bool = True, unused_folder: Path | None 
         training = run is not None or unused_folder is not None
         if unused_folder is not None:
             remove_if_empty(unused_folder)
+        if run is not None and not err.ends_run and run.remove_unstarted():
+            remove_if_empty(run.path)
         if not (run is not None and err.ends_run):
             fail(f"{err}\nNothing was trained.{advice}" if training else str(err))
         from hydra.core.hydra_config import HydraConfig

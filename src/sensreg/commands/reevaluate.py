@@ -11,6 +11,7 @@ import torch
 
 from sensreg.commands.console import fail, user_errors
 from sensreg.data import load_test_split
+from sensreg.errors import few_names
 from sensreg.method.pruning import sparsity_stats
 from sensreg.run.checkpoint import CheckpointError, load_checkpoint, saved_network
 from sensreg.run.config import DataConfig
@@ -18,11 +19,12 @@ from sensreg.run.evaluate import evaluate
 
 
 def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None,
-                        device: str | torch.device = "cpu") -> dict[str, Any]:
+                        device: str | torch.device = "cpu", summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rebuild the model saved at ``path`` and recompute its test error and sparsity.
 
     ``overrides`` replace entries of the data config the checkpoint was trained with (e.g. a
-    different ``root``). Uses nothing from the run folder but the checkpoint itself.
+    different ``root``). ``summary``: the summary.json of the run folder the checkpoint sits in,
+    whose network it must be. Uses nothing else from the run folder.
     """
     ckpt = load_checkpoint(path)
     data_cfg = dict(ckpt["config"]["data"])
@@ -34,10 +36,13 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
     data = DataConfig(**data_cfg)
     test, num_classes, input_shape = load_test_split(data.name, data.root, device, **data.loader_options())
     model = saved_network(ckpt)
+    _check_weights(path, ckpt["state_dict"], model)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not fit model {ckpt['model_name']}: {err}") from None
+    if summary is not None:
+        _check_against_summary(path, ckpt["model_name"], model, summary)
     model.to(device)
     result = {"checkpoint": str(path), "data": data.name, "model": ckpt["model_name"],
               "num_classes": ckpt["num_classes"]}
@@ -47,8 +52,61 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
     return result
 
 
+def _check_weights(path: str | Path, state: dict[str, Any], model: torch.nn.Module) -> None:
+    """Every float tensor of the network is saved as floats, all finite: load_state_dict would
+    copy integers or nan into the network without a word, and the figures would mean nothing."""
+    expected = model.state_dict()
+    bad = []
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if not isinstance(tensor, torch.Tensor):
+            bad.append(f"{name} is a {type(tensor).__name__}, not a tensor")
+        elif want is not None and want.is_floating_point() and not tensor.is_floating_point():
+            bad.append(f"{name} holds {str(tensor.dtype).removeprefix('torch.')} values, not floats")
+        elif tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad.append(f"{name} holds nan or inf")
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds weights no trained network has: {few_names(bad)}. "
+                              f"A finished run writes finite float weights; this file was changed or "
+                              f"written elsewhere. Evaluate the model.pt of a finished run.")
+
+
+def _check_against_summary(path: str | Path, model_name: str, model: torch.nn.Module,
+                           summary: dict[str, Any]) -> None:
+    """The network saved in a run folder's model.pt is the one its summary.json describes: the
+    same registered network, with the same parameters of the same shapes."""
+    differences = []
+    if isinstance(summary.get("model"), str) and summary["model"] != model_name:
+        differences.append(f"it is {model_name}, the summary's run trained {summary['model']}")
+    layers = (summary.get("sparsity") or {}).get("layers") if isinstance(summary.get("sparsity"), dict) else None
+    if isinstance(layers, list):
+        said = {r.get("name"): r.get("shape") for r in layers if isinstance(r, dict)}
+        have = {name: list(p.shape) for name, p in model.named_parameters()}
+        for name in sorted(set(said) | set(have)):
+            if name not in have:
+                differences.append(f"it has no {name}")
+            elif name not in said:
+                differences.append(f"{name} is not in the summary")
+            elif said[name] != have[name]:
+                differences.append(f"{name} is {'x'.join(map(str, have[name]))} here, "
+                                   f"{'x'.join(map(str, said[name] or []))} in the summary")
+    if differences:
+        raise CheckpointError(
+            f"checkpoint {path} is not the network that summary.json beside it describes: "
+            f"{few_names(differences, sep='; ')}. The file was replaced, or copied from another run: "
+            f"evaluate the model.pt of its own run folder (or a copy outside any run folder).")
+
 
 def run_eval(args: list[str]) -> None:
+    """`sensreg eval`; Ctrl-C is one line and exit code 130 (eval writes nothing)."""
+    try:
+        _run_eval(args)
+    except KeyboardInterrupt:
+        fail("interrupted; sensreg eval writes no file, so nothing is left half-done. Run it again "
+             "to get the figures.", code=130)
+
+
+def _run_eval(args: list[str]) -> None:
     if any(a in ("-h", "--help") for a in args):
         print("usage: sensreg eval CHECKPOINT [data.KEY=VALUE ...] [trainer.device=cpu|cuda|auto] [--json]\n\n"
               "Rebuilds the model saved in CHECKPOINT (a run folder's model.pt), evaluates it on the test\n"
@@ -93,20 +151,18 @@ def run_eval(args: list[str]) -> None:
             fail(f"the run folder {checkpoint} has no {MODEL_NAME}: the run has not finished (its summary.json "
                  f"says how far it got; continue it with `sensreg train ... trainer.resume={checkpoint}`).")
         checkpoint = folder.model_path
+    summary = RunFolder(checkpoint.parent).read().summary
     with user_errors():
-        result = evaluate_checkpoint(checkpoint, overrides, resolve_device(device))
-    result["matches_summary"] = _compare_with_summary(checkpoint, result)
+        result = evaluate_checkpoint(checkpoint, overrides, resolve_device(device), summary)
+    result["matches_summary"] = _compare_with_summary(summary, result)
     if as_json:
         print(json.dumps(result, indent=2))
         return
     _print_eval(result)
 
 
-def _compare_with_summary(checkpoint: Path, result: dict) -> bool | None:
+def _compare_with_summary(summary: dict | None, result: dict) -> bool | None:
     """Whether the run folder's summary.json holds exactly these figures; None without one."""
-    from sensreg.run.folder import RunFolder
-
-    summary = RunFolder(checkpoint.parent).read().summary
     if summary is None or "test_error" not in summary:
         return None
     return (summary["test_error"] == result["test_error"]

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -36,7 +37,42 @@ def run_train(overrides: list[str]) -> None:
     Plugins.instance().register(ParetoSweeper)
     # Hydra reads its arguments from sys.argv; the program name shows up in its --help.
     sys.argv = ["sensreg train", *overrides]
+    SWEEP_JOBS.clear()
     hydra.main(config_path=CONFIG_PACKAGE, config_name="train", version_base="1.3")(train_task)()
+    _count_failed_jobs(SWEEP_JOBS)
+
+
+@dataclass
+class SweepJob:
+    """One job of a sweep run in this process: its run folder, its overrides, and how it ended."""
+
+    folder: Path
+    overrides: list[str]
+    failed: bool = False
+    refused: bool = False  # refused before any training (exit code 2 on its own)
+
+
+# The jobs of the sweep under way in this process (Hydra's basic sweeper and launcher), in order.
+SWEEP_JOBS: list[SweepJob] = []
+
+
+def _count_failed_jobs(jobs: list[SweepJob]) -> None:
+    """A sweep whose jobs failed ends with one line counting and naming them, and exit code 1 (2
+    where every job was refused before training: nothing was trained at all). Each failed job's
+    own message was printed as it failed, and the sweep went on with the next."""
+    failed = [j for j in jobs if j.failed]
+    if not failed:
+        return
+    common = set.intersection(*(set(j.overrides) for j in jobs))
+
+    def named(job: SweepJob) -> str:
+        values = " ".join(o for o in job.overrides if o not in common) or "its overrides"
+        where = f"run folder {job.folder}" if job.folder.exists() else "refused, no run folder"
+        return f"{values} ({where})"
+
+    fail(f"{len(failed)} of {len(jobs)} jobs of the sweep failed: {'; '.join(map(named, failed))}. "
+         f"Each one's message is above; a failed run's summary.json says why too.",
+         code=2 if all(j.refused for j in jobs) else 1)
 
 
 def _key_values(overrides: list[str]):
@@ -87,11 +123,17 @@ def _check_output_folders(overrides: list[str]) -> None:
     """A run or sweep folder given on the command line must be creatable: Hydra makes it before
     the task starts and would answer a path under a file, or in a folder without write
     permission, with a traceback. (Paths built from ${...} are Hydra's to resolve; not checked.)"""
-    from sensreg.atomic import first_existing
+    from sensreg.atomic import first_existing, path_too_long
 
     for o, key, value in _key_values(overrides):
-        if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+        if key not in ("hydra.run.dir", "hydra.sweep.dir", "trainer.init") or not value or "${" in value:
             continue
+        # Hydra would make the folder (or Python look at the file) and fail in a traceback.
+        too_long = path_too_long(value)
+        if too_long is not None:
+            fail(f"{o}: {too_long}. Choose a shorter path for {key}.")
+        if key == "trainer.init":
+            continue  # the config check looks at the file
         existing = first_existing(Path(value).expanduser().absolute())
         if not existing.is_dir():
             fail(f"{o}: {existing} is a file, so no folder can be made there. Choose another path "
@@ -177,7 +219,23 @@ def train_task(cfg) -> dict | None:
             if exit_.code != 2:
                 raise
             return None
-    return _train_task(cfg, hydra_dir)
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return _train_task(cfg, hydra_dir)
+    # A job of a sweep that fails, or whose values are refused (its message printed, exit code 2
+    # on its own), does not stop the others; the sweep counts them at its end. A stop (Ctrl-C, a
+    # scheduler's signal) or a failed write still stops the sweep.
+    job = SweepJob(hydra_dir, list(HydraConfig.get().overrides.task))
+    SWEEP_JOBS.append(job)
+    try:
+        result = _train_task(cfg, hydra_dir)
+    except SystemExit as exit_:
+        if exit_.code != 2:
+            raise
+        result, job.refused = None, True
+    job.failed = result is None
+    return result
 
 
 def _train_task(cfg, hydra_dir: Path) -> dict | None:
@@ -236,9 +294,18 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
         with user_errors(run=folder, main_process=dist.is_main):
             with folder.lock() if dist.is_main else nullcontext():
                 saved = resume_state(config, resume_from)  # checked before anything is written
+                # trainer.resume=true without a last.pt starts over (a requeued job that never
+                # checkpointed must still run), but the earlier run's records are kept.
+                aside = folder.set_aside() if dist.is_main and resume_from is None and \
+                    config.trainer.resume is True else None
                 if dist.is_main:
                     folder.write_config(OmegaConf.to_yaml(cfg, resolve=True))
                 _setup_logging(folder.log_path if dist.is_main else None)
+                if aside is not None:
+                    logging.getLogger("sensreg").warning(
+                        "warning: trainer.resume=true found no %s in %s to continue from, so the run starts "
+                        "over; the earlier run's records (summary.json, metrics.csv, config.yaml, train.log) "
+                        "were moved to %s.", run_folder.CHECKPOINT_NAME, run_dir, aside)
                 # The run folder travels with the summary: a sweeper reads its trials from it.
                 return {**train(config, run_dir, saved, dist, tracked), "run_dir": str(run_dir)}
         return None  # this job of a sweep failed (its summary says so); the sweep goes on
@@ -247,11 +314,15 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
             fail(f"{err}: the run folder {run_dir} holds a checkpoint and says status: interrupted. "
                  f"Continue it with `sensreg train <the same overrides> trainer.resume={run_dir}`.",
                  code=err.exit_code)
-        fail(f"{err} before training began; nothing to continue, run the command again.", code=err.exit_code)
+        fail(f"{err} before the run wrote its first checkpoint; nothing to continue from, run the command "
+             f"again.", code=err.exit_code)
     except KeyboardInterrupt:
         fail(f"interrupted at once; the run folder {run_dir} says status: interrupted and keeps its "
              f"last checkpoint, if it had one.", code=130)
     except OSError as err:
+        gone = folder.gone_error()
+        if gone is not None:  # removed under the run in the middle of a write
+            fail(f"{gone} (run folder: {run_dir})", code=gone.exit_code)
         if folder.has_checkpoint():
             then = f"continue with `sensreg train <the same overrides> trainer.resume={run_dir}`"
         else:

@@ -18,14 +18,15 @@ import torch
 from torch import Tensor
 
 from ..atomic import first_existing
-from ..errors import RunError
+from ..errors import UserError
 
 # Per-channel (mean, std) of a dataset's training images.
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 
-class DatasetMissing(RunError, RuntimeError):
-    """The dataset is not on disk and could not be fetched."""
+class DatasetMissing(UserError, RuntimeError):
+    """The dataset is not on disk and could not be fetched: a mistake in the input, like a bad
+    value (exit code 2, nothing trained, no run folder left), not a failure of the run."""
 
 
 @dataclass

@@ -297,10 +297,11 @@ def search_and_prune(masks: Masks, optimizer, validate: Callable[[], dict[str, f
     def loss_with(threshold: float) -> float:
         for p, s, m, t in zip(masks.params, saved, masks.masks, masks.scaled_thresholds(threshold, scales)):
             p.copy_(s * (m & (s.abs() >= t)))
-        loss = validate()["loss"]
-        for p, s in zip(masks.params, saved):
-            p.copy_(s)
-        return loss
+        try:
+            return validate()["loss"]
+        finally:  # a stop in the middle of an evaluation leaves the weights as they were too
+            for p, s in zip(masks.params, saved):
+                p.copy_(s)
 
     before, l1_before = masks.remaining_pct(), masks.kept_l1()
     result = search_threshold(masks.kept_magnitudes(normalized), loss_with, val_loss, tolerance,

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from sensreg.atomic import path_too_long
 from sensreg.errors import UserError
 from sensreg.data import DATASETS, input_shape
 from sensreg.data.registry import validation_size
@@ -453,7 +454,11 @@ class TrainConfig:
         p.at_least("trainer.batch_size", self.trainer.batch_size, 1)
         p.at_least("trainer.warmup_epochs", self.trainer.warmup_epochs, 0)
         p.at_least("trainer.checkpoint_every", self.trainer.checkpoint_every, 0)
-        if self.trainer.init is not None and not Path(str(self.trainer.init)).expanduser().is_file():
+        too_long = None if self.trainer.init is None else path_too_long(self.trainer.init)
+        if too_long is not None:
+            p.append(f"trainer.init: {too_long}. Give a shorter path of the file (a link to it, or a "
+                     f"copy in a folder nearer the root).")
+        elif self.trainer.init is not None and not Path(str(self.trainer.init)).expanduser().is_file():
             p.append(f"trainer.init={self.trainer.init} does not exist; give the path of a sensreg "
                      f"model.pt or of a state dict file.")
         if not (isinstance(self.trainer.resume, bool) or (isinstance(self.trainer.resume, str) and self.trainer.resume)):

@@ -12,7 +12,8 @@ Which folder a run uses and whether it continues an earlier run there (``resolve
   that run failed before its first epoch (nothing to resume or lose).
 - ``trainer.resume=true`` continues from ``last.pt`` in the run's own folder (a fixed
   ``hydra.run.dir`` / ``hydra.sweep.dir``, or a requeued cluster job); without one it starts
-  from scratch, so that a requeued job that never checkpointed still runs.
+  from scratch, so that a requeued job that never checkpointed still runs. The records of the
+  earlier run there are moved into a subfolder first (``RunFolder.set_aside``), never replaced.
 - ``trainer.resume=PATH`` continues the run folder PATH (or the run whose ``last.pt`` PATH is).
 - ``RunLock`` makes sure two processes never write into one folder at once.
 """
@@ -24,6 +25,7 @@ import json
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from sensreg.run import checkpoint
 
 from sensreg.run import train_state
 from sensreg.atomic import TEMPORARY_GLOB, named_os_error, write_atomic, write_json
-from sensreg.errors import UserError
+from sensreg.errors import RunError, UserError
 
 CONFIG_NAME = "config.yaml"  # the composed config, resolved
 METRICS_NAME = "metrics.csv"  # one row per finished epoch
@@ -43,6 +45,7 @@ MODEL_NAME = "model.pt"  # the final model, compact (checkpoint.py)
 CHECKPOINT_NAME = "last.pt"  # the training state to resume from (checkpoint.py)
 LOG_NAME = "train.log"
 LOCK_NAME = ".lock"
+EARLIER_RUN = "earlier-run-"  # the subfolder a run started over in its folder moves the records into
 # A pareto sweep's folder (sensreg.commands.pareto): the study, and its trials and front as JSON.
 STUDY_DB, STUDY_JSON, STUDY_LOCK = "study.db", "study.json", "study.db.lock"
 RUN_FILES = (SUMMARY_NAME, METRICS_NAME, CONFIG_NAME, MODEL_NAME)  # any of them marks a run folder
@@ -63,6 +66,15 @@ METRIC_COLUMNS = ("epoch", "eta", "lam", "train_loss", "val_loss", "val_error", 
 
 class RunFolderError(UserError, RuntimeError):
     """The run folder cannot be used as asked; the message says why and what to do."""
+
+
+class RunFolderGone(RunError, RuntimeError):
+    """The run folder, or the lock file this process holds in it, was removed while the run went on."""
+
+
+# The lock files this process holds (RunLock): one removed under it means the folder is no longer
+# this run's to write.
+_HELD_LOCKS: set[Path] = set()
 
 
 def _failed_before_its_first_epoch(folder: Path) -> bool:
@@ -137,6 +149,7 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
                 raise named_os_error(err, self.path) from None
             self.held = True
+            _HELD_LOCKS.add(self.path)
             # Temporary files of atomic writes that a killed process never renamed into place.
             for leftover in self.path.parent.glob(TEMPORARY_GLOB):
                 leftover.unlink(missing_ok=True)
@@ -147,6 +160,7 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+            _HELD_LOCKS.discard(self.path)
 
     def _owner(self) -> str:
         pid, host, _ = _read_lock(self.path)
@@ -234,25 +248,96 @@ class RunFolder:
     def lock(self) -> "RunLock":
         return RunLock(self.path)
 
+    def gone(self) -> str | None:
+        """What was removed under the run, if anything: the folder, or the lock file this process
+        holds in it. A write would otherwise make the folder again, without its config, log or
+        lock, or write beside another process that has since taken the folder."""
+        if not self.path.is_dir():
+            return f"the run folder {self.path} was removed"
+        lock = self.path / LOCK_NAME
+        if lock in _HELD_LOCKS and not lock.exists():
+            return f"the lock file {lock} was removed, so another process may be writing this folder"
+        return None
+
+    def gone_error(self, vanished: bool = False) -> "RunFolderGone | None":
+        """The error saying what was removed under the run (``gone``), and what is left; None
+        while all is well. ``vanished``: a write just found its own file or folder missing,
+        which happens in a folder being removed before the folder itself is gone."""
+        why = self.gone() or (f"files of the run folder {self.path} were removed" if vanished else None)
+        if why is None:
+            return None
+        kept = (f"{self.checkpoint_path} keeps the last checkpoint: once no other process writes "
+                f"there, continue with trainer.resume={self.path}") if self.has_checkpoint() else \
+            "What the run had written went with it: run the command again"
+        return RunFolderGone(f"{why} while the run went on; it stops here and writes nothing more "
+                             f"rather than make the folder again without its config, log and lock. {kept}.")
+
+    @contextmanager
+    def _writing(self):
+        """Around each write: RunFolderGone where the folder or its lock was removed under the
+        run, found before the write or by it (a file of its own that vanished mid-write)."""
+        err = self.gone_error()
+        if err is not None:
+            raise err
+        try:
+            yield
+        except FileNotFoundError:
+            raise self.gone_error(vanished=True) from None
+
     def write_config(self, text: str) -> None:
-        write_atomic(self.config_path, lambda f: f.write(text))
+        with self._writing():
+            write_atomic(self.config_path, lambda f: f.write(text))
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        write_metrics(self.metrics_path, rows)
+        with self._writing():
+            write_metrics(self.metrics_path, rows)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json(self.summary_path, summary)
+        with self._writing():
+            write_json(self.summary_path, summary)
 
     def save_model(self, model, masks, **meta) -> int:
         """model.pt (``checkpoint.save_model``); returns its size in bytes."""
-        checkpoint.save_model(self.model_path, model, masks, **meta)
-        return self.model_path.stat().st_size
+        with self._writing():
+            checkpoint.save_model(self.model_path, model, masks, **meta)
+            return self.model_path.stat().st_size
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        train_state.save_training_state(self.checkpoint_path, state)
+        with self._writing():
+            train_state.save_training_state(self.checkpoint_path, state)
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()
+
+    def remove_unstarted(self) -> bool:
+        """Remove the files of a run that failed before its first epoch (its summary, config and
+        log; nothing else is there to lose), as after an error in its input (a dataset that is
+        not there): such a run leaves no folder. Whether it did."""
+        if not _failed_before_its_first_epoch(self.path):
+            return False
+        for name in (SUMMARY_NAME, CONFIG_NAME, LOG_NAME):
+            (self.path / name).unlink(missing_ok=True)
+        return True
+
+    def set_aside(self) -> Path | None:
+        """Move the records of an earlier run that left no last.pt to continue from (its summary,
+        metrics, config, log and model) into a subfolder ``earlier-run-<date>-<time>``, so that a
+        run started over in this folder replaces none of them; returns the subfolder (None where
+        there was no earlier run, or one that failed before its first epoch: nothing to keep).
+        ``sensreg compare`` does not look below a run folder, so the subfolder is no run of its own."""
+        if not self.is_run() or _failed_before_its_first_epoch(self.path):
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path / f"{EARLIER_RUN}{stamp}"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path / f"{EARLIER_RUN}{stamp}-{n}"
+        aside.mkdir()
+        for name in (SUMMARY_NAME, METRICS_NAME, CONFIG_NAME, LOG_NAME, MODEL_NAME):
+            if (self.path / name).exists():
+                os.replace(self.path / name, aside / name)
+        return aside
 
     def is_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)

@@ -1,9 +1,13 @@
 """Graceful stops: SIGINT and SIGTERM ask the training loop to stop after the current step.
 
 The loop polls ``StopSignals.requested`` after every step; when set, it writes a checkpoint
-and the summary (status ``interrupted``) and raises ``Interrupted``. A second SIGINT while the
-first is being honoured raises ``KeyboardInterrupt`` at once, for a user who cannot wait.
-SIGTERM is what Slurm and most schedulers send before they kill a job.
+and the summary (status ``interrupted``) and raises ``Interrupted``. The evaluations (each
+epoch's validation, the threshold search's, the final test) poll it after every batch
+(``StopSignals.check``): a stop there keeps the last checkpoint written, and the resumed run
+does that epoch's end (or the final test) again. The first signal is answered with a line at
+once, saying what happens next. A second SIGINT while the first is being honoured raises
+``KeyboardInterrupt`` at once, for a user who cannot wait. SIGTERM is what Slurm and most
+schedulers send before they kill a job.
 
 A job launched by submitit (Hydra's submitit launcher) gets SIGUSR2 before preemption or its
 time limit, and submitit's own handler requeues it. Where such a handler is installed, SIGUSR2
@@ -13,6 +17,7 @@ job (with ``trainer.resume=true``) continues from the very step where this one s
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -48,6 +53,12 @@ class StopSignals:
             self.requested = signal.Signals(signum).name
             self._signum = signum
             self.exit_code = 128 + signum  # the shell's convention for death by a signal
+            if os.environ.get("RANK", "0") == "0":
+                # At once, though the stop waits for the step or evaluation batch under way; a
+                # raw write, as the signal may have come in the middle of a print to stderr.
+                os.write(2, f"{self.requested}: stopping after the training step or evaluation batch "
+                            f"under way; the run folder keeps its last checkpoint, to continue with "
+                            f"trainer.resume. Press Ctrl-C again to exit at once.\n".encode())
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
@@ -69,6 +80,13 @@ class StopSignals:
         if self.requested is None:
             self.requested = "SIGTERM (to another process of the run)"
             self.exit_code = 128 + signal.SIGTERM
+
+    def check(self, dist) -> None:
+        """Between two batches of an evaluation: raise ``Interrupted`` if a stop was requested of
+        this process or (``dist``) of any other, all at the same batch."""
+        if dist.any(self.requested is not None):
+            self.agree()
+            self.raise_if_requested()
 
     def raise_if_requested(self) -> None:
         """Raise ``Interrupted`` if a stop was requested, after handing the signal on to the

@@ -37,7 +37,7 @@ from sensreg.method.pruning import Masks, prunable_names, sparsity_stats
 from sensreg.run.folder import CHECKPOINT_NAME, MODEL_NAME, RunFolder
 from sensreg.method.sensitivity import get_variant
 from sensreg.run.tables import layer_table, render_text
-from sensreg.run.loop import Training, TrainStep, build_optimizer, run_epochs
+from sensreg.run.loop import Training, TrainStep, build_optimizer, kept_checkpoint, run_epochs
 from sensreg.run.train_state import load_training_state
 
 log = logging.getLogger("sensreg")
@@ -87,7 +87,8 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
         summary["wall_time_s"] = earlier + time.time() - started
         if folder.has_checkpoint():
             summary["checkpoint_to_resume"] = CHECKPOINT_NAME
-        write_summary()
+        if folder.gone() is None:  # nothing is written into a folder removed under the run
+            write_summary()
         trackers.close(summary["status"])
         raise
     return summary
@@ -250,7 +251,12 @@ def finish(tr: Training) -> None:
     """The test evaluation (float32, as `sensreg eval` recomputes it), model.pt and the
     completed summary, and the closing log lines."""
     cfg, data, summary = tr.cfg, tr.data, tr.summary
-    test = evaluation.evaluate(tr.model, data.test, cfg.data.eval_batch_size, dist=tr.dist)
+    try:
+        test = evaluation.evaluate(tr.model, data.test, cfg.data.eval_batch_size, dist=tr.dist, stop=tr.stop)
+    except Interrupted:
+        log.info("%s: stopped in the final test evaluation; the last epoch is done and %s",
+                 tr.stop.requested, kept_checkpoint(tr))
+        raise
     stats = sparsity_stats(tr.model, data.input_shape, tr.masks.names)
     if tr.dist.is_main:
         model_bytes = tr.folder.save_model(

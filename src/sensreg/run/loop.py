@@ -27,7 +27,7 @@ from sensreg.data import Dataset, batches, crop_flip, crop_flip_draws, num_batch
 from sensreg.run.distributed import SINGLE, Dist
 from sensreg.run import evaluate as evaluation
 from sensreg.errors import Diverged
-from sensreg.run.interrupt import StopSignals
+from sensreg.run.interrupt import Interrupted, StopSignals
 from sensreg.run.precision import autocast, grad_scaler
 from sensreg.method.prune_schedules import PruneContext, PruneSchedule
 from sensreg.run.trackers import NO_TRACKERS, Trackers
@@ -225,7 +225,7 @@ class Training:
     def validate(self) -> dict[str, float]:
         """The model on the validation split, in the run's precision, over all its processes."""
         return evaluation.evaluate(self.model, self.data.val, self.cfg.data.eval_batch_size,
-                                   self.cfg.trainer.precision, self.dist)
+                                   self.cfg.trainer.precision, self.dist, self.stop)
 
     def elapsed(self) -> float:
         """Wall time of this run: earlier sessions and this one."""
@@ -286,9 +286,16 @@ def run_epochs(tr: Training) -> None:
         # Validation, and with it the threshold search, in the training precision (faster on
         # a GPU); the final test evaluation in float32, as `sensreg eval` recomputes it.
         dist.sync_buffers_(tr.model)
-        val = tr.prune_ctx.validate()
-        if not dense:
-            val = tr.prune.after_epoch(epoch + 1, val, tr.prune_ctx)
+        try:
+            val = tr.prune_ctx.validate()
+            if not dense:
+                val = tr.prune.after_epoch(epoch + 1, val, tr.prune_ctx)
+        except Interrupted:
+            # No checkpoint of a half-made pruning decision: the last one stands, and the resumed
+            # run does this epoch (from where that checkpoint is) again.
+            log.info("%s: stopped in the validation and pruning decision of epoch %d; %s", stop.requested,
+                     epoch + 1, kept_checkpoint(tr))
+            raise
 
         row = {"epoch": epoch + 1, "eta": eta, "lam": lam, "train_loss": train_loss,
                "val_loss": val["loss"], "val_error": val["error"],
@@ -385,6 +392,14 @@ class DivergenceWatch:
         self.copied = torch.cuda.Event()
         self.copied.record()
         return finite
+
+
+def kept_checkpoint(tr: Training) -> str:
+    """What a stop outside the training steps keeps, and how to go on from it."""
+    if not tr.folder.has_checkpoint():
+        return "no checkpoint was written before it: run the command again."
+    return (f"{tr.folder.checkpoint_path} keeps the state it was last written with; continue with "
+            f"trainer.resume={tr.folder.path}")
 
 
 def check_finite(tr: Training, train_loss: float, eta: float, lam: float) -> None:
