@@ -25,11 +25,14 @@ TINY = ["data=synthetic", "data.num_train=200", "data.num_test=50", "trainer.epo
     ("prune.target=1e9x", "prune.target=1e9x would keep 0 of the network's 266,610 prunable parameters"),
     ("prune.target=50000x", "fewer than one for each of its 6 tensors"),
     ("trainer.warmup_epochs=1", "trainer.warmup_epochs=1 covers the whole run (trainer.epochs=1)"),
+    ("data.split_seed=18446744073709551616", "data.split_seed=18446744073709551616 is outside the seeds PyTorch "
+                                             "takes"),
+    ("data.num_classes=18446744073709551616", "data.num_classes=18446744073709551616 classes need"),
 ])
 def test_an_extreme_value_is_refused_before_any_work(tmp_path, monkeypatch, capsys, in_process_cli,
                                                      override, expected):
     monkeypatch.chdir(tmp_path)
-    assert run_in_process("train", *TINY, override, "hydra.run.dir=run") == 2
+    assert run_in_process("train", *TINY, *override.split(), "hydra.run.dir=run") == 2
     err = " ".join(capsys.readouterr().err.split())
     assert expected in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
@@ -37,9 +40,10 @@ def test_an_extreme_value_is_refused_before_any_work(tmp_path, monkeypatch, caps
 
 @pytest.mark.slow
 @pytest.mark.parametrize("override", ["trainer.seed=9223372036854775805", "trainer.seed=-9223372036854775808",
+                                      "data.split_seed=18446744073709551615",
                                       "prune.end_step=2", "prune.start_step=1", "prune.target=44435x",
                                       "data.val_fraction=0.99"])
 def test_the_value_just_inside_each_bound_trains(tmp_path, monkeypatch, in_process_cli, override):
     monkeypatch.chdir(tmp_path)
-    assert run_in_process("train", *TINY, override, "hydra.run.dir=run") == 0
+    assert run_in_process("train", *TINY, *override.split(), "hydra.run.dir=run") == 0
     assert (tmp_path / "run" / "model.pt").is_file()

@@ -462,6 +462,11 @@ def test_legal_but_useless_settings_get_a_one_line_warning_before_the_first_step
         "there; give epochs of the run, or fractions of it (eta_schedule.milestones=[0.5,0.75])."]
     within = config(eta_schedule={"name": "step", "milestones": [0.5, 2, -1]}, trainer={"epochs": 3})
     assert useless_settings(within, 1080, 10) == []
+    # A threshold search whose patience outlasts the run never prunes.
+    assert useless_settings(config(prune={"name": "search", "patience": 3}, trainer={"epochs": 3}), 1080, 10) == [
+        "prune.patience=3: a threshold search waits for that many epochs without a lower validation loss, and "
+        "the run has 3: nothing will be pruned. Give a patience below trainer.epochs (0: a search after every epoch)."]
+    assert useless_settings(config(prune={"name": "search", "patience": 2}, trainer={"epochs": 3}), 1080, 10) == []
     presets = resources.files("sensreg.configs") / "experiment"
     for preset in (p.name.removesuffix(".yaml") for p in presets.iterdir() if p.name.endswith(".yaml")):
         assert useless_settings(TrainConfig.from_dict(composed(f"experiment={preset}")), 60_000, 10) == [], preset

@@ -328,6 +328,10 @@ class TrainConfig:
         if not (isinstance(self.data.val_fraction, (int, float)) and 0 < self.data.val_fraction < 1):
             p.append(f"data.val_fraction={self.data.val_fraction!r} must lie strictly between 0 and 1.")
         p.at_least("data.eval_batch_size", self.data.eval_batch_size, 1)
+        # torch.Generator takes seeds from -2^63 to 2^64 - 1 (data/registry.py: split_train_val)
+        if _TYPES["int"][0](self.data.split_seed) and not -(2**63) <= self.data.split_seed < 2**64:
+            p.append(f"data.split_seed={self.data.split_seed} is outside the seeds PyTorch takes: use an "
+                     f"integer from {-(2**63)} to {2**64 - 1}.")
         if self.data.name == "synthetic":
             p.at_least("data.num_train", self.data.num_train, 2)  # a training and a validation sample
             p.at_least("data.num_test", self.data.num_test, 1)
@@ -357,12 +361,14 @@ class TrainConfig:
         """The generated images are held in memory whole: more than this machine has would end
         the run in an out-of-memory kill instead of a message."""
         c, h, w = self.data.shape
-        need = (self.data.num_train + self.data.num_test) * c * h * w * 4  # float32
+        # the images, and one prototype image per class (data/tensors.py: load_synthetic), float32
+        need = (self.data.num_train + self.data.num_test + self.data.num_classes) * c * h * w * 4
         have = _memory_bytes()
         if have and need > have:
             p.append(f"data.num_train={self.data.num_train} and data.num_test={self.data.num_test} images of "
-                     f"data.shape={list(self.data.shape)} need {need / 2**30:.3g} GiB of memory, more than this "
-                     f"machine's {have / 2**30:.3g} GiB; generate fewer or smaller images.")
+                     f"data.shape={list(self.data.shape)} in data.num_classes={self.data.num_classes} classes "
+                     f"need {need / 2**30:.3g} GiB of memory, more than this machine's {have / 2**30:.3g} GiB; "
+                     f"generate fewer or smaller images, or fewer classes.")
 
     def _check_sens_and_optim(self, p: "_Problems") -> None:
         p.at_least("sens.lam", self.sens.lam, 0)

@@ -172,6 +172,11 @@ def useless_settings(cfg: TrainConfig, train_size: int, num_classes: int) -> lis
         found.append(f"sens.classes={cfg.sens.classes} is not fewer than the dataset's {num_classes} "
                      f"classes: the exact sensitivity over all of them is computed (sens.classes=null).")
     epochs = cfg.trainer.epochs
+    if cfg.prune.name == "search" and cfg.prune.patience >= epochs:
+        # (a warning, not a refusal: `sensreg train ~experiment trainer.epochs=1` must run)
+        found.append(f"prune.patience={cfg.prune.patience}: a threshold search waits for that many epochs "
+                     f"without a lower validation loss, and the run has {epochs}: nothing will be pruned. "
+                     f"Give a patience below trainer.epochs (0: a search after every epoch).")
     for section in ("eta_schedule", "lam_schedule"):
         schedule = getattr(cfg, section)
         late = [m for m in schedule.milestones if epoch_at(m, epochs) >= epochs] if schedule.name == "step" else []
