@@ -280,3 +280,44 @@ def test_a_path_beyond_the_systems_limits_is_refused_before_any_work(tmp_path, m
     assert code == 2 and f"{key}=" in err and expected in err and f"Choose a shorter path for {key}" in err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no run folder, no outputs/
+
+
+def interrupted_command(tmp_path, module: str, function: str, *args: str) -> subprocess.CompletedProcess:
+    """The sensreg command ``args`` with a real SIGINT raised where ``module.function`` is first called."""
+    script = ("import importlib, signal, sys\n"
+              f"m = importlib.import_module({module!r})\n"
+              f"original = m.{function}\n"
+              "def interrupted(*args, **kwargs):\n"
+              "    signal.raise_signal(signal.SIGINT)\n"
+              "    return original(*args, **kwargs)\n"
+              f"m.{function} = interrupted\n"
+              "from sensreg.commands.cli import main\n"
+              "main(sys.argv[1:])\n")
+    return subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("command, module, function", [
+    ("report", "sensreg.run.plots", "epochs_plot"),  # the report draws its plots
+    ("compare", "sensreg.commands.compare", "write_csv"),  # compare writes its table
+])
+def test_ctrl_c_during_report_or_compare_is_one_line_and_exit_130(tmp_path, command, module, function):
+    from sensreg.run.lifecycle import train
+
+    train(config(), tmp_path / "run")
+    out = interrupted_command(tmp_path, module, function, command, str(tmp_path / "run"))
+    assert out.returncode == 130, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert f"sensreg {command} stopped by Ctrl-C; no file was left half-written" in out.stderr
+
+
+def test_ctrl_c_during_the_set_up_of_a_run_leaves_no_run_folder(tmp_path):
+    # While the dataset is loaded: the run stops before its first step, and the summary, config and
+    # log it had written go with the folder, so that the command as it was runs again.
+    run = tmp_path / "run"
+    out = interrupted_command(tmp_path, "sensreg.run.lifecycle", "load_dataset", "train", "~experiment",
+                              "data=synthetic", "data.num_train=200", "trainer.epochs=1", "trainer.device=cpu",
+                              f"hydra.run.dir={run}")
+    assert out.returncode == 130, out.stderr
+    assert "Traceback" not in out.stderr and "before the first epoch ended: nothing was trained" in out.stderr
+    assert not run.exists()

@@ -24,22 +24,41 @@ a loop that needs them apart:
 - ``search_and_prune`` and ``search_threshold``: the largest magnitude threshold that keeps the
   validation loss within a tolerance; ``prune_schedule`` builds the schedules the runner uses.
 
-Importing sensreg loads torch and these modules only: no Hydra, no console, no files. The
+Importing sensreg loads nothing until a name is used, then torch and that name's module only:
+no Hydra, no console, no files. The
 command line (``sensreg train ...``) lives in ``sensreg.commands``, the training runner in
 ``sensreg.run``.
 """
 
-from sensreg.method.pruning import Masks, prunable_names, search_threshold
-from sensreg.method.prune_schedules import (PRUNE_SCHEDULES, PruneConfig, PruneContext, prune_schedule,
-                                            search_and_prune)
-from sensreg.method.regularizer import insensitivity, rescale_, shrink_
-from sensreg.method.sensitivity import VARIANTS, Variant, gradients_and_sensitivity
-from sensreg.method.step import SensitivityStep
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SensitivityStep", "gradients_and_sensitivity", "VARIANTS", "Variant", "rescale_", "shrink_",
-    "insensitivity", "Masks", "prunable_names", "search_threshold", "search_and_prune", "prune_schedule",
-    "PRUNE_SCHEDULES", "PruneConfig", "PruneContext",
-]
+# Each public name and the module that defines it. They are imported when first used, so that
+# the command line starts (and answers Ctrl-C) before torch has loaded.
+_PUBLIC = {
+    "SensitivityStep": "sensreg.method.step",
+    "gradients_and_sensitivity": "sensreg.method.sensitivity", "VARIANTS": "sensreg.method.sensitivity",
+    "Variant": "sensreg.method.sensitivity",
+    "rescale_": "sensreg.method.regularizer", "shrink_": "sensreg.method.regularizer",
+    "insensitivity": "sensreg.method.regularizer",
+    "Masks": "sensreg.method.pruning", "prunable_names": "sensreg.method.pruning",
+    "search_threshold": "sensreg.method.pruning",
+    "search_and_prune": "sensreg.method.prune_schedules", "prune_schedule": "sensreg.method.prune_schedules",
+    "PRUNE_SCHEDULES": "sensreg.method.prune_schedules", "PruneConfig": "sensreg.method.prune_schedules",
+    "PruneContext": "sensreg.method.prune_schedules",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'sensreg' has no attribute {name!r}")
+    value = getattr(import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import sys
 
-from sensreg.commands.compare_report import run_compare, run_report
+from importlib import import_module
+
 from sensreg.commands.console import fail
-from sensreg.commands.reevaluate import run_eval
-from sensreg.commands.train import run_train
+
+# Each command's module and function, imported once the command is known (and inside the Ctrl-C
+# handler: torch takes a second or two to load).
+COMMANDS = {"train": ("sensreg.commands.train", "run_train"), "eval": ("sensreg.commands.reevaluate", "run_eval"),
+            "compare": ("sensreg.commands.compare_report", "run_compare"),
+            "report": ("sensreg.commands.compare_report", "run_report")}
 USAGE = """\
 usage: sensreg <command> [options] [key=value ...]
 
@@ -49,14 +54,14 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, end="")
         return
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        run_train(rest)
-    elif command == "eval":
-        run_eval(rest)
-    elif command == "compare":
-        run_compare(rest)
-    elif command == "report":
-        run_report(rest)
-    else:
-        fail(f"unknown command {command!r}; the commands are: train, eval, compare, report. "
-             f"See `sensreg --help`.")
+    if command not in COMMANDS:
+        fail(f"unknown command {command!r}; the commands are: {', '.join(COMMANDS)}. See `sensreg --help`.")
+    try:
+        module, function = COMMANDS[command]
+        getattr(import_module(module), function)(rest)
+    except KeyboardInterrupt:
+        # train and eval say more where they catch it; anywhere else (compare, report, an import)
+        # one line: every file sensreg writes is written whole, so a stop leaves none half-written.
+        done = ("no run was training (a run folder already finished is complete)" if command == "train"
+                else "no file was left half-written")
+        fail(f"sensreg {command} stopped by Ctrl-C; {done}. Run the command again to finish.", code=130)

@@ -314,11 +314,24 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
             fail(f"{err}: the run folder {run_dir} holds a checkpoint and says status: interrupted. "
                  f"Continue it with `sensreg train <the same overrides> trainer.resume={run_dir}`.",
                  code=err.exit_code)
-        fail(f"{err} before the run wrote its first checkpoint; nothing to continue from, run the command "
-             f"again.", code=err.exit_code)
-    except KeyboardInterrupt:
-        fail(f"interrupted at once; the run folder {run_dir} says status: interrupted and keeps its "
-             f"last checkpoint, if it had one.", code=130)
+        if dist.is_main and folder.remove_unstarted():
+            remove_if_empty(run_dir)
+            fail(f"{err} before the first epoch ended: nothing was trained, and the run folder is removed. "
+                 f"Run the command again.", code=err.exit_code)
+        fail(f"{err} before the run wrote its first checkpoint (trainer.checkpoint_every="
+             f"{config.trainer.checkpoint_every}), so there is nothing to continue from. The same command with "
+             f"trainer.resume=true starts the run over in {run_dir}, keeping these records in a subfolder.",
+             code=err.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the run's own handler was in place
+        if folder.has_checkpoint():
+            fail(f"interrupted at once; the run folder {run_dir} keeps its last checkpoint: continue with "
+                 f"`sensreg train <the same overrides> trainer.resume={run_dir}`.", code=130)
+        if dist.is_main and folder.remove_set_up():
+            remove_if_empty(run_dir)
+            fail("interrupted during the set-up, before training began: nothing was trained, and the run "
+                 "folder's first files are removed. Run the command again.", code=130)
+        fail(f"interrupted at once, before the run wrote its first checkpoint: nothing to continue from "
+             f"(the run folder {run_dir} keeps what it wrote). Run the command again.", code=130)
     except OSError as err:
         gone = folder.gone_error()
         if gone is not None:  # removed under the run in the middle of a write

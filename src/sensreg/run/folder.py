@@ -77,15 +77,16 @@ class RunFolderGone(RunError, RuntimeError):
 _HELD_LOCKS: set[Path] = set()
 
 
-def _failed_before_its_first_epoch(folder: Path) -> bool:
-    """Whether the run in ``folder`` failed before it finished an epoch (a trainer.init file it
-    could not read, a dataset it could not find), leaving nothing to resume or to lose: a fresh
-    run may then take the folder over, its summary replacing the failed one."""
+def _ended_before_its_first_epoch(folder: Path) -> bool:
+    """Whether the run in ``folder`` failed or was stopped before it finished an epoch (a
+    trainer.init file it could not read, a dataset it could not find, a Ctrl-C in its set-up),
+    leaving nothing to resume or to lose: a fresh run may then take the folder over, its summary
+    replacing the old one."""
     try:
         summary = json.loads((folder / SUMMARY_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (isinstance(summary, dict) and summary.get("status") == "failed"
+    return (isinstance(summary, dict) and summary.get("status") in ("failed", "interrupted")
             and summary.get("epochs_completed") == 0
             and not any((folder / name).exists() for name in (CHECKPOINT_NAME, MODEL_NAME, METRICS_NAME)))
 
@@ -93,7 +94,7 @@ def _failed_before_its_first_epoch(folder: Path) -> bool:
 def resolve(hydra_dir: Path, resume: bool | str) -> tuple[Path, Path | None]:
     """The folder this run writes, and the checkpoint it continues from (None: from scratch)."""
     if resume is False:
-        if (hydra_dir / SUMMARY_NAME).exists() and not _failed_before_its_first_epoch(hydra_dir):
+        if (hydra_dir / SUMMARY_NAME).exists() and not _ended_before_its_first_epoch(hydra_dir):
             raise RunFolderError(
                 f"the run folder {hydra_dir} already holds a run (summary.json). Add "
                 f"trainer.resume=true to continue it, or choose another hydra.run.dir.")
@@ -310,12 +311,21 @@ class RunFolder:
         return self.checkpoint_path.exists()
 
     def remove_unstarted(self) -> bool:
-        """Remove the files of a run that failed before its first epoch (its summary, config and
-        log; nothing else is there to lose), as after an error in its input (a dataset that is
-        not there): such a run leaves no folder. Whether it did."""
-        if not _failed_before_its_first_epoch(self.path):
+        """Remove the files of a run that failed or was stopped before its first epoch (its
+        summary, config and log; nothing else is there to lose), as after an error in its input
+        (a dataset that is not there): such a run leaves no folder. Whether it did."""
+        if not _ended_before_its_first_epoch(self.path):
             return False
         for name in (SUMMARY_NAME, CONFIG_NAME, LOG_NAME):
+            (self.path / name).unlink(missing_ok=True)
+        return True
+
+    def remove_set_up(self) -> bool:
+        """Remove what a run stopped in its set-up wrote (config.yaml, train.log: it has no
+        summary yet, so nothing was trained); whether it was such a run."""
+        if self.summary_path.exists() or self.has_checkpoint() or (self.path / METRICS_NAME).exists():
+            return False
+        for name in (CONFIG_NAME, LOG_NAME):
             (self.path / name).unlink(missing_ok=True)
         return True
 
@@ -325,7 +335,7 @@ class RunFolder:
         run started over in this folder replaces none of them; returns the subfolder (None where
         there was no earlier run, or one that failed before its first epoch: nothing to keep).
         ``sensreg compare`` does not look below a run folder, so the subfolder is no run of its own."""
-        if not self.is_run() or _failed_before_its_first_epoch(self.path):
+        if not self.is_run() or _ended_before_its_first_epoch(self.path):
             return None
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = self.path / f"{EARLIER_RUN}{stamp}"
