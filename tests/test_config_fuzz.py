@@ -32,7 +32,9 @@ BASE = ["~experiment", "data=synthetic", "data.num_train=64", "data.num_test=32"
         "trainer.device=cpu", "trainer.batch_size=32", "trainer.progress=false"]
 GROUPS = {"data": "data", "model": "model", "sens": "sens", "optim": "optim", "prune": "prune",
           "trainer": "trainer", "schedule@eta_schedule": "eta_schedule", "schedule@lam_schedule": "lam_schedule"}
-HOSTILE = [float("nan"), float("inf"), float("-inf"), -1, 0, 10**12, 1e30, "abc", "", [], ["abc"], True, None]
+# (integers beyond 64 bits; a name beyond NAME_MAX, a path beyond PATH_MAX)
+HOSTILE = [float("nan"), float("inf"), float("-inf"), -1, 0, 10**12, 2**64, -(2**64), 1e30, "abc", "", "a" * 300,
+           "/a" * 2100, [], ["abc"], True, None]
 SECONDS_PER_CHECK = 2.0  # far above the milliseconds a check takes: more is a hang
 
 
@@ -59,6 +61,12 @@ def composed_options() -> list[tuple[str, str, str, dict]]:
             for option in options(group):
                 cfg = compose("train", overrides=base_overrides(group, option))
                 out.append((group, option, section, OmegaConf.to_container(cfg, resolve=True)))
+    for _, _, section, raw in out:  # untimed: the first check of an option may import its library
+        for key in raw[section]:
+            try:
+                TrainConfig.from_dict(with_value(raw, section, key, "abc"))
+            except ConfigError:
+                pass
     return out
 
 
@@ -127,7 +135,8 @@ def test_random_values_for_random_keys_are_accepted_or_refused_by_name(composed_
     check(with_value(raw, section, key, data.draw(anything)), f"{section}.{key}")
 
 
-CLI_VALUES = ["nan", "inf", "-inf", "-1", "0", "1e30", "abc", "''", "[]", "[abc]", "true", "null"]
+CLI_VALUES = ["nan", "inf", "-inf", "-1", "0", "1e30", "-18446744073709551616", "abc", "''", "[]", "[abc]", "true",
+              "null"]
 
 
 def cli_cases() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

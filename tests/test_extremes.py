@@ -25,6 +25,10 @@ TINY = ["data=synthetic", "data.num_train=200", "data.num_test=50", "trainer.epo
     ("prune.target=1e9x", "prune.target=1e9x would keep 0 of the network's 266,610 prunable parameters"),
     ("prune.target=50000x", "fewer than one for each of its 6 tensors"),
     ("trainer.warmup_epochs=1", "trainer.warmup_epochs=1 covers the whole run (trainer.epochs=1)"),
+    ("prune=search prune.start_epoch=18446744073709551616", "prune.start_epoch=18446744073709551616 comes after "
+                                                            "the last epoch (trainer.epochs=1): prune=search would "
+                                                            "never prune"),
+    ("prune=fixed prune.start_epoch=2", "prune=fixed would never prune"),
     ("data.split_seed=18446744073709551616", "data.split_seed=18446744073709551616 is outside the seeds PyTorch "
                                              "takes"),
     ("data.num_classes=18446744073709551616", "data.num_classes=18446744073709551616 classes need"),

@@ -277,6 +277,11 @@ class TrainConfig:
                      f"would be dense, with nothing regularized or pruned. Give fewer warm-up epochs than "
                      f"trainer.epochs (or train dense with sens=none prune=none).")
             return p
+        if self.prune.name in ("search", "fixed") and _TYPES["int"][0](self.prune.start_epoch) \
+                and self.prune.start_epoch > epochs:
+            p.append(f"prune.start_epoch={self.prune.start_epoch} comes after the last epoch (trainer.epochs="
+                     f"{epochs}): prune={self.prune.name} would never prune. Give an epoch of the run, or a "
+                     f"fraction of it.")
         if self.prune.name != "gmp" or train is None:
             return p
         steps = epochs * -(-train // self.trainer.batch_size)
