@@ -10,12 +10,13 @@ from importlib import resources
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sensreg.models import EXTERNAL, MODELS, build_model
 from sensreg.method.pruning import Masks, layer_macs_per_weight, prunable_names, sparsity_stats
+
+from conftest import composed
 from sensreg.method.sensitivity import get_variant, gradients_and_sensitivity
 from sensreg.run.loop import TrainStep
 
@@ -58,7 +59,7 @@ def test_every_registered_model_is_covered_and_has_a_config():
     configs = {p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")}
     assert configs == set(MODELS) | set(EXTERNAL)  # and the outside ones: test_external_models.py
     for name in MODELS:
-        assert OmegaConf.load(str(folder / f"{name}.yaml")) == {"name": name}
+        assert composed("~experiment", f"model={name}")["model"] == {"name": name}
 
 
 # --- sizes -------------------------------------------------------------------------------------------

@@ -172,7 +172,8 @@ def _check_override_keys(overrides: list[str]) -> None:
         # the command line: Hydra's answer would suggest +optim.betas, which would be ignored.
         readers = schema[name].metadata.get("options")
         option = chosen.get(section)
-        if readers and option is not None and option not in readers:
+        group_name = PACKAGED_GROUPS.get(section, section)
+        if readers and option is not None and option not in readers and option in _group_options(group_name):
             group = section  # (eta_schedule=step is also how a schedule is chosen)
             fail(f"{o}: {key} is read by {' and '.join(f'{group}={r}' for r in readers)} only, and this "
                  f"command chooses {group}={option}. Drop {key}, or choose "
