@@ -73,6 +73,20 @@ def path_too_long(path: str | Path) -> str | None:
     return None
 
 
+def check_sqlite_writable(path: Path, wait_s: float) -> None:
+    """Open the SQLite file ``path`` and take its write lock, waiting ``wait_s`` seconds for
+    another program's; raises sqlite3.Error where it is no database (its header is read), is
+    locked for longer, or cannot be written. For the stores of others (MLflow's, Optuna's), which
+    answer these with long retries or long tracebacks."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(path, timeout=wait_s)) as db:
+        db.execute("PRAGMA schema_version")  # reads the header: a file that is no database fails
+        db.execute("BEGIN IMMEDIATE")  # the write lock: a read-only file or folder, a held lock fail
+        db.rollback()
+
+
 def _os_error_under(err: BaseException) -> OSError | None:
     """The OSError a non-OSError exception was raised while handling, if any."""
     if not isinstance(err, Exception):

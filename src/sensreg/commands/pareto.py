@@ -35,7 +35,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.plugins.sweeper import Sweeper
 
-from sensreg.atomic import write_json
+from sensreg.atomic import check_sqlite_writable, write_json
 from sensreg.run.config import NOT_COMPUTATION
 from sensreg.run.folder import CHECKPOINT_NAME, STUDY_DB, STUDY_JSON, StudyLock, relative_below
 
@@ -349,15 +349,11 @@ def check_study_file(db: Path) -> None:
     """Raises SweepError naming ``db`` and the fix where the study file is no SQLite database
     (damaged) or another program holds a write transaction on it, before any trial runs."""
     import sqlite3
-    from contextlib import closing
 
     if not db.exists():
         return
     try:
-        with closing(sqlite3.connect(db, timeout=LOCKED_WAIT_S)) as con:
-            con.execute("PRAGMA schema_version")  # reads the header: a file that is no database fails
-            con.execute("BEGIN IMMEDIATE")  # waits for another program's write transaction
-            con.rollback()
+        check_sqlite_writable(db, LOCKED_WAIT_S)
     except sqlite3.Error as err:
         raise SweepError(study_file_problem(db, err)) from None
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sensreg.atomic import check_sqlite_writable
 from sensreg.errors import UserError
 
 log = logging.getLogger("sensreg")
@@ -398,14 +399,10 @@ def _check_sqlite_store(path: Path) -> None:
     retries a store it cannot open for about 100 s before it gives up (its
     create_sqlalchemy_engine_with_retry), where this takes no time."""
     import sqlite3
-    from contextlib import closing
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(path, timeout=5)) as db:
-            db.execute("PRAGMA schema_version")  # reads the header: a file that is no database fails
-            db.execute("BEGIN IMMEDIATE")  # takes the write lock: a read-only file or folder fails
-            db.rollback()
+        check_sqlite_writable(path, wait_s=5)
     except (OSError, sqlite3.Error) as err:
         raise TrackerError(f"its SQLite store {path} cannot be opened and written ({err})") from None
 
