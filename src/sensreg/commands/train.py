@@ -327,7 +327,7 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
         if folder.has_checkpoint():
             fail(f"interrupted at once; the run folder {run_dir} keeps its last checkpoint: continue with "
                  f"`sensreg train <the same overrides> trainer.resume={run_dir}`.", code=130)
-        if dist.is_main and folder.remove_set_up():
+        if dist.is_main and folder.remove_unstarted():
             remove_if_empty(run_dir)
             fail("interrupted during the set-up, before training began: nothing was trained, and the run "
                  "folder's first files are removed. Run the command again.", code=130)

@@ -313,19 +313,14 @@ class RunFolder:
     def remove_unstarted(self) -> bool:
         """Remove the files of a run that failed or was stopped before its first epoch (its
         summary, config and log; nothing else is there to lose), as after an error in its input
-        (a dataset that is not there): such a run leaves no folder. Whether it did."""
-        if not _ended_before_its_first_epoch(self.path):
+        (a dataset that is not there) or a Ctrl-C in its set-up: such a run leaves no folder.
+        A folder without a summary counts only while no process holds its lock: it may be
+        another run's, setting up. Whether it did."""
+        set_up_only = not self.summary_path.exists() and not (self.path / LOCK_NAME).exists() and \
+            not any((self.path / name).exists() for name in (CHECKPOINT_NAME, MODEL_NAME, METRICS_NAME))
+        if not (set_up_only or _ended_before_its_first_epoch(self.path)):
             return False
         for name in (SUMMARY_NAME, CONFIG_NAME, LOG_NAME):
-            (self.path / name).unlink(missing_ok=True)
-        return True
-
-    def remove_set_up(self) -> bool:
-        """Remove what a run stopped in its set-up wrote (config.yaml, train.log: it has no
-        summary yet, so nothing was trained); whether it was such a run."""
-        if self.summary_path.exists() or self.has_checkpoint() or (self.path / METRICS_NAME).exists():
-            return False
-        for name in (CONFIG_NAME, LOG_NAME):
             (self.path / name).unlink(missing_ok=True)
         return True
 

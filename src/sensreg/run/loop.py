@@ -397,7 +397,7 @@ class DivergenceWatch:
 def kept_checkpoint(tr: Training) -> str:
     """What a stop outside the training steps keeps, and how to go on from it."""
     if not tr.folder.has_checkpoint():
-        return "no checkpoint was written before it: run the command again."
+        return "no checkpoint was written before it, so there is nothing to continue from."
     return (f"{tr.folder.checkpoint_path} keeps the state it was last written with; continue with "
             f"trainer.resume={tr.folder.path}")
 
