@@ -317,8 +317,8 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
                  code=err.exit_code)
         if dist.is_main and folder.remove_unstarted():
             remove_if_empty(run_dir)
-            fail(f"{err} before the first epoch ended: nothing was trained, and the run folder is removed. "
-                 f"Run the command again.", code=err.exit_code)
+            fail(f"{err} before the first epoch ended: nothing was kept (no checkpoint, metrics or "
+                 f"model), and the run folder is removed. Run the command again.", code=err.exit_code)
         fail(f"{err} before the run wrote its first checkpoint (trainer.checkpoint_every="
              f"{config.trainer.checkpoint_every}), so there is nothing to continue from. The same command with "
              f"trainer.resume=true starts the run over in {run_dir}, keeping these records in a subfolder.",
