@@ -28,8 +28,9 @@ def save(path, model, masks):
                config={"data": {"name": "mnist"}})
 
 
-def test_round_trip_is_exact(tmp_path):
-    model, masks = pruned_lenet300(0.05)
+@pytest.mark.parametrize("keep", [0.05, 0.9])  # stored as positions; as the mask itself
+def test_round_trip_is_exact(tmp_path, keep):
+    model, masks = pruned_lenet300(keep)
     save(tmp_path / "model.pt", model, masks)
     ckpt = load_checkpoint(tmp_path / "model.pt")
     state = model.state_dict()
@@ -54,6 +55,16 @@ def test_size_follows_the_remaining_weights(tmp_path):
     # about 8 bytes (position and value) per kept weight, plus the dense biases and the framing
     assert sizes[0.05] < 0.15 * dense_bytes
     assert sizes[0.5] > 5 * sizes[0.05]
+
+
+def test_a_mostly_kept_network_costs_at_most_a_quarter_more_than_dense(tmp_path):
+    for keep in (0.3, 0.9, 1.0):
+        model, masks = pruned_lenet300(keep)
+        save(tmp_path / f"{keep}.pt", model, masks)
+        payload = torch.load(tmp_path / f"{keep}.pt", weights_only=True)
+        assert all("mask" in entry and "indices" not in entry for entry in payload["sparse"].values())
+        dense_bytes = 4 * 266_610
+        assert (tmp_path / f"{keep}.pt").stat().st_size < (keep + 0.25) * dense_bytes + 20_000
 
 
 def test_version_1_dense_checkpoints_still_load(tmp_path):

@@ -3,8 +3,10 @@ weights_only=True (as every file sensreg reads with torch.load: ``load_file``).
 
 A model checkpoint holds what is needed to rebuild and re-evaluate the network without the run
 that made it: model name, number of classes, input shape, data config, state dict and masks.
-Pruned tensors are stored sparsely (the flat positions their mask keeps, and the values there),
-so that a checkpoint's size follows the number of remaining weights, not the network's.
+Pruned tensors are stored sparsely: the values their mask keeps, and where they are (the flat
+positions, or the mask itself where most entries are kept and its one byte per entry costs less
+than four per position), so that a checkpoint's size follows the number of remaining weights and
+never exceeds the dense tensor's by more than a quarter.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from sensreg.models import build_model, model_options
 from sensreg.run.config import upgrade_config
 
 FORMAT = "sensreg-model"
-FORMAT_VERSION = 2  # 1: dense state dict and bool masks; 2: masked tensors stored sparsely
+FORMAT_VERSION = 3  # 1: dense state dict and bool masks; 2: masked tensors as positions and values;
+#                      3: as 2, or as bool mask and values where that is smaller
 
 
 def save_model(path: Path, model: nn.Module, masks: dict[str, torch.Tensor], *, model_name: str,
@@ -41,20 +44,33 @@ def save_model(path: Path, model: nn.Module, masks: dict[str, torch.Tensor], *, 
 
 
 def _to_sparse(tensor: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+    flat_mask = mask.reshape(-1).bool()
+    kept = flat_mask.nonzero().squeeze(1)
+    entry = {"shape": list(tensor.shape), "values": tensor.reshape(-1)[kept].clone()}
     # int32 positions: half the bytes of int64, enough for any tensor below 2**31 entries.
-    kept = mask.reshape(-1).nonzero().squeeze(1)
     index_dtype = torch.int32 if tensor.numel() < 2**31 else torch.int64
-    return {"shape": list(tensor.shape), "indices": kept.to(index_dtype),
-            "values": tensor.reshape(-1)[kept].clone()}
+    index_bytes = kept.numel() * torch.empty((), dtype=index_dtype).element_size()
+    if index_bytes <= flat_mask.numel():
+        entry["indices"] = kept.to(index_dtype)
+    else:  # most entries kept: the mask's one byte per entry is the smaller record of where
+        entry["mask"] = flat_mask.clone()
+    return entry
 
 
 def _from_sparse(entry: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """The dense tensor (zeros where pruned) and its bool mask."""
-    values, indices = entry["values"], entry["indices"].long()
+    values = entry["values"]
     numel = math.prod(entry["shape"])
     tensor = torch.zeros(numel, dtype=values.dtype)
-    mask = torch.zeros(numel, dtype=torch.bool)
-    tensor[indices], mask[indices] = values, True
+    if "mask" in entry:
+        mask = entry["mask"].reshape(-1).bool()
+        if mask.numel() != numel:
+            raise IndexError(f"a mask of {mask.numel()} entries for a tensor of {numel}")
+        tensor[mask] = values
+    else:
+        mask = torch.zeros(numel, dtype=torch.bool)
+        indices = entry["indices"].long()
+        tensor[indices], mask[indices] = values, True
     return tensor.reshape(entry["shape"]), mask.reshape(entry["shape"])
 
 
@@ -105,9 +121,9 @@ def unpack(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:
     version = payload.get("format_version")
     if version == 1:
         return payload
-    if version != FORMAT_VERSION:
+    if version not in (2, FORMAT_VERSION):
         raise CheckpointError(f"checkpoint {path} has format version {version}; this sensreg reads "
-                              f"versions 1 and {FORMAT_VERSION}. Upgrade sensreg to read it.")
+                              f"versions 1 to {FORMAT_VERSION}. Upgrade sensreg to read it.")
     try:
         unpacked = {name: _from_sparse(entry) for name, entry in payload.pop("sparse").items()}
     except (KeyError, IndexError, RuntimeError, TypeError) as err:
