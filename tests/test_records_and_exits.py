@@ -81,12 +81,17 @@ def test_eval_names_unusable_weights_and_a_network_its_summary_does_not_describe
     assert sensreg("eval", str(other / "model.pt"), cwd=tmp_path, module=True).returncode == 0
 
 
+# A suite started in the background (`nohup ... &`) hands its children SIGINT ignored, and Python
+# then never turns a SIGINT into KeyboardInterrupt: the commands below get a terminal's handling.
+AS_AT_A_TERMINAL = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
 def test_ctrl_c_during_eval_is_one_line_and_exit_130(tmp_path):
     from sensreg.run.lifecycle import train
 
     train(config(), tmp_path / "run")
     # A real SIGINT while the test split is evaluated.
-    script = ("import signal, sys\n"
+    script = (AS_AT_A_TERMINAL + "import signal, sys\n"
               "import sensreg.commands.reevaluate as r\n"
               "original = r.evaluate\n"
               "def evaluate(*args, **kwargs):\n"
@@ -286,7 +291,7 @@ def test_a_path_beyond_the_systems_limits_is_refused_before_any_work(tmp_path, m
 
 def interrupted_command(tmp_path, module: str, function: str, *args: str) -> subprocess.CompletedProcess:
     """The sensreg command ``args`` with a real SIGINT raised where ``module.function`` is first called."""
-    script = ("import importlib, signal, sys\n"
+    script = (AS_AT_A_TERMINAL + "import importlib, signal, sys\n"
               f"m = importlib.import_module({module!r})\n"
               f"original = m.{function}\n"
               "def interrupted(*args, **kwargs):\n"
