@@ -90,6 +90,18 @@ def test_damaged_sparse_tensor_is_named(tmp_path):
         load_checkpoint(tmp_path / "future.pt")
 
 
+@pytest.mark.parametrize("mask", [torch.ones(10, dtype=torch.bool),  # not the tensor's size
+                                  torch.ones(300 * 784, dtype=torch.bool)])  # more kept than values stored
+def test_a_damaged_mask_is_named(tmp_path, mask):
+    model, masks = pruned_lenet300(0.9)
+    save(tmp_path / "model.pt", model, masks)
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    payload["sparse"]["fc1.weight"]["mask"] = mask
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
 class RunsCode:
     """Unpickled, it would call its __reduce__ target: here a marker file is written."""
 

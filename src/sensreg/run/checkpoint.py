@@ -6,7 +6,7 @@ that made it: model name, number of classes, input shape, data config, state dic
 Pruned tensors are stored sparsely: the values their mask keeps, and where they are (the flat
 positions, or the mask itself where most entries are kept and its one byte per entry costs less
 than four per position), so that a checkpoint's size follows the number of remaining weights and
-never exceeds the dense tensor's by more than a quarter.
+never exceeds the dense tensor's by more than one byte per entry (a quarter, for float32).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _to_sparse(tensor: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
     entry = {"shape": list(tensor.shape), "values": tensor.reshape(-1)[kept].clone()}
     # int32 positions: half the bytes of int64, enough for any tensor below 2**31 entries.
     index_dtype = torch.int32 if tensor.numel() < 2**31 else torch.int64
-    index_bytes = kept.numel() * torch.empty((), dtype=index_dtype).element_size()
+    index_bytes = kept.numel() * index_dtype.itemsize
     if index_bytes <= flat_mask.numel():
         entry["indices"] = kept.to(index_dtype)
     else:  # most entries kept: the mask's one byte per entry is the smaller record of where
@@ -64,9 +64,7 @@ def _from_sparse(entry: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     tensor = torch.zeros(numel, dtype=values.dtype)
     if "mask" in entry:
         mask = entry["mask"].reshape(-1).bool()
-        if mask.numel() != numel:
-            raise IndexError(f"a mask of {mask.numel()} entries for a tensor of {numel}")
-        tensor[mask] = values
+        tensor[mask] = values  # a mask of another size, or of more or fewer entries: an error
     else:
         mask = torch.zeros(numel, dtype=torch.bool)
         indices = entry["indices"].long()
