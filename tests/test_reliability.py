@@ -328,6 +328,12 @@ def test_sigterm_then_resume_matches_an_uninterrupted_cli_run(tmp_path):
 @pytest.mark.slow
 def test_sigkill_loses_at_most_the_epoch_under_way_and_the_resume_matches_an_uninterrupted_run(tmp_path):
     cut_dir, cut = full_run_and_one_under_way(tmp_path, 2)
+    # The epoch's log line comes before its checkpoint: wait for the checkpoint itself, however
+    # slow the machine, so that what the kill may lose is the epoch under way and no more.
+    deadline = time.time() + 120
+    while not ((cut_dir / "last.pt").exists() and load_training_state(cut_dir / "last.pt")["loop"]["epoch"] >= 2):
+        assert cut.poll() is None and time.time() < deadline, cut.communicate()
+        time.sleep(0.05)
     cut.kill()  # SIGKILL: no handler runs, the lock and perhaps a temporary file stay
     cut.communicate(timeout=60)
     assert json.loads((cut_dir / "summary.json").read_text())["status"] == "running"
