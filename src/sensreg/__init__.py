@@ -23,6 +23,9 @@ a loop that needs them apart:
   ``prunable_names`` picks the parameters.
 - ``search_and_prune`` and ``search_threshold``: the largest magnitude threshold that keeps the
   validation loss within a tolerance; ``prune_schedule`` builds the schedules the runner uses.
+- ``compact``: the pruned network rebuilt without the neurons, filters and inputs that cannot
+  change its output, a smaller dense network (``Compaction``: it, and its parameters and
+  multiply-adds against the dense network's).
 
 Importing sensreg loads nothing until a name is used, then torch and that name's module only:
 no Hydra, no console, no files. The
@@ -47,6 +50,7 @@ _PUBLIC = {
     "search_and_prune": "sensreg.method.prune_schedules", "prune_schedule": "sensreg.method.prune_schedules",
     "PRUNE_SCHEDULES": "sensreg.method.prune_schedules", "PruneConfig": "sensreg.method.prune_schedules",
     "PruneContext": "sensreg.method.prune_schedules",
+    "compact": "sensreg.method.compaction", "Compaction": "sensreg.method.compaction",
 }
 
 __all__ = list(_PUBLIC)
