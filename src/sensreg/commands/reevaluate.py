@@ -16,6 +16,7 @@ from sensreg.method.pruning import sparsity_stats
 from sensreg.run.checkpoint import CheckpointError, load_checkpoint, saved_network
 from sensreg.run.config import DataConfig
 from sensreg.run.evaluate import evaluate
+from sensreg.run.structure import network_structure
 
 
 def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None,
@@ -49,6 +50,7 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
     result.update({f"test_{k}": v for k, v in evaluate(model, test, data.eval_batch_size).items()})
     prunable = list(ckpt["masks"])
     result["sparsity"] = sparsity_stats(model, tuple(ckpt["input_shape"]), prunable)
+    result["structure"] = network_structure(model, test, ckpt["masks"])
     return result
 
 
@@ -162,14 +164,18 @@ def _run_eval(args: list[str]) -> None:
 
 
 def _compare_with_summary(summary: dict | None, result: dict) -> bool | None:
-    """Whether the run folder's summary.json holds exactly these figures; None without one."""
+    """Whether the run folder's summary.json holds exactly these figures (and the compacted
+    network's, where it records them); None without one."""
     if summary is None or "test_error" not in summary:
         return None
+    same_structure = not isinstance(summary.get("structure"), dict) or all(
+        summary["structure"].get(key) == result["structure"].get(key) for key in ("params", "macs", "units"))
     return (summary["test_error"] == result["test_error"]
-            and summary.get("remaining_pct") == result["sparsity"]["prunable"]["remaining_pct"])
+            and summary.get("remaining_pct") == result["sparsity"]["prunable"]["remaining_pct"] and same_structure)
 
 
 def _print_eval(result: dict) -> None:
+    from sensreg.run.structure import structure_lines
     from sensreg.run.tables import layer_table, stdout_console
 
     console = stdout_console(highlight=False)  # the terminal's width, or 80 columns in a pipe
@@ -184,7 +190,9 @@ def _print_eval(result: dict) -> None:
     console.print(f"remaining {s['prunable']['remaining_pct']:.3f}% of prunable parameters "
                   f"({s['prunable']['compression']:.1f}x), {s['all']['remaining_pct']:.3f}% of all "
                   f"({s['all']['compression']:.1f}x); FLOPs left {s['flops']['remaining_pct']:.2f}%")
-    console.print(layer_table(s))
+    console.print(layer_table(s, result.get("structure")))
+    for line in structure_lines(result.get("structure")):
+        console.print(line)
     match = result["matches_summary"]
     if match is not None:
         console.print("summary.json beside the checkpoint: " + ("figures match exactly" if match else

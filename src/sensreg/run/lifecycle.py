@@ -35,6 +35,7 @@ from sensreg.method.prune_schedules import build_prune_schedule
 from sensreg.run.trackers import NO_TRACKERS, Trackers
 from sensreg.method.pruning import Masks, prunable_names, sparsity_stats
 from sensreg.run.folder import CHECKPOINT_NAME, MODEL_NAME, RunFolder
+from sensreg.run.structure import network_structure, structure_lines
 from sensreg.method.sensitivity import get_variant
 from sensreg.run.tables import layer_table, render_text
 from sensreg.run.loop import Training, TrainStep, build_optimizer, kept_checkpoint, run_epochs
@@ -263,6 +264,7 @@ def finish(tr: Training) -> None:
                  tr.stop.requested, kept_checkpoint(tr))
         raise
     stats = sparsity_stats(tr.model, data.input_shape, tr.masks.names)
+    structure = network_structure(tr.model, data.test, tr.masks) if tr.dist.is_main else None
     if tr.dist.is_main:
         model_bytes = tr.folder.save_model(
             tr.model, tr.masks.state_dict(), model_name=cfg.model.name, num_classes=data.num_classes,
@@ -277,7 +279,7 @@ def finish(tr: Training) -> None:
         "val_error": rows[-1]["val_error"], "val_loss": rows[-1]["val_loss"],
         "remaining_pct": stats["prunable"]["remaining_pct"], "compression": stats["prunable"]["compression"],
         "remaining_pct_all": stats["all"]["remaining_pct"], "compression_all": stats["all"]["compression"],
-        "sparsity": stats, "flops": stats["flops"], "thresholds": tr.prune.thresholds,
+        "sparsity": stats, "flops": stats["flops"], "structure": structure, "thresholds": tr.prune.thresholds,
         "wall_time_s": elapsed, "checkpoint": MODEL_NAME, "budget": budget(tr, elapsed),
     })
     if tr.dist.is_main:
@@ -290,6 +292,8 @@ def finish(tr: Training) -> None:
              else "",
              stats["prunable"]["remaining_pct"], stats["prunable"]["compression"],
              stats["all"]["remaining_pct"], stats["all"]["compression"], stats["flops"]["remaining_pct"])
-    log.info("per-layer sparsity:\n%s", render_text(layer_table(stats)).rstrip())
+    log.info("per-layer sparsity:\n%s", render_text(layer_table(stats, structure)).rstrip())
+    for line in structure_lines(structure) if tr.dist.is_main else ():
+        log.info("%s", line)
     # The run's start names the folder too, but by now it has scrolled far out of sight.
     log.info("run folder: %s", tr.folder.path)

@@ -90,8 +90,9 @@ _FRONT_STYLES = ("--", ":", "-.", (0, (6, 2, 1, 2, 1, 2)))  # one line style per
 
 
 def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[dict], path: Path,
-                title: str = "", dense: Sequence[dict] = ()) -> Path:
-    """Test error (%) against remaining parameters (%, log axis).
+                title: str = "", dense: Sequence[dict] = (),
+                xlabel: str = "remaining parameters (% of prunable, log scale)") -> Path:
+    """Test error (%) against remaining parameters (%, log axis), or another cost (``xlabel``).
 
     ``series`` maps a sensitivity variant to its points, dicts with ``x`` (remaining %), ``y``
     (test error %) and optional ``xerr``/``yerr`` (std, for seed groups) and ``label`` (text
@@ -158,7 +159,7 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
     ax.set_xscale("log")
     ax.margins(x=0.08, y=0.08)  # room for the point labels at the edges
     _plain_log_axis(ax.xaxis, xs)
-    ax.set_xlabel("remaining parameters (% of prunable, log scale)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test error (%)")
     ax.set_title(title, fontsize=11)
     ax.grid(True, which="both", alpha=0.3)

@@ -156,28 +156,34 @@ def _share(total: int, weights: list[int]) -> list[int]:
     return out
 
 
-def layer_table(stats: dict, title: str = "Remaining parameters per layer") -> Table:
-    """A rich table of per-layer sparsity from ``pruning.sparsity_stats``. It fits the console it
-    is printed in: layer names (with their "(not pruned)") are never cut or wrapped; at narrow
-    widths the columns that can be worked out from the others (compression, non-zero count)
-    give way first."""
+def layer_table(stats: dict, structure: dict | None = None, title: str = "Remaining parameters per layer") -> Table:
+    """A rich table of per-layer sparsity from ``pruning.sparsity_stats``, and where the run's
+    ``structure`` is given (``run.structure``), the units each layer's weight keeps once the
+    network is compacted. It fits the console it is printed in: layer names (with their "(not
+    pruned)") are never cut or wrapped; at narrow widths the columns that can be worked out from
+    the others (compression, non-zero count) give way first."""
     t = FitTable(title=title)
     cells = [r["name"] + ("" if r["prunable"] else " (not pruned)") for r in stats["layers"]]
+    units = (structure or {}).get("units") or {} if isinstance(structure, dict) else {}
     longest = max(map(len, cells), default=0)
     for col, justify, drop in (("layer", "left", None), ("shape", "left", 2), ("params", "right", 4),
                                ("nonzero", "right", 1), ("remaining", "right", None),
                                ("compression", "right", 0), ("FLOPs left", "right", 3)):
         t.add_column(col, justify=justify, drop=drop, min_width=longest if col == "layer" else None)
+    if units:
+        t.add_column("units kept", justify="right", drop=5)
     for r, cell in zip(stats["layers"], cells):
         flops = f"{100 * r['flops_remaining'] / r['flops_dense']:.2f}%" if r["flops_dense"] else "-"
+        layer, _, kind = r["name"].rpartition(".")
+        kept = units.get(layer) if kind == "weight" else None
         t.add_row(cell, "x".join(map(str, r["shape"])),
                   f"{r['params']:,}", f"{r['nonzero']:,}", f"{r['remaining_pct']:.2f}%",
-                  f"{r['compression']:.1f}x", flops)
+                  f"{r['compression']:.1f}x", flops, *([f"{kept[0]}/{kept[1]}" if kept else ""] if units else []))
     for label, key in (("prunable", "prunable"), ("all parameters", "all")):
         tot = stats[key]
         t.add_row(f"[bold]{label}[/bold]", "", f"{tot['params']:,}", f"{tot['nonzero']:,}",
                   f"{tot['remaining_pct']:.2f}%", f"{tot['compression']:.1f}x",
-                  f"{stats['flops']['remaining_pct']:.2f}%" if key == "all" else "")
+                  f"{stats['flops']['remaining_pct']:.2f}%" if key == "all" else "", *([""] if units else []))
     return t
 
 

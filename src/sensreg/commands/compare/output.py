@@ -29,6 +29,8 @@ def _fmt_num(v: float | None, kind: str = "g") -> str:
         return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.3g}"
     if kind == "x":
         return f"{v:.1f}×"
+    if kind == "count":
+        return _fmt_count(round(v))
     if kind == "s":
         return f"{v:.1f} s" if v < 10 else f"{v:.0f} s" if v < 120 else f"{v / 60:.1f} min"
     return f"{v:.3g}"
@@ -95,6 +97,8 @@ def columns(grouped: bool) -> list[tuple[str, Callable[[Row], str]]]:
         ("test err %", lambda r: _cell(r, "test_error_pct", "pct")),
         ("remaining %", lambda r: _cell(r, "remaining_pct", "pct")),
         ("compression", lambda r: _cell(r, "compression", "x")),
+        ("compact params", lambda r: _cell(r, "params_compact", "count")),
+        ("MACs ×", lambda r: _cell(r, "macs_x", "x")),
         ("wall time", lambda r: _cell(r, "wall_time_s", "s")),
         ("status", lambda r: r.status),
     ]
@@ -103,9 +107,10 @@ def columns(grouped: bool) -> list[tuple[str, Callable[[Row], str]]]:
 
 # The columns the terminal shows without --wide: what a run came to and what it cost. Where even
 # these do not fit, those with a number give way, lowest first: compression first, as it is
-# 100 / remaining; the name, test error and remaining parameters never do.
+# 100 / remaining, then how many times fewer multiply-adds the compacted network needs; the name,
+# test error and remaining parameters never do.
 NARROW = {"": None, "run": None, "config": None, "test err %": None, "remaining %": None,
-          "compression": 0, "epochs": 2, "n": 1, "status": 3}
+          "compression": 0, "MACs ×": 1, "epochs": 3, "n": 2, "status": 4}
 
 
 def rich_table(rows: list[Row], grouped: bool = False, title: str | None = None, wide: bool = False) -> FitTable:
@@ -136,7 +141,8 @@ def rich_table(rows: list[Row], grouped: bool = False, title: str | None = None,
 
 CSV_COLUMNS = ("run", "status", "model", "data", "sens", "lam", "eta", "epochs", "epochs_done", "seed", "n",
                "test_error_pct", "test_error_pct_std", "remaining_pct", "remaining_pct_std",
-               "compression", "compression_std", "wall_time_s", "wall_time_s_std", "prune", "samples", "config_hash",
+               "compression", "compression_std", "params_compact", "params_compact_std", "macs_compact",
+               "macs_compact_std", "macs_x", "macs_x_std", "wall_time_s", "wall_time_s_std", "prune", "samples", "config_hash",
                "pareto", "study_front", "path")
 
 
@@ -179,7 +185,7 @@ def write_markdown(rows: list[Row], skipped: list[Skipped], path: Path, *, group
     lines += markdown_table(header, [[_md_escape(cell(r)) for _, cell in cols] for r in rows],
                             right=[h for h in header if h not in TEXT_COLUMNS])
     if plots:
-        lines += ["", "## Test error against remaining parameters", ""]
+        lines += ["", "## Test error against remaining parameters and compacted multiply-adds", ""]
         lines += [f"![{p.stem}]({p.name})" for p in plots]
     if skipped:
         lines += ["", "## Skipped folders", ""]
@@ -209,48 +215,61 @@ def _reference_budget(ref: dict) -> str:
 MAX_LABELLED = 30  # points per plot up to which each is labelled with its λ (etc.)
 
 
+# The x axes compare plots error against: (Row attribute, file name suffix, axis label, title words).
+PLOT_AXES = (("remaining_pct", "", "remaining parameters (% of prunable, log scale)", "remaining parameters"),
+             ("macs_pct", "_macs", "multiply-adds of the compacted network (% of the dense network's, log scale)",
+              "compacted multiply-adds"))
+
+
 def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
-    """One PNG per (network, dataset) with results: test error against remaining parameters."""
+    """Per (network, dataset) with results: test error against remaining parameters, and
+    against the compacted network's multiply-adds where the runs record them (``_macs``)."""
     from sensreg.run.plots import pareto_plot  # matplotlib only when a plot is drawn
 
-    pairs: dict[tuple, list[Row]] = {}
-    for r in rows:
-        if r.test_error_pct is not None and r.remaining_pct is not None:
-            pairs.setdefault((r.model, r.data), []).append(r)
     written = []
-    for (model, data), members in pairs.items():
-        # Dense runs (no regularizer, no pruning) are a band, not a point at 100 % remaining: the
-        # error every pruned point is measured against, with its budget.
-        dense = [r for r in members if r.sens == "none" and r.prune == "none"]
-        members = [r for r in members if r not in dense]
-        if not members:
-            continue
-        # Points are labelled with the settings that differ between them (a λ sweep: λ), as long
-        # as there are few enough points for the labels to stay readable.
-        varying = [(sym, attr, fmt) for sym, attr, fmt in (("λ", "lam", _fmt_lam), ("η", "eta", _fmt_num),
-                                                          ("epochs", "epochs", _fmt_num))
-                   if len({getattr(r, attr) for r in members}) > 1] if len(members) <= MAX_LABELLED else []
-        # The budget a point's marker stands for: the samples seen where every run of the plot
-        # records them, else the epochs (runs saved before budgets were recorded have only those;
-        # on one network and dataset the two say the same).
-        in_samples = all(r.samples for r in members)
-        series: dict[str, list[dict]] = {}
-        for r in members:
-            # One series per variant; a schedule other than the threshold search is part of its name.
-            name = (r.sens or "?") + (f" prune={r.prune}" if r.prune not in (None, "search") else "")
-            series.setdefault(name, []).append({
-                "x": r.remaining_pct, "y": r.test_error_pct,
-                "budget": f"{_fmt_count(r.samples)} samples" if in_samples
-                          else f"{_fmt_num(r.epochs)} epochs" if r.epochs else None,
-                "xerr": r.std.get("remaining_pct"), "yerr": r.std.get("test_error_pct"),
-                "label": " ".join(f"{sym}={fmt(getattr(r, attr))}" for sym, attr, fmt in varying)})
-        path = out_dir / f"compare_{_safe(model)}_{_safe(data)}.png"
-        seeds = " (mean ± std over seeds)" if any(r.n > 1 for r in members) else ""
-        pareto_plot(series, references_for(model, data), path,
-                    title=f"{model} on {data}: test error vs remaining parameters{seeds}",
-                    dense=dense_bands(dense))
-        written.append(path)
+    for attr, suffix, xlabel, what in PLOT_AXES:
+        pairs: dict[tuple, list[Row]] = {}
+        for r in rows:
+            if r.test_error_pct is not None and getattr(r, attr) is not None:
+                pairs.setdefault((r.model, r.data), []).append(r)
+        for (model, data), members in pairs.items():
+            # Dense runs (no regularizer, no pruning) are a band, not a point at 100 %: the
+            # error every pruned point is measured against, with its budget.
+            dense = [r for r in members if r.sens == "none" and r.prune == "none"]
+            members = [r for r in members if r not in dense]
+            if not members:
+                continue
+            path = out_dir / f"compare_{_safe(model)}_{_safe(data)}{suffix}.png"
+            seeds = " (mean ± std over seeds)" if any(r.n > 1 for r in members) else ""
+            pareto_plot(_series(members, attr), references_for(model, data) if not suffix else [], path,
+                        title=f"{model} on {data}: test error vs {what}{seeds}", dense=dense_bands(dense),
+                        xlabel=xlabel)
+            written.append(path)
     return written
+
+
+def _series(members: list[Row], attr: str) -> dict[str, list[dict]]:
+    """The points of one plot, one series per variant; x is the row's ``attr``."""
+    # Points are labelled with the settings that differ between them (a λ sweep: λ), as long
+    # as there are few enough points for the labels to stay readable.
+    varying = [(sym, a, fmt) for sym, a, fmt in (("λ", "lam", _fmt_lam), ("η", "eta", _fmt_num),
+                                                 ("epochs", "epochs", _fmt_num))
+               if len({getattr(r, a) for r in members}) > 1] if len(members) <= MAX_LABELLED else []
+    # The budget a point's marker stands for: the samples seen where every run of the plot
+    # records them, else the epochs (runs saved before budgets were recorded have only those;
+    # on one network and dataset the two say the same).
+    in_samples = all(r.samples for r in members)
+    series: dict[str, list[dict]] = {}
+    for r in members:
+        # One series per variant; a schedule other than the threshold search is part of its name.
+        name = (r.sens or "?") + (f" prune={r.prune}" if r.prune not in (None, "search") else "")
+        series.setdefault(name, []).append({
+            "x": getattr(r, attr), "y": r.test_error_pct,
+            "budget": f"{_fmt_count(r.samples)} samples" if in_samples
+                      else f"{_fmt_num(r.epochs)} epochs" if r.epochs else None,
+            "xerr": r.std.get(attr), "yerr": r.std.get("test_error_pct"),
+            "label": " ".join(f"{sym}={fmt(getattr(r, a))}" for sym, a, fmt in varying)})
+    return series
 
 
 def dense_bands(rows: list[Row]) -> list[dict]:

@@ -15,13 +15,15 @@ import yaml
 
 from sensreg.errors import UserError
 from sensreg.run.folder import CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, RunFolder
+from sensreg.run.structure import ratio
 from sensreg.run.trackers import flat  # dotted keys, as the trackers log the config
 
 
 CSV_NAME, MD_NAME = "compare.csv", "compare.md"
 DEFAULT_SORT = "model,data,sens,lam,eta,seed,run"
 # Metrics that are averaged over the seeds of a configuration (mean and sample std).
-AVERAGED = ("test_error_pct", "remaining_pct", "compression", "wall_time_s")
+AVERAGED = ("test_error_pct", "remaining_pct", "compression", "params_compact", "macs_compact", "macs_x", "macs_pct",
+            "wall_time_s")
 
 
 class CompareError(UserError, ValueError):
@@ -55,6 +57,12 @@ class Row:
     test_error_pct: float | None = None
     remaining_pct: float | None = None
     compression: float | None = None
+    # The compacted network (summary.json's structure): its parameters and multiply-adds per
+    # sample, and how many times fewer multiply-adds than the dense network it needs.
+    params_compact: float | None = None
+    macs_compact: float | None = None
+    macs_x: float | None = None
+    macs_pct: float | None = None  # the compacted network's multiply-adds in % of the dense one's (plots)
     wall_time_s: float | None = None
     samples: int | None = None  # the training budget: samples seen (summary.json's budget)
     config_hash: str | None = None
@@ -72,6 +80,7 @@ KEYS: dict[str, str] = {
     "run": "run", "path": "path", "status": "status", "model": "model", "data": "data",
     "sens": "sens", "prune": "prune", "samples": "samples", "lam": "lam", "eta": "eta", "epochs": "epochs", "seed": "seed",
     "error": "test_error_pct", "remaining": "remaining_pct", "compression": "compression",
+    "params_compact": "params_compact", "macs": "macs_compact", "macs_x": "macs_x", "macs_pct": "macs_pct",
     "wall": "wall_time_s", "hash": "config_hash", "n": "n", "pareto": "pareto",
     "front": "study_front",
 }
@@ -79,9 +88,10 @@ ALIASES = {"lambda": "lam", "lr": "eta", "sens.name": "sens", "sens.lam": "lam",
            "model.name": "model", "data.name": "data", "trainer.seed": "seed", "trainer.epochs": "epochs",
            "test_error": "error", "test_error_pct": "error", "remaining_pct": "remaining",
            "wall_time": "wall", "wall_time_s": "wall", "config_hash": "hash", "prune.name": "prune",
-           "budget": "samples"}
+           "budget": "samples", "compact_params": "params_compact", "macs_compact": "macs_compact",
+           "compact_macs": "macs_compact"}
 NUMERIC = {"lam", "eta", "epochs", "test_error_pct", "remaining_pct", "compression", "wall_time_s", "n",
-           "samples"}
+           "samples", "params_compact", "macs_compact", "macs_x", "macs_pct"}
 
 
 # --- discovery and reading -------------------------------------------------------------------
@@ -140,6 +150,8 @@ def read_run(run_dir: Path, name: str) -> Row | Skipped:
         done = _int(summary.get("epochs_completed"))
     error = _num(summary.get("test_error"))
     finished = error is not None and _num(summary.get("remaining_pct")) is not None
+    structure = summary.get("structure") if isinstance(summary.get("structure"), dict) else {}
+    params, macs = (structure.get(k) if isinstance(structure.get(k), dict) else {} for k in ("params", "macs"))
     return Row(
         run=name, path=str(run_dir), status=run.status,
         model=_str(summary.get("model") or section("model").get("name")),
@@ -152,7 +164,9 @@ def read_run(run_dir: Path, name: str) -> Row | Skipped:
         seed=_str(summary.get("seed", section("trainer").get("seed"))),
         test_error_pct=None if error is None else 100.0 * error,
         remaining_pct=_num(summary.get("remaining_pct")), compression=_num(summary.get("compression")),
-        wall_time_s=_num(summary.get("wall_time_s")), config_hash=_str(summary.get("config_hash")),
+        params_compact=_num(params.get("compact")), macs_compact=_num(macs.get("compact")),
+        macs_x=ratio(structure, "macs"), macs_pct=None if ratio(structure, "macs") is None
+        else 100.0 / ratio(structure, "macs"), wall_time_s=_num(summary.get("wall_time_s")), config_hash=_str(summary.get("config_hash")),
         n=1 if finished else 0, config=flat(run.config),
     )
 
