@@ -7,6 +7,8 @@
 - ``compare PATH ...``: a table, compare.csv/.md and plots of every run below PATH
   (``compare_report.py``, ``compare/``).
 - ``report RUN_DIR``: report.md and plots for one run (``compare_report.py``, ``run/report.py``).
+- ``export RUN``: the run's network compacted and written as model.pt2 and model.onnx
+  (``export.py``, ``run/export.py``).
 
 User mistakes end with a one-paragraph message on stderr and exit code 2, never a traceback.
 """
@@ -23,7 +25,8 @@ from sensreg.commands.console import fail
 # handler: torch takes a second or two to load).
 COMMANDS = {"train": ("sensreg.commands.train", "run_train"), "eval": ("sensreg.commands.reevaluate", "run_eval"),
             "compare": ("sensreg.commands.compare_report", "run_compare"),
-            "report": ("sensreg.commands.compare_report", "run_report")}
+            "report": ("sensreg.commands.compare_report", "run_report"),
+            "export": ("sensreg.commands.export", "run_export")}
 USAGE = """\
 usage: sensreg <command> [options] [key=value ...]
 
@@ -39,6 +42,9 @@ commands:
                                     compare.md and plots (--sort, --where, --group, --out,
                                     --wide for every column)
   report RUN_DIR [--out DIR]        report.md and plots for one run folder
+  export RUN [--out DIR]            the run's pruned network compacted (dead units removed) and
+                                    written as model.pt2 and model.onnx, checked against the run,
+                                    with its size, multiply-adds and speed (export.json)
 
 examples:
   sensreg train model=lenet5 sens=unspec
@@ -46,6 +52,7 @@ examples:
   sensreg eval outputs/runs/2026-01-01/12-00-00-000000_lenet300_spec/model.pt
   sensreg compare outputs/ --where sens=spec,loss --group --sort error
   sensreg report outputs/runs/2026-01-01/12-00-00-000000_lenet300_spec
+  sensreg export outputs/reference/lenet300_long80_spec/seed0 --out /tmp/lenet300
 """
 
 def main(argv: list[str] | None = None) -> None:
