@@ -190,3 +190,23 @@ def test_outside_classifiers_compact_exactly_where_they_can_and_name_what_they_c
         # An MLP's hidden units go (fc1's output, fc2's input); attention's are named and kept.
         assert layer(result, "blocks.0.mlp.fc1").units_kept < layer(result, "blocks.0.mlp.fc1").units
         assert any("blocks.0.attn.qkv" in note and "kept" in note for note in result.not_compacted)
+
+
+def test_csr_linears_give_the_same_outputs_with_the_weights_stored_sparse():
+    from sensreg import csr_linears
+    from sensreg.method.csr import CSRLinear
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 3, bias=False))
+    with torch.no_grad():
+        for layer in (model[1], model[3]):
+            layer.weight.mul_(torch.rand_like(layer.weight) < 0.3)  # mostly zeros
+    sparse = csr_linears(model)
+    assert isinstance(sparse[1], CSRLinear) and isinstance(sparse[3], CSRLinear)
+    assert type(model[1]) is nn.Linear  # the model itself is left as it was
+    assert sparse[1].weight.layout == torch.sparse_csr
+    assert sparse[1].weight.values().numel() == int((model[1].weight != 0).sum())  # zeros not stored
+    x = torch.randn(5, 3, 4)
+    with torch.no_grad():
+        assert torch.allclose(sparse(x), model(x), atol=1e-6)
+        assert torch.allclose(sparse(x[:1]), model(x[:1]), atol=1e-6)

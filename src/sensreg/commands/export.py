@@ -91,5 +91,5 @@ def _print(exported) -> None:
     if speed:
         console.print(f"speed: {speed['threads']} CPU thread(s), median of repeats after warm-up")
     for note in exported.notes:
-        console.print(note)
+        console.print(note, markup=False)
     console.print(f"wrote {', '.join(r['files'].values())} and export.json in {exported.folder}")

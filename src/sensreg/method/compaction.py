@@ -108,6 +108,10 @@ class SelectInputs(nn.Module):
         self.register_buffer("index", index)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2 and self.dim in (1, -1):
+            # Features of a batch: selected as rows of the transpose, whole rows at a time, since
+            # ONNX Runtime's Gather copies single elements along the last axis about 3x slower.
+            return x.t().index_select(0, self.index).t()
         return x.index_select(self.dim, self.index)
 
 
@@ -228,13 +232,28 @@ def _layer_counts(net: nn.Module, args: tuple) -> dict[str, dict[str, int]]:
 # --- the traced groups of tied units ---------------------------------------------------------------
 
 def _compact_groups(net: nn.Module, args: tuple, expected: list[Tensor], notes: list[str]) -> nn.Module:
-    """``net`` with the removable units of every group removed; where the result would differ
-    from ``expected``, the groups are tried one at a time and those that change it are kept."""
+    """``net`` with the removable units of every group removed, pass after pass until a pass
+    removes nothing: a removal can leave other units dead (a unit fed only by silent units is
+    silent itself once their constants are folded; one that fed only removed units is unused)."""
     try:
         import torch_pruning as tp
     except ImportError:  # the dependency is declared; a broken install compacts input features only
         notes.append("torch-pruning is not installed: only input features were compacted")
         return net
+    found: list[str] = []
+    while True:  # each pass that goes on removes at least one unit, so this ends
+        net, removed = _compact_pass(tp, net, args, expected, found)
+        if not removed:
+            break
+    notes.extend(dict.fromkeys(found))  # (a group kept whole is found again by every pass)
+    return net
+
+
+def _compact_pass(tp, net: nn.Module, args: tuple, expected: list[Tensor],
+                  notes: list[str]) -> tuple[nn.Module, bool]:
+    """One pass: ``net`` with the removable units of every group removed, and whether any were;
+    where the result would differ from ``expected``, the groups are tried one at a time and
+    those that change it are kept."""
     original = copy.deepcopy(net)
     try:
         graph = _trace(tp, net, args)
@@ -242,13 +261,15 @@ def _compact_groups(net: nn.Module, args: tuple, expected: list[Tensor], notes: 
     except Exception as err:  # noqa: BLE001 - any model the tracer cannot follow stays whole
         notes.append(f"the graph could not be traced ({type(err).__name__}: {err}); only input "
                      f"features were compacted")
-        return original
+        return original, False
+    if not plans:
+        return net, False
     for plan in plans:
         plan.apply()
     if _same(_outputs(net, args), expected):
-        return net
+        return net, True
     # Some removal was not exact (an operation the tracer took for channel-preserving): find it.
-    net, kept = original, []
+    net, kept, removed = original, [], False
     for i in range(len(plans)):
         trial = copy.deepcopy(net)
         graph = _trace(tp, trial, args)
@@ -257,11 +278,11 @@ def _compact_groups(net: nn.Module, args: tuple, expected: list[Tensor], notes: 
             break
         trial_plans[i].apply()
         if _same(_outputs(trial, args), expected):
-            net = trial
+            net, removed = trial, True
         else:
             kept.append(trial_plans[i].label)
     notes.extend(f"{label}: removing its dead units would change the output; kept" for label in kept)
-    return net
+    return net, removed
 
 
 def _trace(tp, net: nn.Module, args: tuple):

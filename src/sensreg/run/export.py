@@ -79,12 +79,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, threads: 
 
     summary = folder.read().summary or {}
     notes: list[str] = [f"not compacted: {note}" for note in compaction.not_compacted]
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    work = _temporary_folder(out)
     try:
         runners = {"compact": timing.torch_runner(compaction.model)}
-        _write_pt2(compaction.model, example, work / PT2_NAME)
+        write_pt2(compaction.model, example, work / PT2_NAME)
         runners["pt2"] = timing.torch_runner(torch.export.load(work / PT2_NAME).module())
-        onnx_problem = _write_onnx(compaction.model, example, work / ONNX_NAME)
+        onnx_problem = write_onnx(compaction.model, example, work / ONNX_NAME)
         if onnx_problem is None:
             runners["onnx"] = timing.onnx_runner(timing.onnx_session(work / ONNX_NAME, threads))
         else:
@@ -102,7 +102,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, threads: 
         if speed:
             measured = {"dense": timing.torch_runner(dense), "compact": runners["compact"]}
             if "onnx" in runners:  # the dense network in ONNX Runtime too, from a file that is not kept
-                _write_onnx(dense, example, work / "dense.onnx")
+                write_onnx(dense, example, work / "dense.onnx")
                 measured["onnx_dense"] = timing.onnx_runner(timing.onnx_session(work / "dense.onnx", threads))
                 measured["onnx"] = runners["onnx"]
                 (work / "dense.onnx").unlink()
@@ -129,6 +129,10 @@ def _finished_run(run_dir: Path) -> RunFolder:
     if not folder.model_path.is_file():
         raise ExportError(f"the run folder {run_dir} has no {MODEL_NAME}: the run has not finished (its "
                           f"summary.json says how far it got; continue it with trainer.resume={run_dir}).")
+    status = (folder.read().summary or {}).get("status")
+    if status not in (None, "completed"):  # (None: a run from before summaries recorded it)
+        raise ExportError(f"the run in {run_dir} did not complete (its summary.json says {status!r}), so its "
+                          f"{MODEL_NAME} is not the run's result; continue it with trainer.resume={run_dir}.")
     return folder
 
 
@@ -145,7 +149,16 @@ def _check_out(out: Path) -> None:
                           f"would go; give a folder you can write in with --out DIR.")
 
 
-def _write_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _temporary_folder(out: Path) -> Path:
+    """The folder the export is written in, beside ``out``, renamed to it when complete."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as err:
+        raise ExportError(f"cannot write in {out.parent} ({err.strerror or err}), where the output folder "
+                          f"{out.name} would go; give a folder you can write in with --out DIR.") from None
+
+
+def write_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     """torch.export's program of ``model``, its batch size left free."""
     batch = torch.export.Dim("batch", min=1)
     try:
@@ -158,7 +171,7 @@ def _write_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Non
                           f"{_first_line(err)}); nothing was written.") from None
 
 
-def _write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> str | None:
+def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> str | None:
     """model.onnx, its batch size left free; None when written, else the reason it was not (the
     export extra not installed). A network the exporter cannot take is an ExportError."""
     try:
@@ -172,7 +185,8 @@ def _write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> st
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
-                              dynamic_shapes=({0: "batch"},), dynamo=True)
+                              dynamic_shapes=({0: "batch"},), dynamo=True,
+                              external_data=False)  # one self-contained file (weights inside: under 2 GB)
     except Exception as err:  # noqa: BLE001
         raise ExportError(f"the ONNX exporter cannot take this network ({type(err).__name__}: "
                           f"{_first_line(err)}); nothing was written.") from None
