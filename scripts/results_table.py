@@ -1,9 +1,11 @@
 """The README's Results table: one row per reference preset, mean ± std over its seeds.
 
 Reads ``<root>/<preset>/seed*/summary.json`` (completed runs only) and prints a Markdown table:
-the epochs trained, test error, remaining % and compression ratio of the prunable parameters, the size of the
-compact model.pt, and the remaining % of every weight tensor; then the published figures for
-the same networks from sensreg's references.yaml.
+the epochs trained, test error, remaining % and compression ratio of the prunable parameters, the
+compacted network (its parameters, and how many times fewer multiply-adds it needs than the dense
+network: summary.json's ``structure``), the size of the compact model.pt, and the remaining % of
+every weight tensor; then the published figures for the same networks from sensreg's
+references.yaml.
 
     python scripts/results_table.py outputs/reference > outputs/reference/results.md
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from sensreg.commands.compare import references_for
 from sensreg.run.folder import RunFolder
+from sensreg.run.structure import ratio
 from sensreg.run.tables import markdown_table
 
 
@@ -40,10 +43,14 @@ def preset_row(name: str, summaries: list[dict]) -> list[str]:
     per_layer = ", ".join(f"{n} {two_digits(statistics.mean(v))}" for n, v in layers.items())
     kib = [s["checkpoint_bytes"] / 1024 for s in summaries if "checkpoint_bytes" in s]
     epochs = sorted({s["epochs_completed"] for s in summaries})
+    compact = [s["structure"]["params"]["compact"] for s in summaries if ratio(s.get("structure"), "params")]
+    fewer_macs = [ratio(s.get("structure"), "macs") for s in summaries if ratio(s.get("structure"), "macs")]
     return [f"`{name}`", str(len(summaries)), "/".join(map(str, epochs)),
             mean_std([100 * s["test_error"] for s in summaries], 2),
             mean_std([s["remaining_pct"] for s in summaries], 2),
             mean_std([s["compression"] for s in summaries], 0) + "×",
+            f"{statistics.mean(compact) / 1000:.0f}k" if compact else "",
+            mean_std(fewer_macs, 1) + "×" if fewer_macs else "",
             f"{statistics.mean(kib):.0f}" if kib else "",
             per_layer]
 
@@ -77,8 +84,8 @@ def main() -> None:
         found.append((key, not dense, preset.name, preset_row(preset.name, summaries)))
         models += [key] if key not in models else []
     rows = [row for *_, row in sorted(found, key=lambda f: (models.index(f[0]), f[1], f[2]))]
-    print(markdown(["runs", "seeds", "epochs", "test error %", "remaining %", "compression", "model.pt KiB",
-                    "remaining % per weight tensor"], rows))
+    print(markdown(["runs", "seeds", "epochs", "test error %", "remaining %", "compression", "compacted params",
+                    "fewer MACs", "model.pt KiB", "remaining % per weight tensor"], rows))
     published = [[f"{r['method']} ({r['model']}, {r['data']})", f"{r['test_error_pct']:.2f}",
                   f"{100 / r['compression']:.2f}", f"{r['compression']:.0f}×", r["budget"] or "not stated"]
                  for m, d in models for r in references_for(m, d)]

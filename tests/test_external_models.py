@@ -30,6 +30,62 @@ def gelu_net(num_classes, input_shape, width=24):
 
 def no_arguments():
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+
+
+class Wrapped(nn.Module):
+    """The logits with something else: a tuple, a dict, integer labels, a flat vector."""
+
+    def __init__(self, num_classes, input_shape, kind):
+        super().__init__()
+        c, h, w = input_shape
+        self.kind, self.net = kind, nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))
+
+    def forward(self, x):
+        y = self.net(x)
+        return {"tuple": lambda: (y, y), "dict": lambda: {"logits": y}, "labels": lambda: y.argmax(1),
+                "flat": lambda: y.flatten()}[self.kind]()
+
+
+def wrapped(num_classes, input_shape, kind="tuple"):
+    return Wrapped(num_classes, input_shape, kind)
+
+
+def eleven_classes(num_classes, input_shape):
+    c, h, w = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 11))
+
+
+def no_parameters(num_classes, input_shape):
+    return nn.Sequential(nn.Flatten(), nn.AdaptiveAvgPool1d(num_classes))
+
+
+def all_frozen(num_classes, input_shape):
+    c, h, w = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes)).requires_grad_(False)
+
+
+def zero_width(num_classes, input_shape):
+    c, h, w = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 0), nn.Linear(0, num_classes))
+
+
+def bias_only(num_classes, input_shape):
+    c, h, w = input_shape
+    net = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))
+    net[1].weight.requires_grad_(False)
+    return net
+
+
+def broken(num_classes, input_shape):
+    return {"a": 1}["b"]
+
+
+def frozen_first(num_classes, input_shape):
+    """A frozen first layer (a pretrained backbone, say) under a trainable head."""
+    c, h, w = input_shape
+    net = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 12), nn.ReLU(), nn.Linear(12, num_classes))
+    net[1].requires_grad_(False)
+    return net
 '''
 
 
@@ -64,6 +120,22 @@ def test_a_custom_module_with_gelu_and_layernorm_trains_every_variant(workdir, s
     assert summary["model"] == "custom"
     layers = {layer["name"]: layer["shape"] for layer in summary["sparsity"]["layers"]}
     assert layers["1.weight"] == [16, 3 * 32 * 32]  # the keyword argument reached the factory
+
+
+@pytest.mark.parametrize("sens", ["spec", "unspec"])
+def test_frozen_parameters_are_left_as_built_and_the_log_says_so(workdir, sens):
+    from sensreg.run.checkpoint import load_checkpoint
+
+    summary = train_and_check(workdir, f"frozen_{sens}", "model=custom", "model.factory=user_nets:frozen_first",
+                              f"sens={sens}", "prune=gmp", "prune.target=10x", "prune.every=1")
+    layers = {layer["name"]: layer for layer in summary["sparsity"]["layers"]}
+    assert not layers["1.weight"]["prunable"] and layers["1.weight"]["remaining_pct"] == 100
+    assert layers["3.weight"]["prunable"]
+    assert "frozen (requires_grad False): 2 parameter tensors" in (workdir / f"frozen_{sens}" / "train.log").read_text()
+    # The frozen layer has no mask and nothing of it was pruned.
+    ckpt = load_checkpoint(workdir / f"frozen_{sens}" / "model.pt")
+    assert "1.weight" not in ckpt["masks"]
+    assert bool((ckpt["state_dict"]["1.weight"] != 0).all())
 
 
 @pytest.mark.slow
@@ -119,12 +191,44 @@ def refusal(workdir, capsys, *overrides: str) -> str:
     (["model=torchvision", "data.shape=[2,28,28]"],
      "model.name=torchvision (resnet18) cannot train on data.name=synthetic (inputs 2x28x28)"),
     (["model=custom", "model.factory=user_nets:gelu_net", "sens.reduction=sample"], "LayerNorm"),
+    (["model=custom", "model.factory=user_nets:wrapped"], "returns a tuple, not a tensor of shape (batch, 10)"),
+    (["model=custom", "model.factory=user_nets:wrapped", "+model.kwargs.kind=dict"], "returns a dict"),
+    (["model=custom", "model.factory=user_nets:wrapped", "+model.kwargs.kind=labels"], "returns torch.int64 values"),
+    (["model=custom", "model.factory=user_nets:wrapped", "+model.kwargs.kind=flat"], "returns shape (20,)"),
+    (["model=custom", "model.factory=user_nets:eleven_classes"], "returns shape (2, 11) for a batch of 2, not (2, 10)"),
+    (["model=custom", "model.factory=user_nets:no_parameters"], "has no trainable parameter (it has none)"),
+    (["model=custom", "model.factory=user_nets:all_frozen"], "has no trainable parameter (all are frozen)"),
+    (["model=custom", "model.factory=user_nets:zero_width"], "has a layer of size zero (1.weight"),
+    (["model=custom", "model.factory=user_nets:broken"], "could not be built or run on a batch of data.name=synthetic "
+                                                          "inputs (3x32x32): KeyError: 'b'"),
+    (["model=custom", "model.factory=user_nets:bias_only", "prune=gmp", "prune.params=weights"],
+     "has no parameter that prune.params=weights may prune"),
 ])
 def test_what_names_nothing_or_cannot_train_is_refused_before_training(workdir, capsys, overrides, expected):
-    assert expected in refusal(workdir, capsys, *overrides)
+    message = refusal(workdir, capsys, *overrides)
+    assert expected in message and "Traceback" not in message
 
 
 def test_the_configs_of_the_outside_models_are_shipped():
     for name in ("torchvision", "timm", "custom"):
         assert (REPO / "configs" / "model" / f"{name}.yaml").is_file()
     assert composed("model=torchvision")["model"] == {"name": "torchvision", "arch": "resnet18", "kwargs": {}}
+
+
+@pytest.mark.parametrize("error", ["cuda", "cpu"])
+def test_running_out_of_memory_is_one_paragraph_naming_the_batch_size(workdir, capsys, monkeypatch, error):
+    import torch
+
+    from sensreg.run.loop import TrainStep
+
+    def exhausted(self, *args, **kwargs):
+        if error == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 123456789 bytes.")
+    monkeypatch.setattr(TrainStep, "__call__", exhausted)
+    assert run_in_process("train", *TINY, f"hydra.run.dir={workdir / 'oom'}") == 1
+    message = " ".join(capsys.readouterr().err.split())
+    assert "out of memory" in message and "trainer.batch_size=10" in message and "Lower trainer.batch_size" in message
+    assert "Traceback" not in message
+    assert json.loads((workdir / "oom" / "summary.json").read_text())["status"] == "failed"

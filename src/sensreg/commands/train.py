@@ -333,6 +333,15 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
                  "folder's first files are removed. Run the command again.", code=130)
         fail(f"interrupted at once, before the run wrote its first checkpoint: nothing to continue from "
              f"(the run folder {run_dir} keeps what it wrote). Run the command again.", code=130)
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        then = (f"continue with `sensreg train <the same overrides> trainer.resume={run_dir}` and a smaller batch"
+                if folder.has_checkpoint() else "run it again with a smaller batch")
+        fail(f"out of memory ({_first_line(err)}) training {config.model.name} with trainer.batch_size="
+             f"{config.trainer.batch_size} (and data.eval_batch_size={config.data.eval_batch_size} for evaluation) "
+             f"on {config.trainer.device}. Lower trainer.batch_size or data.eval_batch_size, or use a smaller "
+             f"model or trainer.precision=bf16; {then}.", code=1)
     except OSError as err:
         gone = folder.gone_error()
         if gone is not None:  # removed under the run in the middle of a write
@@ -347,6 +356,20 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
         fail(f"could not read or write a file ({err}). Every file of the run folder {run_dir} is "
              f"replaced only by a complete new version, so what was there before is intact; free "
              f"space or fix the permissions, then {then}.", code=1)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure: torch's OutOfMemoryError (a GPU's), the CPU
+    allocator's RuntimeError, or Python's MemoryError."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
 
 
 def _setup_logging(log_file: Path | None) -> None:

@@ -229,6 +229,9 @@ class GradualMagnitude(PruneSchedule):
         return s_f + (s_i - s_f) * (1.0 - progress) ** 3
 
     def after_step(self, epoch, batch, ctx):
+        if ctx.steps_per_epoch < 1:  # (its default, 0, serves the schedules that act per epoch)
+            raise ValueError(f"PruneContext.steps_per_epoch={ctx.steps_per_epoch}: gmp counts training steps, so "
+                             f"give it the number of batches of one epoch (at least 1), e.g. len(train_loader)")
         t = (epoch - 1) * ctx.steps_per_epoch + batch + 1  # steps done, this one included
         t0, t1 = self.window(ctx.steps_per_epoch)
         if not (t0 <= t <= t1 and ((t - t0) % self.cfg.every == 0 or t == t1)):

@@ -48,12 +48,14 @@ def prunable_names(model: nn.Module, which: str, batchnorm: bool = False) -> lis
     ``weights`` means every parameter of two or more dimensions (linear and conv kernels);
     biases and other vectors are then left alone. ``batchnorm``: whether the affine parameters
     of normalization layers (``NORM_LAYERS``) belong to ``all``; they are vectors, so
-    ``weights`` never includes them.
+    ``weights`` never includes them. Frozen parameters (``requires_grad`` False) never do: they
+    are not trained, so neither shrunk nor pruned.
     """
     if which not in ("all", "weights"):
         raise ValueError(f"unknown parameter set {which!r}; known: all, weights")
     norm = set() if batchnorm else norm_parameter_names(model)
-    return [n for n, p in model.named_parameters() if (which == "all" or p.dim() > 1) and n not in norm]
+    return [n for n, p in model.named_parameters()
+            if p.requires_grad and (which == "all" or p.dim() > 1) and n not in norm]
 
 
 class Masks:

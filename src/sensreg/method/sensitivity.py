@@ -223,12 +223,20 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+class UnknownVariant(KeyError, ValueError):
+    """A variant name that is not registered (a ValueError, as every misused argument is; a
+    KeyError, as a registry lookup is)."""
+
+    def __str__(self) -> str:  # (KeyError's would quote the message)
+        return str(self.args[0])
+
+
 def get_variant(name: str) -> Variant:
     """The registered variant ``name``; an unknown name is an error listing the known ones."""
     try:
         return VARIANTS[name]
     except KeyError:
-        raise KeyError(f"unknown sensitivity variant {name!r}; known: {', '.join(VARIANTS)}") from None
+        raise UnknownVariant(f"unknown sensitivity variant {name!r}; known: {', '.join(VARIANTS)}") from None
 
 
 # Modules whose backward has no batching rule in autograd's batched-gradient mode: PyTorch falls

@@ -27,6 +27,28 @@ from sensreg.method.regularizer import insensitivity_stats, rescale_, shrink_
 from sensreg.method.sensitivity import Variant, batched_vjps_are_faster, get_variant, gradients_and_sensitivity
 
 
+REDUCTIONS = ("batch", "sample")
+
+
+def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """An optimizer that steps parameters of another model would leave this one untrained."""
+    own = {id(p) for p in model.parameters()}
+    stepped = [p for group in optimizer.param_groups for p in group["params"]]
+    if not stepped or any(id(p) not in own for p in stepped):
+        raise ValueError("optimizer: it does not step this model's parameters (it was built over another "
+                         "model's, or a copy's); build it over model.parameters() of the model given")
+
+
+def _check_masks(model: nn.Module, masks: Masks) -> None:
+    """Masks built on another model (or a copy) would prune tensors this model never uses."""
+    own = dict(model.named_parameters())
+    foreign = [n for n, p in zip(masks.names, masks.params) if own.get(n) is not p]
+    if foreign:
+        raise ValueError(f"masks: {', '.join(foreign[:5])} are not this model's parameters (the masks were built "
+                         f"on another model, or a copy); build them with Masks(model, prunable_names(model, ...)) "
+                         f"on the model given")
+
+
 class SensitivityStep:
     """The method's training step around a model and its optimizer.
 
@@ -52,12 +74,22 @@ class SensitivityStep:
         self.model, self.optimizer = model, optimizer
         self.forward_fn = model if forward is None else forward
         self.variant = get_variant(variant) if isinstance(variant, str) else variant
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r} is not one of {', '.join(REDUCTIONS)}")
+        _check_optimizer(model, optimizer)
         self.masks = masks if masks is not None else Masks(model, prunable_names(model, "all"))
+        _check_masks(model, self.masks)
         named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.names, self.params = list(named), list(named.values())
         regularize = self.masks.names if regularize is None else list(regularize)
+        not_trained = [n for n in regularize if n not in named]
+        if not_trained:
+            raise ValueError(f"regularize names {', '.join(not_trained[:5])}, which are not trainable parameters of "
+                             f"the model (frozen, or no parameter of that name); name trainable ones, or leave "
+                             f"regularize out (the masks' parameters)")
         self.reg_index = [self.names.index(n) for n in regularize]
-        self.mask_index = [self.names.index(n) for n in self.masks.names]
+        # (A frozen parameter in the masks keeps its mask but has no gradient to mask.)
+        self.mask_index = [self.names.index(n) for n in self.masks.names if n in named]
         self.output, self.classes, self.generator = output, classes, generator
         self.scale, self.gamma, self.scale_over = scale, gamma, scale_over
         # One batched VJP for all of unspec's classes where the layers have a batching rule.

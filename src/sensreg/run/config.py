@@ -495,15 +495,14 @@ class TrainConfig:
         # last layer, which any count fits.)
         classes = getattr(DATASETS.get(self.data.name), "num_classes", None) or self.data.num_classes
         external = self.model.name in EXTERNAL
+        name = f"model.name={self.model.name}" + (f" ({self.model.arch or self.model.factory})" if external else "")
         try:
             with torch.device("meta"):
                 model = build_model(self.model.name, classes, shape, **self.model.options())
-                if external:  # sensreg's own networks check their inputs as they are built
-                    model(torch.empty((2, *shape)))
+                output = model(torch.empty((2, *shape))) if external else None  # (sensreg's own: checked as built)
         except UnknownModel as err:
             return [f"{err}."]
-        except (ValueError, RuntimeError, TypeError, NotImplementedError) as err:
-            name = f"model.name={self.model.name}" + (f" ({self.model.arch or self.model.factory})" if external else "")
+        except (ValueError, RuntimeError, TypeError, NotImplementedError, AssertionError) as err:
             why = str(err).splitlines()[0] if str(err) else type(err).__name__
             hint = ""
             if self.model.name == "torchvision" and shape[0] not in (1, 3):
@@ -512,6 +511,14 @@ class TrainConfig:
                 hint = " (or set its inputs with +model.kwargs.KEY=VALUE)"
             return [f"{name} cannot train on data.name={self.data.name} (inputs {'x'.join(map(str, shape))}): "
                     f"{why}. Choose a model made for this dataset{hint}."]
+        except Exception as err:  # noqa: BLE001 - a factory's own failure, whatever it raises
+            why = str(err).splitlines()[0] if str(err) else "no message"
+            return [f"{name} could not be built or run on a batch of data.name={self.data.name} inputs "
+                    f"({'x'.join(map(str, shape))}): {type(err).__name__}: {why}. Fix the model's factory or "
+                    f"its settings (model.*)."]
+        problem = _network_problem(name, model, output, classes)
+        if problem:
+            return [problem]
         # Weights, gradients, the optimizer's state and the sensitivity: four copies at least.
         need = 4 * 4 * sum(param.numel() for param in model.parameters())
         have = _memory_bytes()
@@ -519,6 +526,10 @@ class TrainConfig:
             return [f"model.name={self.model.name} with {classes} classes (data.num_classes) has "
                     f"{need // 16:,} parameters, which need {need / 2**30:.3g} GiB to train, more than this "
                     f"machine's {have / 2**30:.3g} GiB; use fewer classes or a smaller model."]
+        if self.prune.name != "none" and not prunable_names(model, self.prune.params, self.prune.batchnorm):
+            return [f"{name} has no parameter that prune.params={self.prune.params} may prune (all frozen, or "
+                    f"none of two or more dimensions), so prune={self.prune.name} would prune nothing. Set "
+                    f"prune.params=all, or prune=none."]
         if self.prune.name == "gmp":
             names = prunable_names(model, self.prune.params, self.prune.batchnorm)
             params = dict(model.named_parameters())
@@ -633,6 +644,36 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dict[str, Any]": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
                        "keyword arguments, e.g. +model.kwargs.image_size=32"),
 }
+
+
+def _network_problem(name: str, model, output, classes: int | None) -> str | None:
+    """What makes a built network untrainable: no trainable parameter, a layer of size zero, or
+    an output (``output``, for a batch of 2; None where not run) that is not one row of
+    float logits per sample and class."""
+    params = dict(model.named_parameters())
+    if not any(p.requires_grad for p in params.values()):
+        return (f"{name} has no trainable parameter ({'all are frozen' if params else 'it has none'}): "
+                f"there is nothing to train. Give a model with parameters that require gradients.")
+    empty = [n for n, p in params.items() if p.numel() == 0]
+    if empty:
+        return (f"{name} has a layer of size zero ({', '.join(empty[:3])}: no entries), which cannot be trained "
+                f"or pruned; check the widths the model is built with.")
+    if output is None:
+        return None
+    expect = f"a tensor of shape (batch, {classes}) of float logits"
+    if not isinstance(output, torch.Tensor):
+        kind = type(output).__name__
+        hint = (" (torchvision's googlenet and inception_v3 return one in training: build them with "
+                "+model.kwargs.aux_logits=false)" if isinstance(output, tuple) else "")
+        return (f"{name} returns a {kind}, not {expect}{hint}. Wrap the model so that its forward returns the "
+                f"logits alone.")
+    if not output.dtype.is_floating_point:
+        return f"{name} returns {output.dtype} values, not {expect}; its forward must return the logits."
+    if output.dim() != 2 or output.shape[0] != 2 or (classes is not None and output.shape[1] != classes):
+        return (f"{name} returns shape {tuple(output.shape)} for a batch of 2, not (2, {classes}): the logits, "
+                f"one row per sample and one column per class. Give the model num_classes={classes} "
+                f"(a factory takes it as its first argument) or flatten its output.")
+    return None
 
 
 def _memory_bytes() -> int | None:

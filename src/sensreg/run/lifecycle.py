@@ -220,6 +220,10 @@ def setup_training(cfg: TrainConfig, folder: RunFolder, summary: dict[str, Any],
              len(data.train), len(data.val), len(data.test))
     for warning in useless_settings(cfg, len(data.train), data.num_classes):
         log.warning("warning: %s", warning)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    if frozen:
+        log.info("frozen (requires_grad False): %d parameter tensors, %d values; not trained, regularized or pruned",
+                 len(frozen), sum(p.numel() for p in frozen))
     t = cfg.trainer
     optimizer = build_optimizer(cfg, model.parameters())
     masks = Masks(model, prunable_names(model, cfg.prune.params, cfg.prune.batchnorm))
