@@ -26,9 +26,10 @@ def run_train(overrides: list[str]) -> None:
     _check_launcher_plugin(overrides)
     _check_output_folders(overrides)
     _check_override_keys(overrides)
-    if os.environ.get("RANK", "0") != "0":
-        # A further process of a torchrun run: process 0 writes the run folder (Hydra's .hydra/ too).
-        overrides = [*overrides, "hydra.output_subdir=null"]
+    if not any(key == "hydra.output_subdir" for _, key, _ in _key_values(overrides)):
+        # Hydra would write its records (.hydra/) before the run is accepted, into a folder that
+        # may hold another run: process 0 writes them once it is (_hydra_records).
+        overrides = ["hydra.output_subdir=null", *overrides]  # (first: argparse takes no overrides after --cfg X)
     # Hydra finds plugins by walking the hydra_plugins package, which an editable install
     # (pip install -e) hides from it: sensreg's sweeper is registered by hand.
     from hydra.core.plugins import Plugins
@@ -125,6 +126,8 @@ def _check_output_folders(overrides: list[str]) -> None:
     permission, with a traceback. (Paths built from ${...} are Hydra's to resolve; not checked.)"""
     from sensreg.atomic import first_existing, path_too_long
 
+    multirun = any(o in ("-m", "--multirun") for o in overrides)
+    resume = next((value.strip().lower() for _, key, value in _key_values(overrides) if key == "trainer.resume"), "")
     for o, key, value in _key_values(overrides):
         if key not in ("hydra.run.dir", "hydra.sweep.dir", "trainer.init") or not value or "${" in value:
             continue
@@ -134,7 +137,14 @@ def _check_output_folders(overrides: list[str]) -> None:
             fail(f"{o}: {too_long}. Choose a shorter path for {key}.")
         if key == "trainer.init":
             continue  # the config check looks at the file
-        existing = first_existing(Path(value).expanduser().absolute())
+        folder = Path(value).expanduser().absolute()
+        if key == "hydra.run.dir" and folder.is_dir() and not multirun and resume in ("", "false"):
+            from sensreg.run.folder import occupied  # (torch loads with it: only for a folder that exists)
+
+            problem = occupied(folder)
+            if problem is not None:
+                fail(f"{problem}\nNothing was trained or written.")
+        existing = first_existing(folder)
         if not existing.is_dir():
             fail(f"{o}: {existing} is a file, so no folder can be made there. Choose another path "
                  f"for {key}.")
@@ -300,6 +310,7 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
                 aside = folder.set_aside() if dist.is_main and resume_from is None and \
                     config.trainer.resume is True else None
                 if dist.is_main:
+                    folder.write_hydra_records(_hydra_records(cfg))
                     folder.write_config(OmegaConf.to_yaml(cfg, resolve=True))
                 _setup_logging(folder.log_path if dist.is_main else None)
                 if aside is not None:
@@ -356,6 +367,18 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
         fail(f"could not read or write a file ({err}). Every file of the run folder {run_dir} is "
              f"replaced only by a complete new version, so what was there before is intact; free "
              f"space or fix the permissions, then {then}.", code=1)
+
+
+def _hydra_records(cfg) -> dict[str, str]:
+    """What Hydra itself writes into .hydra/ (the composed config, its own config with the group
+    choices, the command's overrides), for a run it was told not to write them for."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    hydra_cfg = HydraConfig.get()
+    return {"config.yaml": OmegaConf.to_yaml(cfg),
+            "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task)))}
 
 
 def _out_of_memory(err: BaseException) -> bool:

@@ -91,13 +91,43 @@ def _ended_before_its_first_epoch(folder: Path) -> bool:
             and not any((folder / name).exists() for name in (CHECKPOINT_NAME, MODEL_NAME, METRICS_NAME)))
 
 
+# Hydra's records of a run's command, in its folder (written by sensreg: see write_hydra_records).
+HYDRA_RECORDS = ".hydra"
+# Everything a run writes into its folder; anything else in it is the user's.
+RUN_FILES = {CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, LOG_NAME, MODEL_NAME, CHECKPOINT_NAME, LOCK_NAME, HYDRA_RECORDS}
+
+
+def occupied(folder: Path) -> str | None:
+    """Why a fresh run (not resuming) may not write into the existing ``folder``, or None: it holds
+    a run, or files a run did not write (a run never writes over a user's files)."""
+    if (folder / LOCK_NAME).exists() and not writer_gone(folder):
+        return RunLock(folder).busy()
+    if (folder / SUMMARY_NAME).exists() and not _ended_before_its_first_epoch(folder):
+        return (f"the run folder {folder} already holds a run (summary.json). Add trainer.resume=true to "
+                f"continue it, or choose another hydra.run.dir.")
+    if (folder / SUMMARY_NAME).exists():
+        return None  # a run that ended before its first epoch: nothing to lose, taken over
+    try:
+        # (Hidden files count: a project folder's .git is the user's; a run's own temporary
+        # files, .NAME.*.tmp, left by a kill, do not.)
+        entries = sorted(p.name for p in folder.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    except OSError as err:
+        return f"the folder {folder} cannot be listed ({err.strerror or err}); choose another hydra.run.dir."
+    if not entries:
+        return None
+    foreign = [name for name in entries if name not in RUN_FILES]
+    shown = ", ".join((foreign or entries)[:4]) + (", ..." if len(foreign or entries) > 4 else "")
+    what = "files a run did not write" if foreign else "a run's files but no summary.json (not a run sensreg can continue)"
+    return (f"the folder {folder} is not empty: it holds {what} ({shown}). A run writes into a folder of its "
+            f"own and never over files it did not write; choose another hydra.run.dir (a new or empty folder).")
+
+
 def resolve(hydra_dir: Path, resume: bool | str) -> tuple[Path, Path | None]:
     """The folder this run writes, and the checkpoint it continues from (None: from scratch)."""
     if resume is False:
-        if (hydra_dir / SUMMARY_NAME).exists() and not _ended_before_its_first_epoch(hydra_dir):
-            raise RunFolderError(
-                f"the run folder {hydra_dir} already holds a run (summary.json). Add "
-                f"trainer.resume=true to continue it, or choose another hydra.run.dir.")
+        problem = occupied(hydra_dir)
+        if problem is not None:
+            raise RunFolderError(problem)
         return hydra_dir, None
     if resume is True:
         checkpoint = hydra_dir / CHECKPOINT_NAME
@@ -288,6 +318,13 @@ class RunFolder:
     def write_config(self, text: str) -> None:
         with self._writing():
             write_atomic(self.config_path, lambda f: f.write(text))
+
+    def write_hydra_records(self, records: dict[str, str]) -> None:
+        """Hydra's records of the command (``.hydra/config.yaml``, ``hydra.yaml``,
+        ``overrides.yaml``: file name -> text), written once the run is accepted, never before."""
+        with self._writing():
+            for name, text in records.items():
+                write_atomic(self.path / HYDRA_RECORDS / name, lambda f, text=text: f.write(text))
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         with self._writing():
