@@ -21,6 +21,14 @@ def test_help_lists_commands(tmp_path):
         assert group in out.stdout
 
 
+def test_version_is_the_packages(tmp_path):
+    import tomllib
+
+    out = sensreg("--version", cwd=tmp_path, module=True)
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert out.returncode == 0 and out.stdout == f"sensreg {version}\n"
+
+
 def test_cfg_job_prints_composed_config(tmp_path):
     out = sensreg("train", "model=lenet5", "sens=unspec", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

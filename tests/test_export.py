@@ -244,3 +244,33 @@ def test_a_residual_network_with_batchnorm_exports_with_the_runs_test_error(tmp_
     record = json.loads((out / "export.json").read_text())
     assert len(set(record["test_error"].values())) == 1, record["test_error"]
     assert record["params"]["nonzero"] < record["params"]["dense"] / 10
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.eval_batch_size=0", "data.eval_batch_size=0 must be a number >= 1"),
+    ("data.eval_batch_size=abc", "data.eval_batch_size='abc' must be"),
+    ("data.nonsense=1", "data.nonsense is not a data setting of this run"),
+])
+def test_bad_data_overrides_are_refused_before_anything_is_written(finished_run, tmp_path, in_process_cli, capsys,
+                                                                   override, expected):
+    assert run_in_process("export", str(finished_run), "--out", str(tmp_path / "x"), override) == 2
+    assert expected in " ".join(capsys.readouterr().err.split())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.eval_batch_size=-1", "data.eval_batch_size=-1 must be a number >= 1"),
+    ("data.eval_batch_size=0", "data.eval_batch_size=0 must be a number >= 1"),
+    ("data.eval_batch_size=abc", "data.eval_batch_size='abc' must be"),
+])
+def test_eval_checks_its_data_overrides_as_train_does(finished_run, in_process_cli, capsys, override, expected):
+    assert run_in_process("eval", str(finished_run), override) == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert expected in message and "Traceback" not in message
+
+
+def test_an_empty_data_root_is_refused(tmp_path, in_process_cli, capsys):
+    from sensreg.run.config import DataConfig, data_problems
+
+    assert any("data.root='' must name the folder" in p for p in data_problems(DataConfig(name="mnist", root="")))
+    assert data_problems(DataConfig(name="synthetic", root="")) == []  # generated data reads no folder

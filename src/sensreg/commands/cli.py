@@ -29,6 +29,7 @@ COMMANDS = {"train": ("sensreg.commands.train", "run_train"), "eval": ("sensreg.
             "export": ("sensreg.commands.export", "run_export")}
 USAGE = """\
 usage: sensreg <command> [options] [key=value ...]
+       sensreg --version
 
 commands:
   train [overrides]                 train, regularize by sensitivity, prune, evaluate, report
@@ -59,6 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
+        return
+    if argv[0] in ("--version", "-V", "version"):
+        from sensreg import __version__
+
+        print(f"sensreg {__version__}")
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

@@ -29,7 +29,7 @@ def run_export(args: list[str]) -> None:
     parser.add_argument("--no-speed", action="store_true", help="leave out the speed measurement")
     parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
                         help="where the test data is found, as in sensreg eval (data.root=PATH)")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)  # (data.KEY=VALUE may follow --out DIR)
     if ns.threads < 1:
         fail(f"--threads {ns.threads}: give a number of threads of at least 1.")
     overrides = _data_overrides(ns.overrides)

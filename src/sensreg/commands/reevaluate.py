@@ -14,7 +14,7 @@ from sensreg.data import load_test_split
 from sensreg.errors import few_names
 from sensreg.method.pruning import sparsity_stats
 from sensreg.run.checkpoint import CheckpointError, load_checkpoint, saved_network
-from sensreg.run.config import DataConfig
+from sensreg.run.config import ConfigError, DataConfig, data_problems
 from sensreg.run.evaluate import evaluate
 from sensreg.run.structure import network_structure
 
@@ -35,6 +35,9 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
                                   f"known: {', '.join(sorted(data_cfg))}.")
         data_cfg[key] = value
     data = DataConfig(**data_cfg)
+    problems = data_problems(data)
+    if problems and overrides:  # (a checkpoint's own data section passed these checks when it trained)
+        raise ConfigError("Invalid data override:\n  - " + "\n  - ".join(problems))
     test, num_classes, input_shape = load_test_split(data.name, data.root, device, **data.loader_options())
     model = saved_network(ckpt)
     _check_weights(path, ckpt["state_dict"], model)

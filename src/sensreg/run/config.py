@@ -330,50 +330,7 @@ class TrainConfig:
         p.choice("trainer.precision", self.trainer.precision, PRECISIONS)
 
     def _check_data(self, p: "_Problems") -> None:
-        if not (isinstance(self.data.val_fraction, (int, float)) and 0 < self.data.val_fraction < 1):
-            p.append(f"data.val_fraction={self.data.val_fraction!r} must lie strictly between 0 and 1.")
-        p.at_least("data.eval_batch_size", self.data.eval_batch_size, 1)
-        # torch.Generator takes seeds from -2^63 to 2^64 - 1 (data/registry.py: split_train_val)
-        if _TYPES["int"][0](self.data.split_seed) and not -(2**63) <= self.data.split_seed < 2**64:
-            p.append(f"data.split_seed={self.data.split_seed} is outside the seeds PyTorch takes: use an "
-                     f"integer from {-(2**63)} to {2**64 - 1}.")
-        if self.data.name == "synthetic":
-            p.at_least("data.num_train", self.data.num_train, 2)  # a training and a validation sample
-            p.at_least("data.num_test", self.data.num_test, 1)
-            p.at_least("data.num_classes", self.data.num_classes, 2)
-            p.at_least("data.noise", self.data.noise, 0)
-            if not (isinstance(self.data.shape, (list, tuple)) and len(self.data.shape) == 3
-                    and all(_TYPES["int"][0](v) and v >= 1 for v in self.data.shape)):
-                p.append(f"data.shape={self.data.shape!r} must be three positive integers, channels, height "
-                         f"and width of one image, e.g. [1,28,28] (like MNIST) or [3,32,32] (like CIFAR).")
-            elif not p:
-                self._check_synthetic_size(p)
-        if _registered(self.data.name, DATASETS) and DATASETS[self.data.name].from_files:
-            if self.data.on_device:
-                p.append(f"data.on_device=true cannot hold data.name={self.data.name}: its images are "
-                         f"decoded from files batch by batch, never held on the device as a whole; "
-                         f"set data.on_device=false.")
-            p.at_least("data.num_workers", self.data.num_workers, 0)
-            p.at_least("data.prefetch_factor", self.data.prefetch_factor, 1)
-            p.at_least("data.image_size", self.data.image_size, 1)
-            if _TYPES["int"][0](self.data.resize) and _TYPES["int"][0](self.data.image_size) \
-                    and self.data.resize < self.data.image_size:
-                p.append(f"data.resize={self.data.resize} is smaller than data.image_size={self.data.image_size}: "
-                         f"the evaluation crop would reach past the resized image. Set data.resize >= "
-                         f"data.image_size (ImageNet's usual pair: 256 and 224).")
-
-    def _check_synthetic_size(self, p: "_Problems") -> None:
-        """The generated images are held in memory whole: more than this machine has would end
-        the run in an out-of-memory kill instead of a message."""
-        c, h, w = self.data.shape
-        # the images, and one prototype image per class (data/tensors.py: load_synthetic), float32
-        need = (self.data.num_train + self.data.num_test + self.data.num_classes) * c * h * w * 4
-        have = _memory_bytes()
-        if have and need > have:
-            p.append(f"data.num_train={self.data.num_train} and data.num_test={self.data.num_test} images of "
-                     f"data.shape={list(self.data.shape)} in data.num_classes={self.data.num_classes} classes "
-                     f"need {need / 2**30:.3g} GiB of memory, more than this machine's {have / 2**30:.3g} GiB; "
-                     f"generate fewer or smaller images, or fewer classes.")
+        check_data(self.data, p)
 
     def _check_sens_and_optim(self, p: "_Problems") -> None:
         p.at_least("sens.lam", self.sens.lam, 0)
@@ -687,6 +644,67 @@ def _memory_bytes() -> int | None:
 def _registered(name: Any, registry: dict) -> bool:
     """Whether ``name`` names an entry of ``registry`` (a list given as a name names none)."""
     return isinstance(name, str) and name in registry
+
+
+def check_data(data: "DataConfig", p: "_Problems") -> None:
+    """The checks of the data section (train, and the data.* overrides of eval and export)."""
+    if data.name != "synthetic" and not (isinstance(data.root, str) and data.root.strip()):
+        p.append(f"data.root={data.root!r} must name the folder where the dataset lives (e.g. data.root=data).")
+    if not (isinstance(data.val_fraction, (int, float)) and 0 < data.val_fraction < 1):
+        p.append(f"data.val_fraction={data.val_fraction!r} must lie strictly between 0 and 1.")
+    p.at_least("data.eval_batch_size", data.eval_batch_size, 1)
+    # torch.Generator takes seeds from -2^63 to 2^64 - 1 (data/registry.py: split_train_val)
+    if _TYPES["int"][0](data.split_seed) and not -(2**63) <= data.split_seed < 2**64:
+        p.append(f"data.split_seed={data.split_seed} is outside the seeds PyTorch takes: use an "
+                 f"integer from {-(2**63)} to {2**64 - 1}.")
+    if data.name == "synthetic":
+        p.at_least("data.num_train", data.num_train, 2)  # a training and a validation sample
+        p.at_least("data.num_test", data.num_test, 1)
+        p.at_least("data.num_classes", data.num_classes, 2)
+        p.at_least("data.noise", data.noise, 0)
+        if not (isinstance(data.shape, (list, tuple)) and len(data.shape) == 3
+                and all(_TYPES["int"][0](v) and v >= 1 for v in data.shape)):
+            p.append(f"data.shape={data.shape!r} must be three positive integers, channels, height "
+                     f"and width of one image, e.g. [1,28,28] (like MNIST) or [3,32,32] (like CIFAR).")
+        elif not p:
+            _check_synthetic_size(data, p)
+    if _registered(data.name, DATASETS) and DATASETS[data.name].from_files:
+        if data.on_device:
+            p.append(f"data.on_device=true cannot hold data.name={data.name}: its images are "
+                     f"decoded from files batch by batch, never held on the device as a whole; "
+                     f"set data.on_device=false.")
+        p.at_least("data.num_workers", data.num_workers, 0)
+        p.at_least("data.prefetch_factor", data.prefetch_factor, 1)
+        p.at_least("data.image_size", data.image_size, 1)
+        if _TYPES["int"][0](data.resize) and _TYPES["int"][0](data.image_size) \
+                and data.resize < data.image_size:
+            p.append(f"data.resize={data.resize} is smaller than data.image_size={data.image_size}: "
+                     f"the evaluation crop would reach past the resized image. Set data.resize >= "
+                     f"data.image_size (ImageNet's usual pair: 256 and 224).")
+
+
+def _check_synthetic_size(data: "DataConfig", p: "_Problems") -> None:
+    """The generated images are held in memory whole: more than this machine has would end
+    the run in an out-of-memory kill instead of a message."""
+    c, h, w = data.shape
+    # the images, and one prototype image per class (data/tensors.py: load_synthetic), float32
+    need = (data.num_train + data.num_test + data.num_classes) * c * h * w * 4
+    have = _memory_bytes()
+    if have and need > have:
+        p.append(f"data.num_train={data.num_train} and data.num_test={data.num_test} images of "
+                 f"data.shape={list(data.shape)} in data.num_classes={data.num_classes} classes "
+                 f"need {need / 2**30:.3g} GiB of memory, more than this machine's {have / 2**30:.3g} GiB; "
+                 f"generate fewer or smaller images, or fewer classes.")
+
+
+def data_problems(data: "DataConfig") -> list[str]:
+    """Every invalid value of a data section on its own (as train checks it), one sentence each."""
+    p = _Problems()
+    typed = _type_problems("data", data)
+    p += [message for _, message in typed]
+    if not typed:
+        check_data(data, p)
+    return list(p)
 
 
 class _Problems(list):

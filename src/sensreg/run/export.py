@@ -31,7 +31,7 @@ from sensreg.data import batches, load_test_split
 from sensreg.errors import UserError
 from sensreg.run import speed as timing
 from sensreg.run.checkpoint import load_checkpoint, saved_network
-from sensreg.run.config import DataConfig
+from sensreg.run.config import DataConfig, data_problems
 from sensreg.run.environment import versions
 from sensreg.run.folder import MODEL_NAME, RunFolder, writer_gone
 from sensreg.run.structure import EXAMPLE_SAMPLES, compact_network
@@ -67,8 +67,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, threads: 
     out = Path(out_dir) if out_dir is not None else folder.path / DEFAULT_FOLDER
     _check_out(out)
     ckpt = load_checkpoint(folder.model_path)
+    unknown = sorted(set(data_overrides or {}) - set(ckpt["config"]["data"]))
+    if unknown:
+        raise ExportError(f"data.{unknown[0]} is not a data setting of this run; known: "
+                          f"{', '.join(sorted(ckpt['config']['data']))}.")
     data_cfg = {**ckpt["config"]["data"], **(data_overrides or {})}
     data = DataConfig(**data_cfg)
+    problems = data_problems(data) if data_overrides else []
+    if problems:
+        raise ExportError("invalid data override: " + " ".join(problems))
     test, _, _ = load_test_split(data.name, data.root, "cpu", **data.loader_options())
     dense = saved_network(ckpt)
     dense.load_state_dict(ckpt["state_dict"])
