@@ -564,3 +564,51 @@ def test_a_group_of_seed_folders_alone_in_their_folder_is_named_by_it(tmp_path):
     name_groups(groups)
     assert [g.run for g in groups] == ["lenet300_spec", "lenet300_spec_lam5e-4", "lenet300 spec lam=1e-4",
                                        "lenet300 spec lam=1e-5"]
+
+
+# --- what a file system may hold --------------------------------------------------------------
+
+def test_a_fifo_or_folder_named_summary_json_is_skipped_with_its_reason_and_never_blocks(tree):
+    fifo_run = make_run(tree / "runs" / "fifo", sens="spec", lam=1e-4, seed=0, config_hash="hF", error_pct=2.0,
+                        remaining=4.0)
+    (fifo_run / "summary.json").unlink()
+    os.mkfifo(fifo_run / "summary.json")  # opening it for reading would wait for a writer for ever
+    rows, skipped = read(tree)
+    reasons = {s.path.name: s.reason for s in skipped}
+    assert "not a regular file (a FIFO)" in reasons["fifo"]
+    assert "a_spec_s0" in by_run(rows)
+
+
+def test_symbolic_links_to_run_folders_are_followed_once_and_a_loop_is_named(tree, tmp_path):
+    elsewhere = make_run(tmp_path / "elsewhere" / "linked_run", sens="spec", lam=1e-4, seed=5, config_hash="hL",
+                         error_pct=2.0, remaining=4.0)
+    (tree / "runs" / "link").symlink_to(elsewhere.parent, target_is_directory=True)
+    (tree / "runs" / "2026-01-01" / "loop").symlink_to(tree / "runs", target_is_directory=True)
+    skipped: list = []
+    found = cmp.find_run_dirs([tree], skipped)
+    assert elsewhere.resolve() in found
+    assert len(found) == len(set(found))
+    assert any("searched already (a loop)" in s.reason and s.path.name == "loop" for s in skipped)
+
+
+def test_sigterm_while_compare_writes_leaves_no_temporary_file(tree, monkeypatch, in_process_cli, capsys):
+    import signal
+
+    real = compare_output.write_atomic
+
+    def terminated_while_writing(path, write, binary=False):
+        def half_then_signal(f):
+            f.write("half a file")
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered here, in the middle of the write
+            write(f)
+        real(path, half_then_signal, binary)
+
+    monkeypatch.setattr(compare_output, "write_atomic", terminated_while_writing)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        assert conftest.run_in_process("compare", str(tree), "--no-plots") == 128 + signal.SIGTERM
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    assert "sensreg compare stopped by SIGTERM" in capsys.readouterr().err
+    assert not list(tree.rglob("*.tmp")) and not (tree / "compare.csv").exists()

@@ -15,11 +15,12 @@ User mistakes end with a one-paragraph message on stderr and exit code 2, never 
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from importlib import import_module
 
-from sensreg.commands.console import fail
+from sensreg.commands.console import Stopped, fail, stop_code, stopped_by
 
 # Each command's module and function, imported once the command is known (and inside the Ctrl-C
 # handler: torch takes a second or two to load).
@@ -69,12 +70,22 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         fail(f"unknown command {command!r}; the commands are: {', '.join(COMMANDS)}. See `sensreg --help`.")
+    if command != "train":  # (a run installs its own handlers: it saves a checkpoint first)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _stop)
     try:
         module, function = COMMANDS[command]
         getattr(import_module(module), function)(rest)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         # train and eval say more where they catch it; anywhere else (compare, report, an import)
         # one line: every file sensreg writes is written whole, so a stop leaves none half-written.
         done = ("no run was training (a run folder already finished is complete)" if command == "train"
                 else "no file was left half-written")
-        fail(f"sensreg {command} stopped by Ctrl-C; {done}. Run the command again to finish.", code=130)
+        fail(f"sensreg {command} stopped by {stopped_by(err)}; {done}. Run the command again to finish.",
+             code=stop_code(err))
+
+
+def _stop(signum, frame) -> None:
+    """SIGTERM (what timeout, Slurm and docker stop send) and SIGHUP (a closed terminal) stop a
+    command as Ctrl-C does, so that its temporary files are removed on the way out."""
+    raise Stopped(signum)

@@ -13,6 +13,25 @@ from rich.console import Console
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop by a signal other than SIGINT, raised where Ctrl-C's KeyboardInterrupt would be."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stopped_by(err: BaseException) -> str:
+    """What stopped a command, for its message: Ctrl-C, or the signal's name."""
+    import signal
+
+    return signal.Signals(err.signum).name if isinstance(err, Stopped) else "Ctrl-C"
+
+
+def stop_code(err: BaseException) -> int:
+    """The exit code of a command stopped by ``err``: 128 plus the signal's number (130: Ctrl-C)."""
+    return 128 + err.signum if isinstance(err, Stopped) else 130
+
 def fail(message: str, code: int = 2) -> None:
     """Print a user-facing error and exit; no traceback. Of the processes of a distributed run,
     which all meet the same error, only the first prints it."""

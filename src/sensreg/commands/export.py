@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from sensreg.commands.compare_report import _arg_parser
-from sensreg.commands.console import fail, user_errors
+from sensreg.commands.console import fail, stop_code, stopped_by, user_errors
 
 DESCRIPTION = (
     "Compacts the pruned network of a finished run (removes every neuron, filter and input that\n"
@@ -41,8 +41,9 @@ def run_export(args: list[str]) -> None:
     except OSError as err:
         fail(f"could not write the export ({err.strerror or err}); nothing was left half-written. Free space, "
              f"or give a writable folder with --out DIR.", code=1)
-    except KeyboardInterrupt:
-        fail("sensreg export stopped by Ctrl-C; nothing was left half-written. Run it again to export.", code=130)
+    except KeyboardInterrupt as err:
+        fail(f"sensreg export stopped by {stopped_by(err)}; nothing was left half-written. Run it again to export.",
+             code=stop_code(err))
     _print(exported)
     if not exported.matches_run:
         fail(f"the exported network's test error differs from the run's: {exported.record['test_error']}; "

@@ -26,10 +26,6 @@ def run_train(overrides: list[str]) -> None:
     _check_launcher_plugin(overrides)
     _check_output_folders(overrides)
     _check_override_keys(overrides)
-    if not any(key == "hydra.output_subdir" for _, key, _ in _key_values(overrides)):
-        # Hydra would write its records (.hydra/) before the run is accepted, into a folder that
-        # may hold another run: process 0 writes them once it is (_hydra_records).
-        overrides = ["hydra.output_subdir=null", *overrides]  # (first: argparse takes no overrides after --cfg X)
     # Hydra finds plugins by walking the hydra_plugins package, which an editable install
     # (pip install -e) hides from it: sensreg's sweeper is registered by hand.
     from hydra.core.plugins import Plugins

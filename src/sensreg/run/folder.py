@@ -21,9 +21,11 @@ Which folder a run uses and whether it continues an earlier run there (``resolve
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import socket
+import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -94,7 +96,8 @@ def _ended_before_its_first_epoch(folder: Path) -> bool:
 # Hydra's records of a run's command, in its folder (written by sensreg: see write_hydra_records).
 HYDRA_RECORDS = ".hydra"
 # Everything a run writes into its folder; anything else in it is the user's.
-RUN_FILES = {CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, LOG_NAME, MODEL_NAME, CHECKPOINT_NAME, LOCK_NAME, HYDRA_RECORDS}
+WRITTEN_BY_A_RUN = {CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, LOG_NAME, MODEL_NAME, CHECKPOINT_NAME, LOCK_NAME,
+                    HYDRA_RECORDS}
 
 
 def occupied(folder: Path) -> str | None:
@@ -115,7 +118,7 @@ def occupied(folder: Path) -> str | None:
         return f"the folder {folder} cannot be listed ({err.strerror or err}); choose another hydra.run.dir."
     if not entries:
         return None
-    foreign = [name for name in entries if name not in RUN_FILES]
+    foreign = [name for name in entries if name not in WRITTEN_BY_A_RUN]
     shown = ", ".join((foreign or entries)[:4]) + (", ..." if len(foreign or entries) > 4 else "")
     what = "files a run did not write" if foreign else "a run's files but no summary.json (not a run sensreg can continue)"
     return (f"the folder {folder} is not empty: it holds {what} ({shown}). A run writes into a folder of its "
@@ -389,17 +392,18 @@ class RunFolder:
         is left empty in the record, with the reason in ``RunRecord.errors``."""
         record = RunRecord(self)
         try:
-            summary = json.loads(self.summary_path.read_text(encoding="utf-8"))
+            summary = json.loads(_read_regular(self.summary_path))
             record.summary = summary if isinstance(summary, dict) else None
         except (OSError, ValueError) as err:  # ValueError covers JSONDecodeError and bad UTF-8
             record.errors[SUMMARY_NAME] = err
         try:
-            config = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+            config = yaml.safe_load(_read_regular(self.config_path))
             record.config = config if isinstance(config, dict) else {}
         except (OSError, ValueError, yaml.YAMLError) as err:
             record.errors[CONFIG_NAME] = err
         if self.metrics_path.exists():
             try:
+                _read_regular(self.metrics_path, check_only=True)
                 record.metrics = read_metrics(self.metrics_path)
             except (OSError, ValueError, csv.Error) as err:
                 record.errors[METRICS_NAME] = err
@@ -455,6 +459,16 @@ def _csv_value(v: Any) -> Any:
     if isinstance(v, float):
         return repr(v)  # full precision, so a reader gets back exactly what was logged
     return "" if v is None else v
+
+
+def _read_regular(path: Path, check_only: bool = False) -> str:
+    """The text of ``path`` if it is a regular file; an OSError for anything else (a FIFO or a
+    device would block the reader for ever, a folder cannot be read)."""
+    mode = os.stat(path).st_mode  # (FileNotFoundError for a missing file, as reading would raise)
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
+    return "" if check_only else path.read_text(encoding="utf-8")
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:

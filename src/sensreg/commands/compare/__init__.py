@@ -58,12 +58,14 @@ def compare(paths: list[str], *, where: Iterable[str] = (), sort: str | None = N
     for w in where:
         parse_where(w)  # reject a bad --where or --sort before the (possibly long) walk
     sort_rows([], sort)
-    run_dirs = find_run_dirs(roots)
+    unreachable: list[Skipped] = []
+    run_dirs = find_run_dirs(roots, unreachable)
     if not run_dirs:
         raise CompareError(f"no run folders below {', '.join(map(str, roots))} (a run folder holds a "
                            f"summary.json); point sensreg compare at outputs/ or at a sweep folder.")
     base = Path(os.path.commonpath([str(r.resolve()) for r in roots]))
     rows, skipped = read_runs(run_dirs, base)
+    skipped = unreachable + skipped
     if not rows:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
         raise CompareError(f"none of the {len(skipped)} run folder(s) below {', '.join(map(str, roots))} "

@@ -117,16 +117,30 @@ def expand_paths(paths: Iterable[str]) -> list[Path]:
     return out
 
 
-def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
+def find_run_dirs(roots: Iterable[Path], skipped: list[Skipped] | None = None) -> list[Path]:
     """Every run folder at or below ``roots``: a folder with a summary.json or a config.yaml.
 
     Hidden folders (Hydra's ``.hydra/``) are not searched; nor is anything below a run folder.
+    Symbolic links to folders are followed, once each; a folder that cannot be listed, and a
+    link that leads back into what is being searched, go into ``skipped`` with the reason.
     """
     found: dict[Path, None] = {}  # ordered set, keyed by resolved path so overlapping roots count once
+    skipped = [] if skipped is None else skipped
+
+    def unreadable(err: OSError) -> None:
+        skipped.append(Skipped(Path(err.filename or "?"), f"cannot be listed or entered ({err.strerror or err})"))
+
     for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
+        searched: set[Path] = set()  # per root: a second root may lead into the same folders
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
+            here = Path(dirpath).resolve()
+            if here in searched:  # (only through a link: os.walk itself visits each path once)
+                skipped.append(Skipped(Path(dirpath), f"a symbolic link to {here}, searched already (a loop)"))
+                dirnames[:] = []
+                continue
+            searched.add(here)
             if SUMMARY_NAME in filenames or CONFIG_NAME in filenames:
-                found.setdefault(Path(dirpath).resolve())
+                found.setdefault(here)
                 dirnames[:] = []
             else:
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -139,8 +153,10 @@ def read_run(run_dir: Path, name: str) -> Row | Skipped:
     error = run.errors.get(SUMMARY_NAME)
     if isinstance(error, FileNotFoundError):
         return Skipped(run_dir, "no summary.json (the run never started, or its folder is incomplete)")
+    if isinstance(error, OSError):
+        return Skipped(run_dir, f"summary.json cannot be read ({error.strerror or error})")
     if error is not None:
-        return Skipped(run_dir, f"summary.json cannot be read (corrupt or half-written): {type(error).__name__}: {error}")
+        return Skipped(run_dir, f"summary.json is not valid JSON (corrupt or half-written): {error}")
     if run.status is None:
         return Skipped(run_dir, "summary.json is not a sensreg run summary (no status)")
     summary, section = run.summary, run.section
