@@ -468,6 +468,10 @@ def test_legal_but_useless_settings_get_a_one_line_warning_before_the_first_step
         "there; give epochs of the run, or fractions of it (eta_schedule.milestones=[0.5,0.75])."]
     within = config(eta_schedule={"name": "step", "milestones": [0.5, 2, -1]}, trainer={"epochs": 3})
     assert useless_settings(within, 1080, 10) == []
+    # A fraction is never a mistake: 0.8 of a one-epoch try (the README's) is past its end only
+    # because the run is short, and the fix the warning suggested (fractions) warned again.
+    short = config(eta_schedule={"name": "step", "milestones": [0.8]}, trainer={"epochs": 1})
+    assert useless_settings(short, 1080, 10) == []
     # A threshold search whose patience outlasts the run never prunes.
     assert useless_settings(config(prune={"name": "search", "patience": 3}, trainer={"epochs": 3}), 1080, 10) == [
         "prune.patience=3: a threshold search waits for that many epochs without a lower validation loss, and "

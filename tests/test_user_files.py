@@ -54,3 +54,19 @@ def test_a_refused_config_leaves_no_folder_and_no_records(tmp_path, in_process_c
     run = tmp_path / "new"
     assert run_in_process("train", *TINY, "sens.lam=-1", f"hydra.run.dir={run}") == 2
     assert not run.exists()
+
+
+def test_a_run_whose_output_is_no_terminal_logs_its_progress_during_an_epoch(tmp_path, in_process_cli, monkeypatch):
+    from sensreg.run import loop
+
+    run = tmp_path / "piped"
+    monkeypatch.setattr(loop, "PROGRESS_LINE_S", 0.0)  # a line after every batch (60 s in use)
+    assert run_in_process("train", *TINY[:-1], "trainer.progress=auto", f"hydra.run.dir={run}") == 0
+    log = (run / "train.log").read_text()
+    assert "epoch 1/1: batch 1/4, about" in log and "epoch 1/1: batch 3/4" in log  # (pytest's stdout is no terminal)
+    assert "batch 4/4" not in log  # the epoch's own line follows at once
+
+    quiet = tmp_path / "quiet"
+    monkeypatch.setattr(loop, "PROGRESS_LINE_S", 60.0)
+    assert run_in_process("train", *TINY[:-1], "trainer.progress=false", f"hydra.run.dir={quiet}") == 0
+    assert ": batch " not in (quiet / "train.log").read_text()

@@ -30,7 +30,7 @@ from sensreg.run.environment import git_commit, versions
 from sensreg.run.init_weights import init_model_
 from sensreg.run.interrupt import Interrupted, StopSignals
 from sensreg.models import build_model
-from sensreg.method.positions import epoch_at
+from sensreg.method.positions import epoch_at, is_fraction
 from sensreg.method.prune_schedules import build_prune_schedule
 from sensreg.run.trackers import NO_TRACKERS, Trackers
 from sensreg.method.pruning import Masks, prunable_names, sparsity_stats
@@ -180,7 +180,10 @@ def useless_settings(cfg: TrainConfig, train_size: int, num_classes: int) -> lis
                      f"Give a patience below trainer.epochs (0: a search after every epoch).")
     for section in ("eta_schedule", "lam_schedule"):
         schedule = getattr(cfg, section)
-        late = [m for m in schedule.milestones if epoch_at(m, epochs) >= epochs] if schedule.name == "step" else []
+        # A fraction is where the run is at that point, whatever its length: in a run too short to
+        # reach it (0.8 of a one-epoch try) it is no mistake to warn about.
+        late = [m for m in schedule.milestones if not is_fraction(m) and epoch_at(m, epochs) >= epochs] \
+            if schedule.name == "step" else []
         if late:  # (a milestone M takes effect from epoch M + 1 on: regularizer.step)
             found.append(f"{section}.milestones: {', '.join(map(str, late))} come(s) after the last epoch "
                          f"(trainer.epochs={epochs}), so the factor never changes there; give epochs of the run, "

@@ -331,8 +331,10 @@ def train_epoch(tr: Training, lam: float, epoch_start: float, prune_steps: bool 
     n_batches = num_batches(data.train, t.batch_size)
     loss_sum = torch.tensor(loop.loss_sum, device=tr.step.device)
     watch = DivergenceWatch(tr.step.device)
-    show_progress = dist.is_main and (t.progress is True or (t.progress == "auto" and sys.stdout.isatty()))
-    with _progress(show_progress, f"epoch {loop.epoch + 1}/{t.epochs}", n_batches, loop.batch) as advance:
+    terminal = sys.stdout.isatty()
+    show_progress = dist.is_main and (t.progress is True or (t.progress == "auto" and terminal))
+    lines = dist.is_main and t.progress == "auto" and not terminal  # output to a pipe or a log file
+    with _progress(show_progress, f"epoch {loop.epoch + 1}/{t.epochs}", n_batches, loop.batch, lines) as advance:
         for b, (x, y) in enumerate(batches(data.train, t.batch_size, shuffle=True, generator=tr.shuffle_gen,
                                            start=loop.batch, shard=dist.shard), start=loop.batch):
             # The whole batch's size: of which (x, y) is this process's part.
@@ -430,8 +432,16 @@ def epoch_line(row: dict[str, Any]) -> str:
             + f"{row['seconds']:.1f}s")
 
 
-def _progress(enabled: bool, description: str, total: int, completed: int = 0):
-    """A rich progress bar (on a terminal only); yields a function that advances it by one."""
+# Where the output is no terminal (a pipe, a log file, a batch job), a line this often during an
+# epoch tells that the run is alive, as the progress bar does on a terminal.
+PROGRESS_LINE_S = 60.0
+
+
+def _progress(enabled: bool, description: str, total: int, completed: int = 0, lines: bool = False):
+    """A rich progress bar (on a terminal only); yields a function that advances it by one.
+    ``lines``: instead, a log line every PROGRESS_LINE_S seconds."""
+    if lines:
+        return nullcontext(_progress_lines(description, total, completed))
     if not enabled:
         return nullcontext(lambda: None)
     from contextlib import contextmanager
@@ -446,3 +456,20 @@ def _progress(enabled: bool, description: str, total: int, completed: int = 0):
             yield lambda: progress.advance(task)
 
     return bar()
+
+
+def _progress_lines(description: str, total: int, completed: int):
+    """A function that counts a batch done and logs the count, and the time left at this pace,
+    once PROGRESS_LINE_S seconds have passed since the last line (or the epoch's start)."""
+    start = last = time.monotonic()
+    done = completed
+
+    def advance() -> None:
+        nonlocal last, done
+        done += 1
+        now = time.monotonic()
+        if now - last >= PROGRESS_LINE_S and done < total:
+            left = (now - start) / (done - completed) * (total - done)
+            log.info("%s: batch %d/%d, about %.0fs left in the epoch", description, done, total, left)
+            last = now
+    return advance
