@@ -242,3 +242,12 @@ def test_eval_output_fits_80_columns_in_a_pipe(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert_fits(out, 80, [r["name"] for r in stats["layers"]])
     assert "top-1 error 24.12%" in out and "figures match exactly" in out
+
+
+def test_a_grouped_row_keeps_each_figure_and_its_spread_on_one_line_at_80_columns():
+    names = ["lenet300_long80_spec", "lenet300_spec_lam5e-4", "lenet5_dense_start"]
+    text = printed(cmp.rich_table(rows(names, True), grouped=True), 80)
+    assert_fits(text, 80, names)
+    body = [line for line in text.splitlines() if line.startswith("│")]
+    assert len(body) == len(names)  # one line per configuration: nothing wraps
+    assert all("±" in line for line in body)

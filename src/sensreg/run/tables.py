@@ -58,12 +58,16 @@ class FitTable(Table):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.drop_rank: dict[int, int] = {}  # column index -> order in which it gives way
+        self.cells_whole: set[int] = set()  # columns whose cells never wrap (their header may)
 
-    def add_column(self, header="", footer="", *, drop: int | None = None, **kwargs) -> None:  # type: ignore[override]
+    def add_column(self, header="", footer="", *, drop: int | None = None, cells_whole: bool = False,
+                   **kwargs) -> None:  # type: ignore[override]
         kwargs.setdefault("overflow", "fold")  # what must give way folds onto the next line, never "…"
         super().add_column(header, footer, **kwargs)
         if drop is not None:
             self.drop_rank[len(self.columns) - 1] = drop
+        if cells_whole:
+            self.cells_whole.add(len(self.columns) - 1)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield from Table.__rich_console__(self.fitted(console, options.max_width), console, options)
@@ -115,6 +119,8 @@ class FitTable(Table):
             word, line = max(word, m.minimum), max(line, m.maximum)
         if column.no_wrap:
             word = line
+        elif column._index in self.cells_whole:  # each cell's line counts as one word
+            word = max([word] + [Measurement.get(console, options, c).maximum for c in column.cells])
         whole = min(max(word, column.min_width or 0), max(word, line))
         return word, whole, max(whole, line)
 
