@@ -612,3 +612,18 @@ def test_sigterm_while_compare_writes_leaves_no_temporary_file(tree, monkeypatch
             signal.signal(s, handler)
     assert "sensreg compare stopped by SIGTERM" in capsys.readouterr().err
     assert not list(tree.rglob("*.tmp")) and not (tree / "compare.csv").exists()
+
+
+def test_a_group_chosen_on_the_command_line_against_a_preset_is_in_its_name(tmp_path):
+    # The main job run with sens=unspec is no "default" run: its name says which variant it is.
+    for seed in (0, 1):
+        run = make_run(tmp_path / f"u{seed}", sens="unspec", lam=3e-4, seed=seed, config_hash="hU", error_pct=2.0,
+                       remaining=4.0, preset="default")
+        record = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())
+        record["hydra"]["overrides"] = {"task": ["sens=unspec", "model=lenet5", "trainer.seed=0"]}
+        (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(record))
+    make_run(tmp_path / "d0", sens="spec", lam=3e-4, seed=0, config_hash="hD", error_pct=2.0, remaining=4.0,
+             preset="default")
+    rows, _ = read(tmp_path)
+    names = sorted(r.run for r in cmp.group_rows(rows, []))
+    assert names == ["default", "default sens=unspec model=lenet5"]

@@ -190,17 +190,26 @@ def read_run(run_dir: Path, name: str) -> Row | Skipped:
 HYDRA_RECORD = Path(".hydra") / "hydra.yaml"  # Hydra's record of the run, with the group choices
 
 
+# Config groups whose choice on the command line changes what a preset is (a group name shows them).
+CHOSEN_GROUPS = ("model", "data", "sens", "prune", "optim")
+
+
 def read_preset(run_dir: str | Path) -> str | None:
     """The preset a run was made with (``experiment=NAME``, ``default`` for the main job), as
-    Hydra recorded it in the run folder; None where it did not (``~experiment``, or a folder
-    copied without its .hydra/)."""
+    Hydra recorded it in the run folder, followed by the groups chosen on the command line
+    against it (``default sens=unspec``: the main job with another variant); None where Hydra
+    recorded no preset (``~experiment``, or a folder copied without its .hydra/)."""
     try:
         text = (Path(run_dir) / HYDRA_RECORD).read_text(encoding="utf-8")
         record = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 4 kB a run: the C loader
         name = record["hydra"]["runtime"]["choices"].get("experiment")
+        task = record["hydra"].get("overrides", {}).get("task") or []
     except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return None
-    return name if isinstance(name, str) and name else None
+    if not (isinstance(name, str) and name):
+        return None
+    chosen = [o for o in task if isinstance(o, str) and o.partition("=")[0].lstrip("+~") in CHOSEN_GROUPS]
+    return " ".join([name, *chosen])
 
 
 def read_runs(run_dirs: list[Path], base: Path | None = None) -> tuple[list[Row], list[Skipped]]:
