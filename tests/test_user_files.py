@@ -70,3 +70,35 @@ def test_a_run_whose_output_is_no_terminal_logs_its_progress_during_an_epoch(tmp
     monkeypatch.setattr(loop, "PROGRESS_LINE_S", 60.0)
     assert run_in_process("train", *TINY[:-1], "trainer.progress=false", f"hydra.run.dir={quiet}") == 0
     assert ": batch " not in (quiet / "train.log").read_text()
+
+
+def test_hydra_job_chdir_is_refused_before_any_work(tmp_path, in_process_cli, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_in_process("train", *TINY, "hydra.job.chdir=true") == 2
+    assert "drop hydra.job.chdir=true" in " ".join(capsys.readouterr().err.split())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_in_the_set_up_is_an_orderly_stop_that_leaves_no_folder(tmp_path, in_process_cli, capsys,
+                                                                        monkeypatch):
+    import os
+    import signal
+
+    from sensreg.run import lifecycle
+
+    real = lifecycle.resume_state
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # as timeout or docker stop would, before the first file
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "resume_state", signalled)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        code = run_in_process("train", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    assert code == 128 + signal.SIGTERM
+    assert "interrupted during the set-up (SIGTERM)" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "run").exists()

@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         fail(f"unknown command {command!r}; the commands are: {', '.join(COMMANDS)}. See `sensreg --help`.")
-    if command != "train":  # (a run installs its own handlers: it saves a checkpoint first)
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, _stop)
+    # Before the first file is written: a run replaces these with its own once it trains (it
+    # saves a checkpoint first); until then a stop is an orderly one, as Ctrl-C's is.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
     try:
         module, function = COMMANDS[command]
         getattr(import_module(module), function)(rest)

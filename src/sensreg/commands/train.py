@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from sensreg.commands.console import remove_if_empty, fail, user_errors
+from sensreg.commands.console import fail, remove_if_empty, stop_code, stopped_by, user_errors
 
 CONFIG_PACKAGE = "pkg://sensreg.configs"
 
@@ -23,6 +23,11 @@ def run_train(overrides: list[str]) -> None:
     import hydra
 
     overrides = _group_spelling(overrides)
+    for o, key, value in _key_values(overrides):
+        if key == "hydra.job.chdir" and value.strip().lower() == "true":
+            fail(f"{o}: sensreg writes its run folder by path and reads the data from where it was started, "
+                 f"so it does not change into the run folder; drop hydra.job.chdir=true (the run folder is "
+                 f"hydra.run.dir either way).")
     _check_launcher_plugin(overrides)
     _check_output_folders(overrides)
     _check_override_keys(overrides)
@@ -160,7 +165,7 @@ def _check_override_keys(overrides: list[str]) -> None:
     import difflib
     from dataclasses import fields
 
-    from sensreg.run.config import TrainConfig
+    from sensreg.run.config import TrainConfig, key_readers
 
     sections = {f.name: f.default_factory() for f in fields(TrainConfig)}
     chosen = _chosen_options(overrides)
@@ -176,7 +181,7 @@ def _check_override_keys(overrides: list[str]) -> None:
                  f"(`sensreg train --cfg job` prints the whole config.)")
         # A key only some options read (optim.betas: adam), set beside another option chosen on
         # the command line: Hydra's answer would suggest +optim.betas, which would be ignored.
-        readers = schema[name].metadata.get("options")
+        readers = key_readers(section, name)
         option = chosen.get(section)
         group_name = PACKAGED_GROUPS.get(section, section)
         if readers and option is not None and option not in readers and option in _group_options(group_name):
@@ -184,6 +189,37 @@ def _check_override_keys(overrides: list[str]) -> None:
             fail(f"{o}: {key} is read by {' and '.join(f'{group}={r}' for r in readers)} only, and this "
                  f"command chooses {group}={option}. Drop {key}, or choose "
                  f"{'one of those' if len(readers) > 1 else f'{group}={readers[0]}'}.")
+
+
+def _check_keys_are_read(cfg) -> None:
+    """Every section.key=value of the command line is read by the option its section ends up
+    with, whoever chose that option (a preset, a group default): one the run would silently
+    ignore (prune.tolerance beside the main job's gmp) is refused, naming the option that reads
+    it. (The command line's own choices were checked before Hydra composed the config.)"""
+    from hydra.core.hydra_config import HydraConfig
+
+    from sensreg.run.config import ConfigError, key_readers
+
+    hydra_cfg = HydraConfig.get()
+    experiment = hydra_cfg.runtime.choices.get("experiment")
+    problems = []
+    for o, key, _ in _key_values(list(hydra_cfg.overrides.task)):
+        if o.startswith(("+", "~")) or key.count(".") != 1:
+            continue
+        section, _, name = key.partition(".")
+        node = cfg.get(section) if section in cfg else None
+        option = node.get("name") if node is not None and hasattr(node, "get") else None
+        readers = key_readers(section, name)
+        if option is None or readers is None or option in readers:
+            continue
+        by = f"experiment={experiment}" if experiment and experiment != "null" else "the config's defaults"
+        fix = (f", or choose {section}={readers[0]}" if len(readers) == 1 else
+               f", or choose one of {', '.join(f'{section}={r}' for r in readers)}") if readers else ""
+        problems.append(f"{o}: {key} is not read by {section}={option}, the option {by} chooses, so the run "
+                        f"would ignore it. Drop {key}{fix}.")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
 
 
 def _chosen_options(overrides: list[str]) -> dict[str, str]:
@@ -254,6 +290,7 @@ def _train_task(cfg, hydra_dir: Path) -> dict | None:
     from sensreg.run.config import TrainConfig, resolve_device
 
     with user_errors(unused_folder=hydra_dir, advice=FIX_VALUES):
+        _check_keys_are_read(cfg)
         dist = distributed.from_environment()
         raw = OmegaConf.to_container(cfg, resolve=True)
         config = TrainConfig.from_dict(raw)
@@ -330,16 +367,17 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
              f"{config.trainer.checkpoint_every}), so there is nothing to continue from. The same command with "
              f"trainer.resume=true starts the run over in {run_dir}, keeping these records in a subfolder.",
              code=err.exit_code)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the run's own handler was in place
+    except KeyboardInterrupt as err:  # a second Ctrl-C, or a stop before the run's own handler was in place
+        by, code = stopped_by(err), stop_code(err)
         if folder.has_checkpoint():
-            fail(f"interrupted at once; the run folder {run_dir} keeps its last checkpoint: continue with "
-                 f"`sensreg train <the same overrides> trainer.resume={run_dir}`.", code=130)
+            fail(f"interrupted at once ({by}); the run folder {run_dir} keeps its last checkpoint: continue "
+                 f"with `sensreg train <the same overrides> trainer.resume={run_dir}`.", code=code)
         if dist.is_main and folder.remove_unstarted():
             remove_if_empty(run_dir)
-            fail("interrupted during the set-up, before training began: nothing was trained, and the run "
-                 "folder's first files are removed. Run the command again.", code=130)
-        fail(f"interrupted at once, before the run wrote its first checkpoint: nothing to continue from "
-             f"(the run folder {run_dir} keeps what it wrote). Run the command again.", code=130)
+            fail(f"interrupted during the set-up ({by}), before training began: nothing was trained, and the "
+                 f"run folder's first files are removed. Run the command again.", code=code)
+        fail(f"interrupted at once ({by}), before the run wrote its first checkpoint: nothing to continue "
+             f"from (the run folder {run_dir} keeps what it wrote). Run the command again.", code=code)
     except (MemoryError, RuntimeError) as err:
         if not _out_of_memory(err):
             raise

@@ -550,6 +550,27 @@ GROUP_SCHEMAS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "sen
                                   "optim": OptimConfig, "schedule": ScheduleConfig,
                                   "prune": PruneConfig, "trainer": TrainerConfig}
 LINKED_DEFAULTS: dict[str, dict[str, str]] = {"prune": {"params": "${sens.params}"}}
+# The prune.* keys each pruning schedule reads besides name, params and batchnorm (PruneConfig
+# lives with the method, so it carries no _only marks; its option files set the others to null).
+PRUNE_READS: dict[str, tuple[str, ...]] = {
+    "search": ("patience", "tolerance", "start_epoch", "stop_epoch", "scope"),
+    "fixed": ("threshold", "start_epoch", "stop_epoch", "every", "scope"),
+    "gmp": ("target", "initial", "every", "scope", "start_epoch", "stop_epoch", "start_step", "end_step"),
+    "none": (),
+}
+SECTION_GROUPS = {"eta_schedule": "schedule", "lam_schedule": "schedule"}  # a section and the group it is chosen from
+
+
+def key_readers(section: str, key: str) -> tuple[str, ...] | None:
+    """The options of ``section``'s group that read ``section.key``; None where every one does."""
+    group = SECTION_GROUPS.get(section, section)
+    if group == "prune":
+        if key in ("name", "params", "batchnorm"):
+            return None
+        return tuple(option for option, keys in PRUNE_READS.items() if key in keys)
+    schema = GROUP_SCHEMAS.get(group)
+    found = {f.name: f for f in fields(schema)} if schema is not None else {}
+    return found[key].metadata.get("options") if key in found else None
 
 
 def option_node(group: str, option: str) -> dict[str, Any]:

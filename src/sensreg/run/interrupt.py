@@ -37,7 +37,7 @@ class StopSignals:
     Outside the main thread (where Python cannot install handlers) it does nothing.
     """
 
-    HANDLED = (signal.SIGINT, signal.SIGTERM)
+    HANDLED = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
     CHAINED = (signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ()  # only where a handler exists
 
     def __init__(self) -> None:
