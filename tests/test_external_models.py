@@ -199,8 +199,9 @@ def refusal(workdir, capsys, *overrides: str) -> str:
     (["model=custom", "model.factory=user_nets:no_parameters"], "has no trainable parameter (it has none)"),
     (["model=custom", "model.factory=user_nets:all_frozen"], "has no trainable parameter (all are frozen)"),
     (["model=custom", "model.factory=user_nets:zero_width"], "has a layer of size zero (1.weight"),
-    (["model=custom", "model.factory=user_nets:broken"], "could not be built or run on a batch of data.name=synthetic "
-                                                          "inputs (3x32x32): KeyError: 'b'"),
+    (["model=custom", "model.factory=user_nets:broken"], "model.name=custom (user_nets:broken) could not be built "
+                                                          "with its settings (10 classes, inputs 3x32x32): KeyError: 'b'. "
+                                                          "Fix the model's factory"),
     (["model=custom", "model.factory=user_nets:bias_only", "prune=gmp", "prune.params=weights"],
      "has no parameter that prune.params=weights may prune"),
 ])

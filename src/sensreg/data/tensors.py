@@ -110,6 +110,13 @@ def _torchvision_mnist(name: str, root: Path, normalization: Stats) -> tuple[Spl
         train = cls(str(root), train=True, download=True)
         test = cls(str(root), train=False, download=True)
     except Exception as err:  # torchvision raises RuntimeError/URLError/OSError variously
+        present = [f for f in _FILES if (raw / f).is_file() or (raw / f.removesuffix(".gz")).is_file()]
+        if len(present) == len(_FILES):  # all there, yet unreadable: damaged, not missing
+            raise DatasetMissing(
+                f"{cls.__name__}: the files in {raw} are there but cannot be read ({type(err).__name__}: "
+                f"{err}); they are damaged or not the published ones. They are left as they are: replace "
+                f"them with the four original .gz files ({', '.join(_FILES)}), deleting any extracted "
+                f"copies beside them.") from None
         _remove_made_folders(raw, existed)
         raise DatasetMissing(
             f"{cls.__name__} is not in {raw} and could not be downloaded ({type(err).__name__}: {err}). "

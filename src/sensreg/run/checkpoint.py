@@ -76,16 +76,28 @@ def load_file(path: str | Path, what: str, advice: str = "") -> Any:
     """torch.load with weights_only=True (never unpickles code); a missing or unreadable file is
     a CheckpointError that names ``what`` and the path."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a folder, not a file; give the path of the file itself.{advice}")
     if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist.")
+        raise CheckpointError(f"{what} {path} does not exist." if not path.exists() else
+                              f"{what} {path} is not a regular file (a FIFO, device or socket).")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as err:
+        raise CheckpointError(f"{what} {path} cannot be read ({err.strerror or err}); check its permissions."
+                              f"{advice}") from None
+    if head.lstrip()[:1] in (b"{", b"[") or head.lstrip()[:3] == b"---":
+        raise CheckpointError(f"{what} {path} is a text file (JSON or YAML, by its first bytes), not a PyTorch "
+                              f"file written by torch.save.{advice}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if isinstance(err, pickle.UnpicklingError) and found:
             raise CheckpointError(
                 f"{what} {path} is a whole PyTorch file but holds more than weights: a pickled Python "
-                f"object ({found.group(1) if found else 'not a tensor or plain value'}) that loading "
+                f"object ({found.group(1)}) that loading "
                 f"would have to run as code, which sensreg never does. Save the weights alone "
                 f"(torch.save(model.state_dict(), PATH)) and give that file.{advice}") from None
         raise CheckpointError(f"{what} {path} cannot be read as a PyTorch file (truncated, corrupt or "

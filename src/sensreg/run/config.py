@@ -453,26 +453,25 @@ class TrainConfig:
         classes = getattr(DATASETS.get(self.data.name), "num_classes", None) or self.data.num_classes
         external = self.model.name in EXTERNAL
         name = f"model.name={self.model.name}" + (f" ({self.model.arch or self.model.factory})" if external else "")
+        inputs = "x".join(map(str, shape))
+        output = None
         try:
             with torch.device("meta"):
                 model = build_model(self.model.name, classes, shape, **self.model.options())
-                output = model(torch.empty((2, *shape))) if external else None  # (sensreg's own: checked as built)
         except UnknownModel as err:
             return [f"{err}."]
-        except (ValueError, RuntimeError, TypeError, NotImplementedError, AssertionError) as err:
-            why = str(err).splitlines()[0] if str(err) else type(err).__name__
-            hint = ""
-            if self.model.name == "torchvision" and shape[0] not in (1, 3):
-                hint = " (torchvision's classification models take 3-channel images, or 1-channel ones repeated)"
-            elif external:
-                hint = " (or set its inputs with +model.kwargs.KEY=VALUE)"
-            return [f"{name} cannot train on data.name={self.data.name} (inputs {'x'.join(map(str, shape))}): "
-                    f"{why}. Choose a model made for this dataset{hint}."]
         except Exception as err:  # noqa: BLE001 - a factory's own failure, whatever it raises
+            if not external and isinstance(err, (ValueError, RuntimeError, TypeError)):
+                return [self._cannot_train(name, inputs, err, shape, external)]  # (own networks check inputs as built)
             why = str(err).splitlines()[0] if str(err) else "no message"
-            return [f"{name} could not be built or run on a batch of data.name={self.data.name} inputs "
-                    f"({'x'.join(map(str, shape))}): {type(err).__name__}: {why}. Fix the model's factory or "
-                    f"its settings (model.*)."]
+            return [f"{name} could not be built with its settings ({classes} classes, inputs {inputs}): "
+                    f"{type(err).__name__}: {why}. Fix the model's factory or its settings (model.*)."]
+        if external:
+            try:
+                with torch.device("meta"):
+                    output = model(torch.empty((2, *shape)))
+            except Exception as err:  # noqa: BLE001 - whatever its forward raises on these inputs
+                return [self._cannot_train(name, inputs, err, shape, external)]
         problem = _network_problem(name, model, output, classes)
         if problem:
             return [problem]
@@ -502,6 +501,16 @@ class TrainConfig:
             except PerSampleError as err:
                 return [f"model.name={self.model.name}: {err}"]
         return []
+
+    def _cannot_train(self, name: str, inputs: str, err: BaseException, shape, external: bool) -> str:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        hint = ""
+        if self.model.name == "torchvision" and shape[0] not in (1, 3):
+            hint = " (torchvision's classification models take 3-channel images, or 1-channel ones repeated)"
+        elif external:
+            hint = " (or set its inputs with +model.kwargs.KEY=VALUE)"
+        return (f"{name} cannot train on data.name={self.data.name} (inputs {inputs}): {why}. Choose a model made "
+                f"for this dataset{hint}.")
 
     def _lambda_schedule_problems(self) -> list[str]:
         """lambda times its schedule's factor must stay below 1 in every regularized epoch (a step
