@@ -233,3 +233,16 @@ def test_running_out_of_memory_is_one_paragraph_naming_the_batch_size(workdir, c
     assert "out of memory" in message and "trainer.batch_size=10" in message and "Lower trainer.batch_size" in message
     assert "Traceback" not in message
     assert json.loads((workdir / "oom" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_custom_models_run_is_evaluated_and_reported_from_another_folder(workdir, in_process_cli, monkeypatch,
+                                                                           tmp_path_factory, capsys):
+    summary = train_and_check(workdir, "custom_run", "model=custom", "model.factory=user_nets:gelu_net")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)  # user_nets.py is not here, nor on sys.path as the working folder
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(workdir))])
+    sys.modules.pop("user_nets", None)
+    capsys.readouterr()
+    assert run_in_process("eval", str(workdir / "custom_run"), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["test_error"] == summary["test_error"]
+    assert run_in_process("report", str(workdir / "custom_run"), "--out", str(elsewhere / "report")) == 0

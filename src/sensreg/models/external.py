@@ -19,6 +19,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -95,13 +96,26 @@ def factory_of(path: str) -> Callable[..., nn.Module]:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise UnknownModel(f"model.factory={path}: module {module_name} cannot be imported ({err}); "
-                           f"install it, or run from the folder that holds it") from None
+                           f"install it, run from the folder that holds it, or put that folder on "
+                           f"PYTHONPATH") from None
     found = getattr(module, function, None)
     if not callable(found):
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
         raise UnknownModel(f"model.factory={path}: module {module_name} has no function {function} "
                            f"({_close(function, names, 'functions')})")
     return found
+
+
+def factory_root(path: str | None) -> str | None:
+    """The folder on sys.path from which the module of ``model.factory`` was imported (the one
+    holding user_nets.py, or the package mypkg/), None where it is not imported or has no file."""
+    module_name = (path or "").partition(":")[0]
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    if not file:
+        return None
+    where = Path(file).resolve()
+    depth = module_name.count(".") + (where.name == "__init__.py")
+    return str(where.parents[depth])
 
 
 def custom_model(num_classes: int, input_shape: tuple[int, ...], factory: str, **kwargs: Any) -> nn.Module:

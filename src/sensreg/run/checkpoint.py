@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import nn
 from sensreg.atomic import write_atomic
 from sensreg.errors import CheckpointError  # noqa: F401  (raised here; defined with the other errors)
 from sensreg.models import build_model, model_options
+from sensreg.models.external import factory_root
 from sensreg.run.config import upgrade_config
 
 FORMAT = "sensreg-model"
@@ -40,6 +42,9 @@ def save_model(path: Path, model: nn.Module, masks: dict[str, torch.Tensor], *, 
         "model_name": model_name, "num_classes": int(num_classes), "input_shape": list(input_shape),
         "dense": state, "sparse": sparse, "config": config,
     }
+    root = factory_root((config.get("model") or {}).get("factory")) if model_name == "custom" else None
+    if root is not None:  # where the factory's module was imported from, to find it again from elsewhere
+        payload["factory_root"] = root
     write_atomic(path, lambda f: torch.save(payload, f), binary=True)
 
 
@@ -123,6 +128,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def saved_network(ckpt: dict[str, Any]) -> nn.Module:
     """The network a loaded checkpoint (``load_checkpoint``) was saved from, untrained: its
     registered name, classes and input shape, and for an outside model its model.* settings."""
+    root = ckpt.get("factory_root")
+    if isinstance(root, str) and root not in sys.path and Path(root).is_dir():
+        sys.path.append(root)  # (after the working folder: a module of the same name there wins)
     return build_model(ckpt["model_name"], ckpt["num_classes"], tuple(ckpt["input_shape"]),
                        **model_options(ckpt["config"]["model"]))
 
