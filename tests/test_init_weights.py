@@ -187,3 +187,19 @@ def test_a_dict_without_tensors_is_refused(tmp_path):
     torch.save({"epoch": 3, "model": {"step": 1}}, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="neither a sensreg model.pt nor a state dict"):
         load_init_state(tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda t: t.round().long(), "fc1.weight holds int64 values"),
+    (lambda t: t.clone().fill_(float("nan")), "fc1.weight holds nan or inf"),
+])
+def test_integer_or_non_finite_weights_are_refused_and_a_load_is_logged(tmp_path, caplog, change, expected):
+    state = build_model("lenet300", 10, (1, 28, 28)).state_dict()
+    torch.save(state, tmp_path / "good.pt")
+    with caplog.at_level("INFO", logger="sensreg"):
+        init_model_(build_model("lenet300", 10, (1, 28, 28)), tmp_path / "good.pt", "lenet300", 10, "mnist")
+    assert any("trainer.init: loaded 6 tensors (266,610 values)" in r.getMessage() for r in caplog.records)
+    state["fc1.weight"] = change(state["fc1.weight"])
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=expected):
+        init_model_(build_model("lenet300", 10, (1, 28, 28)), tmp_path / "bad.pt", "lenet300", 10, "mnist")

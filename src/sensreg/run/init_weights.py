@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from sensreg.errors import few_names
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Keys under which training scripts commonly nest the state dict in a larger checkpoint.
 NESTED_STATE_KEYS = ("state_dict", "model")
+
+log = logging.getLogger("sensreg")
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -81,7 +84,19 @@ def init_model_(model: nn.Module, path: str | Path, model_name: str, num_classes
                    f"and classes.")
         raise CheckpointError(f"trainer.init={path} does not fit model {model_name} with {num_classes} classes: "
                               f"{shapes}. {fix}")
+    # Integer weights would be cast silently and train as a dead network (load_state_dict copies
+    # into the model's dtype); a nan or inf would be the first loss's.
+    wrong = [f"{k} holds {str(state[k].dtype).removeprefix('torch.')} values" for k in own
+             if k in state and own[k].is_floating_point() and not state[k].is_floating_point()]
+    wrong += [f"{k} holds nan or inf" for k in own if k in state and state[k].is_floating_point()
+              and not bool(torch.isfinite(state[k]).all())]
+    if wrong:
+        raise CheckpointError(f"trainer.init={path} holds weights no trained network has: {few_names(wrong)}. "
+                              f"Give trainer.init the float weights of a trained {model_name} "
+                              f"(torch.save(model.state_dict(), PATH)).")
     model.load_state_dict(state, strict=False)  # strict but for the step counters (above)
+    log.info("trainer.init: loaded %d tensors (%s values) from %s", len(state),
+             f"{sum(t.numel() for t in state.values()):,}", path)
 
 
 def _shape(t: torch.Tensor) -> str:
