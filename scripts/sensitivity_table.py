@@ -31,8 +31,16 @@ sample std of each over the seeds where it could be computed, and how many; belo
 network and budget: spec wins where the ratio exceeds 1 (or the gap 0) by more than its std, loses
 where it falls short by more, ties otherwise.
 
+The measure. By default compression (|θ| / |θ ≠ 0|, a count of zeros). ``--measure macs`` or
+``--measure params`` sets the runs against each other by what the pruned network costs to run
+instead: how many times fewer multiply-adds, or parameters, the compacted network needs than the
+dense one (summary.json's ``structure``: every unit that cannot change the output removed; runs
+without it are left out, with a note). Everything above holds with that ratio in the place of
+compression.
+
     python scripts/sensitivity_table.py                          # outputs/reference outputs/study
     python scripts/sensitivity_table.py outputs/reproduce        # any folders holding run folders
+    python scripts/sensitivity_table.py --measure macs outputs/reference outputs/study/dense5_60
 """
 
 from __future__ import annotations
@@ -49,9 +57,16 @@ from pathlib import Path
 from sensreg.method.prune_schedules import target_sparsity
 from sensreg.run.config import upgrade_config
 from sensreg.run.folder import SUMMARY_NAME, RunFolder
+from sensreg.run.structure import ratio
 from sensreg.run.tables import markdown_table
 
 BASELINES = ("l2", "gmp")
+# What a run's "compression" is, by --measure: its summary's figure, and its name in the table.
+MEASURES = {
+    "compression": (lambda s: s.get("compression"), "compression", "compression"),
+    "macs": (lambda s: ratio(s.get("structure"), "macs"), "fewer MACs", "cost in multiply-adds"),
+    "params": (lambda s: ratio(s.get("structure"), "params"), "fewer params", "compacted size"),
+}
 OUTCOMES = ("wins", "ties", "loses", "is ahead on a single seed", "is level on a single seed",
             "is behind on a single seed")
 
@@ -67,7 +82,7 @@ class Run:
     setting: dict  # what tells one spec setting from another: {field: shown value}
     val: float
     test: float
-    compression: float
+    compression: float  # the measure compared (--measure): compression, or a compacted cost ratio
 
 
 def method_of(cfg: dict) -> str | None:
@@ -99,8 +114,9 @@ def setting_of(cfg: dict) -> dict:
             else f"η {eta.get('name', '?')}"}
 
 
-def find_runs(roots: list[str]) -> list[Run]:
-    runs, seen = [], {}
+def find_runs(roots: list[str], measure: str = "compression") -> list[Run]:
+    runs, seen, unmeasured = [], {}, 0
+    figure = MEASURES[measure][0]
     for root in roots:
         for summary_path in sorted(Path(root).rglob(SUMMARY_NAME)):
             record = RunFolder(summary_path.parent).read()
@@ -114,8 +130,12 @@ def find_runs(roots: list[str]) -> list[Run]:
             model = s.get("model") or (cfg.get("model") or {}).get("name")
             data = s.get("data") or (cfg.get("data") or {}).get("name")
             seed = s.get("seed", (cfg.get("trainer") or {}).get("seed"))
+            value = figure(s)
+            if value is None:
+                unmeasured += 1
+                continue
             run = Run(summary_path.parent, f"{model}/{data}", int(budget), int(seed), method,
-                      (cfg.get("prune") or {}).get("name", "?"), setting_of(cfg), s["val_error"], s["test_error"], s["compression"])
+                      (cfg.get("prune") or {}).get("name", "?"), setting_of(cfg), s["val_error"], s["test_error"], value)
             # A copy of a run (a check rerun, a search trial proposed twice) is not a second sample.
             same = (method, run.network, run.budget, run.seed, tuple(run.setting.items()), run.val,
                     run.test, run.compression)
@@ -124,6 +144,9 @@ def find_runs(roots: list[str]) -> list[Run]:
                 continue
             seen[same] = run.path
             runs.append(run)
+    if unmeasured:
+        print(f"note: {unmeasured} runs record no {measure} (no structure in their summary.json); left out",
+              file=sys.stderr)
     return runs
 
 
@@ -365,9 +388,12 @@ def budget_rows(network: str, budget: int, runs: list[Run]) -> tuple[list[list[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("roots", nargs="*", default=["outputs/reference", "outputs/study"])
+    ap.add_argument("--measure", choices=list(MEASURES), default="compression",
+                    help="what is set against validation error (default: compression)")
     args = ap.parse_args()
+    _, name, equal = MEASURES[args.measure]
     groups: dict[tuple[str, int], list[Run]] = defaultdict(list)
-    for r in find_runs(args.roots):
+    for r in find_runs(args.roots, args.measure):
         groups[r.network, r.budget].append(r)
     rows, verdicts = [], []
     for (network, budget), runs in sorted(groups.items()):
@@ -375,15 +401,18 @@ def main() -> None:
             budget_rows_, verdict = budget_rows(network, budget, runs)
             rows += budget_rows_
             verdicts.append(verdict)
-    header = ["network", "epochs", "spec setting", "seeds", "spec compression", "spec val err", "spec test err",
+    if equal != "compression":  # the fallback's wording (comparison at equal measure) in the measure's terms
+        rows = [[cell.replace("at equal compression", f"at equal {equal}") for cell in row] for row in rows]
+        verdicts = [v.replace("at equal compression", f"at equal {equal}") for v in verdicts]
+    header = ["network", "epochs", "spec setting", "seeds", f"spec {name}", "spec val err", "spec test err",
               "× l2 at equal val err (n)", "l2 test err", "× gmp at equal val err (n)", "gmp test err"]
     print("\n".join(markdown_table(header, rows)))
-    print("\n× baseline: spec's compression over the baseline's at spec's validation error, seed by seed, "
+    print(f"\n× baseline: spec's {name} over the baseline's at spec's validation error, seed by seed, "
           "interpolated along the baseline's runs of that seed and budget; mean ± std over the seeds where "
           "it exists, their number in brackets; where none exists, the baseline's val error minus spec's at "
-          "spec's compression (pt: percentage points, above 0: spec more accurate), or only how the points "
+          f"spec's {equal} (pt: percentage points, above 0: spec more accurate), or only how the points "
           "are ordered. Test err: the baseline's, interpolated the same way (at equal val error where "
-          "there is a ratio, else at equal compression).\n")
+          f"there is a ratio, else at equal {equal}).\n")
     print("Verdict (spec wins where the ratio is above 1, or the gap above 0, by more than its std, loses "
           "where it is below by more, ties otherwise):\n")
     print("\n".join(verdicts))

@@ -42,6 +42,10 @@ def write_run(folder, *, seed, val, compression, test=None, sens="spec", lam=1e-
     folder.mkdir(parents=True)
     summary = {"status": status, "seed": seed, "model": model, "data": "mnist", "epochs_completed": epochs,
                "val_error": val, "test_error": val - 0.004 if test is None else test, "compression": compression}
+    macs = extra.pop("macs_x", None)
+    if macs is not None:  # the compacted network: 1000 multiply-adds dense, 1000 / macs_x compacted
+        summary["structure"] = {"macs": {"dense": 1000, "nonzero": 10, "compact": 1000 / macs},
+                                "params": {"dense": 2000, "nonzero": 20, "compact": 2000 / macs}}
     prune_cfg = {"name": prune, "scope": extra.pop("scope", "global"), "stop_epoch": None, "tolerance": 0.1}
     if prune == "gmp":
         prune_cfg["target"] = extra.pop("target")
@@ -201,9 +205,10 @@ def test_table_and_verdict(runs, tmp_path):
 DOCUMENTED = ["outputs/reference", "outputs/study/dense5_60"]
 
 
-def test_the_readme_and_the_results_page_hold_the_table_of_the_committed_runs():
-    done = subprocess.run([sys.executable, str(SCRIPT), *DOCUMENTED], capture_output=True, text=True, check=True,
-                          cwd=REPO)
+@pytest.mark.parametrize("measure", ["compression", "macs"])
+def test_the_readme_and_the_results_page_hold_the_table_of_the_committed_runs(measure):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--measure", measure, *DOCUMENTED], capture_output=True,
+                          text=True, check=True, cwd=REPO)
     rows = [line for line in done.stdout.splitlines() if line.startswith("| lenet")]
     verdicts = [line for line in done.stdout.splitlines() if line.startswith("- **lenet")]
     assert len(rows) >= 6 and len(verdicts) >= 4
@@ -214,3 +219,25 @@ def test_the_readme_and_the_results_page_hold_the_table_of_the_committed_runs():
     results = (REPO / "docs" / "results.md").read_text()
     for verdict in verdicts:
         assert verdict in results, f"docs/results.md lacks or differs in: {verdict}"
+
+
+def test_the_cost_measure_sets_the_compacted_networks_against_each_other(tmp_path):
+    # The same validation errors as a compression curve, but spec's network costs 4x fewer
+    # multiply-adds than dense and l2's 2x to 8x: at spec's val error (halfway), l2's is 4x
+    # (log-linear), a ratio of 1.0; a run without a structure record is left out with a note.
+    root = tmp_path / "runs"
+    write_run(root / "l2/a", seed=0, val=0.02, compression=50, sens="l2", macs_x=2.0)
+    write_run(root / "l2/b", seed=0, val=0.04, compression=100, sens="l2", lam=2e-3, macs_x=8.0)
+    write_run(root / "spec/a", seed=0, val=0.03, compression=70, macs_x=4.0)
+    write_run(root / "spec/old", seed=1, val=0.03, compression=70)
+    by_macs = st.find_runs([str(root)], "macs")
+    assert sorted(r.compression for r in by_macs) == [2.0, 4.0, 8.0]  # the measure, not the compression
+    comp = st.compare([r for r in by_macs if r.method == "spec"], [r for r in by_macs if r.method == "l2"], "l2")
+    assert comp.ratios == [pytest.approx(1.0)]
+    by_compression = st.compare(*(([r for r in st.find_runs([str(root)]) if r.method == m and r.seed == 0])
+                                  for m in ("spec", "l2")), "l2")
+    assert by_compression.ratios == [pytest.approx(70 / (50 * 2 ** 0.5))]
+    out = subprocess.run([sys.executable, str(SCRIPT), "--measure", "macs", str(root)], capture_output=True,
+                         text=True, check=True, cwd=REPO)
+    assert "| spec fewer MACs |" in out.stdout and "4.0×" in out.stdout
+    assert "1 runs record no macs" in out.stderr
