@@ -34,6 +34,8 @@ def test_reference_checkpoint_reproduces_its_summary(run):
     result = evaluate_checkpoint(run / "model.pt", {"root": str(REPO / "data")})
     assert result["test_error"] == summary["test_error"]
     assert result["sparsity"]["prunable"]["remaining_pct"] == summary["remaining_pct"]
+    for key in ("params", "macs", "units"):  # the compacted network, as recorded
+        assert result["structure"][key] == summary["structure"][key], key
 
 
 def test_readme_results_table_is_the_summaries():
@@ -44,3 +46,25 @@ def test_readme_results_table_is_the_summaries():
     assert rows
     for row in rows:
         assert row in readme, f"README's Results table lacks or differs in: {row}"
+
+
+def test_the_committed_comparison_is_current(tmp_path):
+    # The README's `sensreg compare outputs/reference --group` writes compare.csv and compare.md
+    # there: the committed ones must be what it writes today (but for the date it was written
+    # and where the run folders are given from), every preset in them.
+    import csv
+
+    done = subprocess.run([sys.executable, "-m", "sensreg", "compare", str(REFERENCE), "--group",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+
+    def rows(path):
+        with open(path) as f:
+            return [{k: v for k, v in r.items() if k != "path"} for r in csv.DictReader(f)]
+
+    def lines(path):
+        return [line for line in path.read_text().splitlines() if not line.startswith("Runs below")]
+
+    stale = "is stale: run `sensreg compare outputs/reference --group`"
+    assert rows(tmp_path / "compare.csv") == rows(REFERENCE / "compare.csv"), f"outputs/reference/compare.csv {stale}"
+    assert lines(tmp_path / "compare.md") == lines(REFERENCE / "compare.md"), f"outputs/reference/compare.md {stale}"
