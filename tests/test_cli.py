@@ -232,17 +232,23 @@ def test_a_section_chosen_by_its_own_name_is_taken_for_the_group_choice(tmp_path
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["prune.tolerance=-1"], "prune.tolerance is not read by prune=gmp, the option experiment=default chooses, so the "
-                             "run would ignore it. Drop prune.tolerance, or choose prune=search."),
+    (["prune.tolerance=-1"], "prune.tolerance is not read by prune=gmp, the option this command runs with (from "
+                             "experiment=default and the defaults), so the run would ignore it. Drop prune.tolerance, "
+                             "or choose prune=search."),
+    (["experiment=lenet5_spec", "data.num_train=5"], "data.num_train is not read by data=mnist, the option this "
+                                                     "command runs with (from experiment=lenet5_spec and the defaults)"),
+    (["~experiment", "eta_schedule.milestones=[2]"], "eta_schedule.milestones is not read by eta_schedule=constant, "
+                                                     "the option this command runs with (from the defaults)"),
     (["experiment=lenet300_quick", "prune=none", "prune.patience=3"], None),  # the command line's choice: checked first
-    (["~experiment", "prune.target=50x"], "prune.target is not read by prune=search, the option the config's "
-                                          "defaults chooses, so the run would ignore it. Drop prune.target, or "
-                                          "choose prune=gmp."),
+    (["~experiment", "prune.target=50x"], "prune.target is not read by prune=search, the option this command runs "
+                                          "with (from the defaults), so the run would ignore it. Drop prune.target, "
+                                          "or choose prune=gmp."),
 ])
 def test_a_key_the_chosen_option_does_not_read_is_refused_whoever_chose_it(tmp_path, monkeypatch, capsys,
                                                                            in_process_cli, overrides, expected):
     monkeypatch.chdir(tmp_path)
-    tiny = ["data=synthetic", "data.num_train=400", "data.num_test=200", "trainer.epochs=1", "trainer.device=cpu"]
+    tiny = ["trainer.epochs=1", "trainer.device=cpu"] + ([] if any(o.startswith("data.") for o in overrides)
+                                                       else ["data=synthetic", "data.num_train=400", "data.num_test=200"])
     assert run_in_process("train", *tiny, *overrides) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert (expected or "prune.patience is read by prune=search only") in err and "Traceback" not in err

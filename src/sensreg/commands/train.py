@@ -189,6 +189,44 @@ def _check_override_keys(overrides: list[str]) -> None:
             fail(f"{o}: {key} is read by {' and '.join(f'{group}={r}' for r in readers)} only, and this "
                  f"command chooses {group}={option}. Drop {key}, or choose "
                  f"{'one of those' if len(readers) > 1 else f'{group}={readers[0]}'}.")
+    # The same for an option a preset or a group default chooses: the groups composed without the
+    # keys (Hydra's own answer to a key the option's node lacks is a traceback-like "not in struct").
+    unchosen = [(o, key) for o, key in dotted if key.partition(".")[0] in sections
+                and key.partition(".")[0] not in chosen and key_readers(*key.split(".", 1))]
+    if unchosen:
+        problem = _unread_key_problem(overrides, unchosen)
+        if problem:
+            fail(problem)
+
+
+def _unread_key_problem(overrides: list[str], keys: list[tuple[str, str]]) -> str | None:
+    """Of ``keys`` (override, section.key), the first one that the option its section gets from
+    the presets and group defaults does not read, as the refusal; None where all are read."""
+    from hydra import compose, initialize_config_module
+
+    from sensreg.run.config import key_readers
+
+    groups = [o for o, key, value in _key_values(overrides)
+              if not o.startswith("-") and "." not in key and not key.startswith("hydra") and "," not in value]
+    try:
+        with initialize_config_module(config_module="sensreg.configs", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=groups)
+    except Exception:  # noqa: BLE001 - a bad choice among them is Hydra's to name, as it does
+        return None
+    for o, key in keys:
+        section, _, name = key.partition(".")
+        option = cfg[section].get("name") if section in cfg else None
+        readers = key_readers(section, name)
+        if option is None or not readers or option in readers:
+            continue
+        chosen_by = next((g for g in groups if g.startswith("experiment=")), None) or \
+            ("experiment=default" if not any(g.startswith("~experiment") for g in groups) else None)
+        source = f"{chosen_by} and the defaults" if chosen_by else "the defaults"
+        fix = f"choose {section}={readers[0]}" if len(readers) == 1 else \
+            f"choose one of {', '.join(f'{section}={r}' for r in readers)}"
+        return (f"{o}: {key} is not read by {section}={option}, the option this command runs with (from "
+                f"{source}), so the run would ignore it. Drop {key}, or {fix}.")
+    return None
 
 
 def _check_keys_are_read(cfg) -> None:
@@ -212,11 +250,11 @@ def _check_keys_are_read(cfg) -> None:
         readers = key_readers(section, name)
         if option is None or readers is None or option in readers:
             continue
-        by = f"experiment={experiment}" if experiment and experiment != "null" else "the config's defaults"
+        source = f"experiment={experiment} and the defaults" if experiment and experiment != "null" else "the defaults"
         fix = (f", or choose {section}={readers[0]}" if len(readers) == 1 else
                f", or choose one of {', '.join(f'{section}={r}' for r in readers)}") if readers else ""
-        problems.append(f"{o}: {key} is not read by {section}={option}, the option {by} chooses, so the run "
-                        f"would ignore it. Drop {key}{fix}.")
+        problems.append(f"{o}: {key} is not read by {section}={option}, the option this command runs with (from "
+                        f"{source}), so the run would ignore it. Drop {key}{fix}.")
     if problems:
         raise ConfigError("\n".join(problems))
 
