@@ -16,7 +16,8 @@ from sensreg.run.checkpoint import load_checkpoint
 from sensreg.run.config import ConfigError, TrainConfig
 from sensreg.run.interrupt import Interrupted
 from sensreg.method.prune_schedules import GradualMagnitude, PruneSchedule, target_sparsity
-from sensreg.method.pruning import Masks
+from sensreg.method.pruning import Masks, prunable_names
+from torch import nn
 from sensreg.run.lifecycle import resume_state, train
 from sensreg.run.loop import TrainStep
 
@@ -290,3 +291,50 @@ def test_the_share_of_the_absolute_sum_cut_compounds_over_a_runs_decisions():
     assert l1_removed_in_all([{"removed_l1_pct": 0.0}] * 5) == 0.0
     assert l1_removed_in_all([]) is None
     assert l1_removed_in_all([{"removed_l1_pct": 1.0}, {"epoch": 3}]) is None  # a decision without the record
+
+
+# --- the structured baseline: whole units -------------------------------------------------------
+
+def test_units_are_pruned_whole_weakest_first_and_the_output_layer_never():
+    from sensreg.method.prune_schedules import keep_largest_units_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 1, 1, 1], [0.1, 0.1, 0.1, 0.1], [0.5, -0.5, 0.5, -0.5]]))
+        model[0].bias.fill_(0.3)
+        model[2].weight.fill_(0.01)  # weakest of all, but the classes are never pruned
+    masks = Masks(model, prunable_names(model, "all"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()  # momentum buffers to clear
+    with torch.no_grad():  # (the step moved them; put the scores back)
+        model[0].weight.copy_(torch.tensor([[1.0, 1, 1, 1], [0.1, 0.1, 0.1, 0.1], [0.5, -0.5, 0.5, -0.5]]))
+    total = masks.total()  # 12 + 3 + 6 + 2 = 23
+    pruned, _ = keep_largest_units_(masks, total - 1, opt)  # one entry less: the weakest unit, whole
+    assert pruned == 5  # unit 1: four weights and its bias
+    assert masks.masks[0][1].sum() == 0 and masks.masks[1][1] == 0 and masks.masks[0][[0, 2]].all()
+    assert masks.masks[2].all() and masks.masks[3].all()
+    assert float(model[0].weight[1].abs().sum()) == 0.0 and float(model[0].bias[1]) == 0.0
+    assert float(opt.state[model[0].weight]["momentum_buffer"][1].abs().sum()) == 0.0
+    # Asked for far fewer, it stops at one unit a layer: the strongest, unit 0.
+    keep_largest_units_(masks, 0, opt)
+    assert masks.masks[0].flatten(1).any(1).tolist() == [True, False, False]
+    assert masks.masks[2].all()
+
+
+def test_a_run_with_the_structured_baseline_removes_units(tmp_path, in_process_cli):
+    import json
+
+    from conftest import run_in_process
+
+    run = tmp_path / "run"
+    assert run_in_process("train", "~experiment", "data=synthetic", "data.num_train=300", "data.num_test=100",
+                          "trainer.epochs=2", "trainer.batch_size=50", "trainer.device=cpu", "trainer.progress=false",
+                          "sens=none", "prune=gmp_units", "prune.target=5x", "prune.every=1",
+                          f"hydra.run.dir={run}") == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["compression"] >= 5.0  # the target, reached by whole units (and a little past)
+    units = summary["structure"]["units"]
+    assert units["fc1"][0] < 300 and units["fc2"][0] < 100 and units["fc3"] == [10, 10]
+    assert summary["structure"]["macs"]["compact"] <= summary["structure"]["macs"]["dense"] / 4

@@ -49,11 +49,12 @@ LAMBDA_SPACE = {"sens.lam": "tag(log, interval(1e-6, 1e-3))"}
 PRUNE_SPACE = {
     "search": {"prune.tolerance": "interval(0.01, 0.3)"},
     "gmp": {"prune.target": "interval(0.8, 0.995)"},  # sparsity: 5x to 200x
+    "gmp_units": {"prune.target": "interval(0.8, 0.995)"},
     "fixed": {"prune.threshold": "tag(log, interval(1e-5, 1e-2))"},
     "none": {},
 }
-READ_BY = {"prune.tolerance": ("search",), "prune.patience": ("search",), "prune.target": ("gmp",),
-           "prune.initial": ("gmp",), "prune.threshold": ("fixed",)}
+READ_BY = {"prune.tolerance": ("search",), "prune.patience": ("search",), "prune.target": ("gmp", "gmp_units"),
+           "prune.initial": ("gmp", "gmp_units"), "prune.threshold": ("fixed",)}
 
 
 def default_space(sens_name: str, prune_name: str) -> dict[str, str]:

@@ -228,6 +228,14 @@ class GradualMagnitude(PruneSchedule):
         progress = min(max((t - t0) / (t1 - t0), 0.0), 1.0) if t1 > t0 else 1.0
         return s_f + (s_i - s_f) * (1.0 - progress) ** 3
 
+    def prune_to(self, masks: Masks, sparsity: float, optimizer) -> tuple[int, float]:
+        """Prune the smallest |w| to ``sparsity``: over all tensors (scope global) or each alike."""
+        if self.cfg.scope == "layer":
+            kept = [m.numel() - round(sparsity * m.numel()) for m in masks.masks]
+        else:
+            kept = masks.total() - round(sparsity * masks.total())
+        return masks.keep_largest_(kept, optimizer)
+
     def after_step(self, epoch, batch, ctx):
         if ctx.steps_per_epoch < 1:  # (its default, 0, serves the schedules that act per epoch)
             raise ValueError(f"PruneContext.steps_per_epoch={ctx.steps_per_epoch}: gmp counts training steps, so "
@@ -238,17 +246,69 @@ class GradualMagnitude(PruneSchedule):
             return
         masks, sparsity = ctx.masks, self.sparsity_at(t, ctx.steps_per_epoch)
         before, l1_before = masks.remaining_pct(), masks.kept_l1()
-        if self.cfg.scope == "layer":
-            kept = [m.numel() - round(sparsity * m.numel()) for m in masks.masks]
-        else:
-            kept = masks.total() - round(sparsity * masks.total())
-        pruned, largest = masks.keep_largest_(kept, ctx.optimizer)
+        pruned, largest = self.prune_to(masks, sparsity, ctx.optimizer)
         if pruned:
             # No validation pass between steps: the decision records the step, not the loss.
             self.record({"epoch": epoch, "step": t, "threshold": largest, "scope": self.cfg.scope,
                          "sparsity": sparsity, "pruned": pruned, "remaining_pct_before": before,
                          "remaining_pct_after": masks.remaining_pct(), **l1_cut(masks, l1_before),
                          "val_loss_before": None, "val_loss_after": None})
+
+
+class GradualUnits(GradualMagnitude):
+    """The structured baseline: gradual magnitude pruning of whole units, neurons and conv
+    filters (Li et al., *Pruning Filters for Efficient ConvNets*, ICLR 2017, ranked by weight
+    magnitude), on gmp's schedule: at each pruning step the units whose mean |w| of incoming
+    weights is smallest relative to their layer's mean (so that a filter and a neuron, and layers
+    of different scale, compare) are pruned whole, weights and bias, until the sparsity of the
+    prunable parameters reaches s_t. A unit is a slice along the
+    first dimension of a weight of two or more dimensions; the last such weight (the output
+    layer: its units are the classes) is never pruned, and every layer keeps at least one unit.
+    The outgoing weights of a pruned unit stay and count as kept: the compacted network
+    (``compaction.py``) removes them. Where only the output layer is left to prune, the target
+    is not reached."""
+
+    name = "gmp_units"
+
+    def prune_to(self, masks: Masks, sparsity: float, optimizer) -> tuple[int, float]:
+        return keep_largest_units_(masks, masks.total() - round(sparsity * masks.total()), optimizer)
+
+
+def keep_largest_units_(masks: Masks, kept: int, optimizer=None) -> tuple[int, float]:
+    """Prune whole units, weakest first (mean |w| of the unit's entries, pruned ones counted as
+    0, over the mean of its layer's units), until at most ``kept`` entries of ``masks`` are kept;
+    returns what ``Masks.drop_`` does."""
+    weights = [i for i, p in enumerate(masks.params) if p.dim() >= 2][:-1]  # not the output layer
+    index = {name: i for i, name in enumerate(masks.names)}
+    candidates, live = [], {}
+    for i in weights:
+        w, m = masks.params[i].detach().flatten(1), masks.masks[i].flatten(1)
+        score = (w.abs() * m).sum(1) / w.shape[1]
+        alive = m.any(1)
+        live[i] = int(alive.sum())
+        # Relative to the layer's mean: initial scales differ by layer (1/sqrt(fan-in)), and an
+        # absolute ranking would empty the widest layer first whatever the units do.
+        score = score / score[alive].mean().clamp_min(torch.finfo(score.dtype).tiny)
+        candidates += [(float(score[u]), i, int(u)) for u in alive.nonzero().flatten()]
+    drops = [torch.zeros_like(m) for m in masks.masks]
+    remaining = masks.kept()
+    for _, i, u in sorted(candidates):
+        if remaining <= kept:
+            break
+        if live[i] <= 1:  # a layer keeps a unit (none would cut the network)
+            continue
+        bias = index.get(masks.names[i].removesuffix("weight") + "bias")
+        for j in (i, bias) if bias is not None and masks.params[bias].shape[:1] == masks.params[i].shape[:1] else (i,):
+            drops[j][u] = masks.masks[j][u]
+            remaining -= int(masks.masks[j][u].sum())
+        live[i] -= 1
+    return masks.drop_(drops, optimizer)
+
+
+def is_gradual(name: str) -> bool:
+    """Whether the schedule ``name`` prunes on gmp's step schedule (gmp and its unit-level form)."""
+    schedule = PRUNE_SCHEDULES.get(name)
+    return schedule is not None and issubclass(schedule, GradualMagnitude)
 
 
 def target_sparsity(target: float | str | None) -> float:
@@ -265,7 +325,7 @@ def target_sparsity(target: float | str | None) -> float:
 
 
 PRUNE_SCHEDULES: dict[str, type[PruneSchedule]] = {
-    s.name: s for s in (SearchSchedule, FixedSchedule, GradualMagnitude, NoPruning)}
+    s.name: s for s in (SearchSchedule, FixedSchedule, GradualMagnitude, GradualUnits, NoPruning)}
 
 
 def build_prune_schedule(prune_cfg, epochs: int) -> PruneSchedule:

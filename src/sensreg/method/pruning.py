@@ -144,7 +144,7 @@ class Masks:
             thresholds = list(threshold)
         else:
             thresholds = [threshold] * len(self.params)
-        return self._drop_([(p.abs() < t) & m for p, m, t in zip(self.params, self.masks, thresholds)],
+        return self.drop_([(p.abs() < t) & m for p, m, t in zip(self.params, self.masks, thresholds)],
                            optimizer)[0]
 
     @torch.no_grad()
@@ -169,9 +169,9 @@ class Masks:
             keeps = list(keep.split([m.numel() for m in self.masks]))
         else:
             keeps = [_largest(mag, k) for mag, k in zip(magnitudes, kept)]
-        return self._drop_([m & ~k.reshape(m.shape) for m, k in zip(self.masks, keeps)], optimizer)
+        return self.drop_([m & ~k.reshape(m.shape) for m, k in zip(self.masks, keeps)], optimizer)
 
-    def _drop_(self, drops: list[Tensor], optimizer: torch.optim.Optimizer | None) -> tuple[int, float]:
+    def drop_(self, drops: list[Tensor], optimizer: torch.optim.Optimizer | None) -> tuple[int, float]:
         """Prune the entries marked in ``drops`` (kept ones only), hold them at zero and clear
         their optimizer state; returns how many were pruned and the largest |w| among them."""
         newly, largest = 0, 0.0

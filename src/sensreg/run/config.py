@@ -35,7 +35,7 @@ from sensreg.models import (EXTERNAL, MODELS, OPTIMIZER_LR, UnknownModel, build_
                             model_options)
 from sensreg.run.config_keys import LATER_KEYS, NOT_COMPUTATION, NOT_EXPERIMENT
 from sensreg.run.precision import PRECISIONS
-from sensreg.method.prune_schedules import PruneConfig, PRUNE_SCHEDULES, target_sparsity
+from sensreg.method.prune_schedules import PruneConfig, PRUNE_SCHEDULES, is_gradual, target_sparsity
 from sensreg.method.per_sample import LayerTape, PerSampleError
 from sensreg.method.pruning import prunable_names
 from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction
@@ -282,7 +282,7 @@ class TrainConfig:
             p.append(f"prune.start_epoch={self.prune.start_epoch} comes after the last epoch (trainer.epochs="
                      f"{epochs}): prune={self.prune.name} would never prune. Give an epoch of the run, or a "
                      f"fraction of it.")
-        if self.prune.name != "gmp" or train is None:
+        if not is_gradual(self.prune.name) or train is None:
             return p
         steps = epochs * -(-train // self.trainer.batch_size)
         start, end = self.prune.start_step, self.prune.end_step
@@ -373,7 +373,7 @@ class TrainConfig:
             p.fraction("prune.start_epoch", start)
         else:
             p.at_least("prune.start_epoch", start, 1)
-        if self.prune.name == "gmp":
+        if is_gradual(self.prune.name):
             self._check_gmp(p)
         if stop is None or not isinstance(epochs, int) or p.has("prune.start_epoch"):
             return
@@ -486,7 +486,7 @@ class TrainConfig:
             return [f"{name} has no parameter that prune.params={self.prune.params} may prune (all frozen, or "
                     f"none of two or more dimensions), so prune={self.prune.name} would prune nothing. Set "
                     f"prune.params=all, or prune=none."]
-        if self.prune.name == "gmp":
+        if is_gradual(self.prune.name):
             names = prunable_names(model, self.prune.params, self.prune.batchnorm)
             params = dict(model.named_parameters())
             total = sum(params[n].numel() for n in names)
@@ -565,6 +565,7 @@ PRUNE_READS: dict[str, tuple[str, ...]] = {
     "search": ("patience", "tolerance", "start_epoch", "stop_epoch", "scope"),
     "fixed": ("threshold", "start_epoch", "stop_epoch", "every", "scope"),
     "gmp": ("target", "initial", "every", "scope", "start_epoch", "stop_epoch", "start_step", "end_step"),
+    "gmp_units": ("target", "initial", "every", "start_epoch", "stop_epoch", "start_step", "end_step"),
     "none": (),
 }
 SECTION_GROUPS = {"eta_schedule": "schedule", "lam_schedule": "schedule"}  # a section and the group it is chosen from
