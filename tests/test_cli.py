@@ -242,7 +242,7 @@ def test_a_section_chosen_by_its_own_name_is_taken_for_the_group_choice(tmp_path
     (["experiment=lenet300_quick", "prune=none", "prune.patience=3"], None),  # the command line's choice: checked first
     (["~experiment", "prune.target=50x"], "prune.target is not read by prune=search, the option this command runs "
                                           "with (from the defaults), so the run would ignore it. Drop prune.target, "
-                                          "or choose prune=gmp."),
+                                          "or choose one of prune=gmp, prune=gmp_units."),
 ])
 def test_a_key_the_chosen_option_does_not_read_is_refused_whoever_chose_it(tmp_path, monkeypatch, capsys,
                                                                            in_process_cli, overrides, expected):
