@@ -118,6 +118,9 @@ def test_report_of_a_finished_run(finished_run, tmp_path):
     md = result.path.read_text()
     assert f"| {100 * summary['test_error']:.2f} % |" in md
     assert f"{summary['remaining_pct']:.3f} %" in md
+    structure = summary["structure"]  # the compacted network, as the run recorded it
+    assert f"compacted network: {structure['params']['compact']:,} parameters" in md
+    assert "units kept: input " in md
     # one table row per epoch, per threshold decision and per layer
     assert len(re.findall(r"^\| [12] \| 0\.001 \|", md, flags=re.M)) == 2
     decisions = md.split("## Threshold decisions")[1].split("##")[0]

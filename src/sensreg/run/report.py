@@ -21,6 +21,7 @@ from sensreg.atomic import write_atomic
 from sensreg.errors import UserError
 from sensreg.run.config import upgrade_config
 from sensreg.run.folder import CONFIG_NAME, METRICS_NAME, RUN_FILES, SUMMARY_NAME, RunFolder, RunRecord
+from sensreg.run.structure import structure_lines
 from sensreg.run.tables import markdown_table
 
 REPORT_NAME = "report.md"
@@ -348,6 +349,9 @@ def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[
             _f(s.get("compression"), ".1f", "×"), _f(s.get("remaining_pct_all"), ".3f", " %"),
             _f(s.get("compression_all"), ".1f", "×"), _f(flops.get("remaining_pct"), ".2f", " %"),
             _f(s.get("wall_time_s"), ".0f", " s")]])
+        if isinstance(s.get("structure"), dict):  # what the pruned network costs to run, compacted
+            lines += ["", *(f"{line}." if not line.endswith(".") else line
+                            for line in structure_lines(s["structure"]))]
     else:
         lines.append(f"No final result yet (status {s.get('status', 'unknown')}); "
                      f"{len(rows)} epoch(s) in metrics.csv.")
