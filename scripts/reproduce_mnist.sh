@@ -37,6 +37,10 @@ RUNS=(
   "lenet5_loss|experiment=lenet5_loss"
   "lenet5_l2|experiment=lenet5_l2"
   "lenet5_gmp|experiment=lenet5_gmp"
+  # 200 epochs from the dense start (about 75-130 minutes a run on one thread; seed 0 committed)
+  "lenet5_long_gmp|experiment=lenet5_long_gmp"
+  "lenet5_long_spec|experiment=lenet5_long_spec"
+  "lenet5_long_l2|experiment=lenet5_long_l2"
 )
 
 out=${1:-outputs/reproduce}
