@@ -134,8 +134,8 @@ def test_a_network_with_nothing_removable_comes_back_unchanged_and_says_so():
 def test_masks_are_applied_to_a_copy_and_frozen_layers_are_compacted_too():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
-    net[0].requires_grad_(False)  # a frozen first layer
-    masks = sensreg.Masks(net, sensreg.prunable_names(net, "all"))
+    net[0].requires_grad_(False)  # a frozen first layer (not prunable by default: masks given by name)
+    masks = sensreg.Masks(net, [name for name, _ in net.named_parameters()])
     masks.masks[0][3] = False  # unit 3 of the first layer: all its incoming weights pruned
     masks.masks[1][3] = False  # and its bias
     x = torch.randn(4, 6)
@@ -173,15 +173,15 @@ def test_every_registered_model_compacts_to_the_same_function(name):
     assert_same_function(result.model, net, x)
 
 
-@pytest.mark.parametrize("source, arch, shape", [
-    ("torchvision", "resnet18", (3, 64, 64)), ("torchvision", "mobilenet_v3_small", (3, 64, 64)),
-    ("timm", "vit_tiny_patch16_224", (3, 224, 224)),
+@pytest.mark.parametrize("source, arch, shape, kwargs", [
+    ("torchvision", "resnet18", (3, 64, 64), {}), ("torchvision", "mobilenet_v3_small", (3, 64, 64), {}),
+    ("timm", "vit_tiny_patch16_224", (3, 32, 32), {"img_size": 32}),  # (four patches: the blocks as at 224)
 ])
-def test_outside_classifiers_compact_exactly_where_they_can_and_name_what_they_cannot(source, arch, shape):
+def test_outside_classifiers_compact_exactly_where_they_can_and_name_what_they_cannot(source, arch, shape, kwargs):
     if source == "timm":
         pytest.importorskip("timm")
     torch.manual_seed(0)
-    net = kill_units(build_model(source, 10, shape, arch=arch))
+    net = kill_units(build_model(source, 10, shape, arch=arch, kwargs=kwargs))
     x = torch.randn(2, *shape)
     result = compact(net, x)
     assert result.changed

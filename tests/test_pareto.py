@@ -22,7 +22,9 @@ SWEEP = ["-m", "hydra/sweeper=pareto", "~experiment", "data=synthetic", "data.nu
 
 
 def sweep(sweep_dir: Path, *extra: str) -> int:
-    return run_in_process("train", *SWEEP, f"hydra.sweep.dir={sweep_dir}", *extra)
+    # (prune.patience is the threshold search's: beside another schedule it would be refused)
+    base = SWEEP if not any(e.startswith("prune=") and e != "prune=search" for e in extra) else SWEEP[:-1]
+    return run_in_process("train", *base, f"hydra.sweep.dir={sweep_dir}", *extra)
 
 
 def load(sweep_dir: Path):
@@ -55,7 +57,8 @@ def test_the_sweeper_without_optuna_is_one_message_before_any_training(tmp_path,
     ("hydra.sweeper.seed=18446744073709551616", "hydra.sweeper.seed=18446744073709551616 must be null (not "
                                                 "reproducible) or an integer from 0 to 4294967283"),
     ("hydra.sweeper.seed=-1", "hydra.sweeper.seed=-1 must be null"),
-    ("prune=gmp prune.tolerance=interval(0.01,0.3)", "prune.tolerance is searched, but prune=gmp does not read it"),
+    ("prune=gmp prune.tolerance=interval(0.01,0.3)", "prune.tolerance is read by prune=search only, and this "
+                                                     "command chooses prune=gmp"),
     ("sens=none sens.lam=interval(1e-5,1e-3)", "sens.lam is searched, but sens=none does not regularize"),
     ("sens=none prune=none", "hydra/sweeper=pareto has nothing to search: sens=none prune=none"),
 ])

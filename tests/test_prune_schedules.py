@@ -256,7 +256,7 @@ def test_the_report_of_a_gmp_run_draws_its_pruning_by_steps(tmp_path):
 def test_every_pruning_records_the_share_of_the_absolute_sum_it_removed(tmp_path, monkeypatch, prune):
     """removed_l1_pct against Σ|w| of the kept entries summed in plain Python around every cut."""
     shares = []
-    original = Masks._drop_
+    original = Masks.drop_
 
     def kept_sum(masks):
         return sum(abs(w) for p, m in zip(masks.params, masks.masks)
@@ -269,7 +269,7 @@ def test_every_pruning_records_the_share_of_the_absolute_sum_it_removed(tmp_path
             shares.append(100 * (before - kept_sum(self)) / before)
         return result
 
-    monkeypatch.setattr(Masks, "_drop_", measuring)
+    monkeypatch.setattr(Masks, "drop_", measuring)
     cfg = TrainConfig.from_dict({
         "data": {"name": "synthetic", "num_train": 330, "num_test": 100, "noise": 3.0},
         "sens": {"name": "spec", "lam": 1e-3}, "prune": prune,

@@ -20,7 +20,8 @@ import sys
 
 from importlib import import_module
 
-from sensreg.commands.console import Stopped, fail, stop_code, stopped_by
+from sensreg.commands.console import fail, stop_code, stopped_by
+from sensreg.run.interrupt import raise_stopped
 
 # Each command's module and function, imported once the command is known (and inside the Ctrl-C
 # handler: torch takes a second or two to load).
@@ -72,8 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"unknown command {command!r}; the commands are: {', '.join(COMMANDS)}. See `sensreg --help`.")
     # Before the first file is written: a run replaces these with its own once it trains (it
     # saves a checkpoint first); until then a stop is an orderly one, as Ctrl-C's is.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _stop)
+    previous = {signum: signal.signal(signum, raise_stopped) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         module, function = COMMANDS[command]
         getattr(import_module(module), function)(rest)
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                 else "no file was left half-written")
         fail(f"sensreg {command} stopped by {stopped_by(err)}; {done}. Run the command again to finish.",
              code=stop_code(err))
+    finally:  # (main may be called in a process that goes on: a test, a script)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
-
-def _stop(signum, frame) -> None:
-    """SIGTERM (what timeout, Slurm and docker stop send) and SIGHUP (a closed terminal) stop a
-    command as Ctrl-C does, so that its temporary files are removed on the way out."""
-    raise Stopped(signum)

@@ -10,15 +10,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sensreg.run.interrupt import Stopped
+
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class Stopped(KeyboardInterrupt):
-    """A stop by a signal other than SIGINT, raised where Ctrl-C's KeyboardInterrupt would be."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 def stopped_by(err: BaseException) -> str:

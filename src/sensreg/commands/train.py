@@ -196,7 +196,7 @@ def _check_override_keys(overrides: list[str]) -> None:
     if unchosen:
         problem = _unread_key_problem(overrides, unchosen)
         if problem:
-            fail(problem)
+            fail(f"{problem}\nNothing was trained.")
 
 
 def _unread_key_problem(overrides: list[str], keys: list[tuple[str, str]]) -> str | None:
@@ -217,7 +217,8 @@ def _unread_key_problem(overrides: list[str], keys: list[tuple[str, str]]) -> st
         section, _, name = key.partition(".")
         option = cfg[section].get("name") if section in cfg else None
         readers = key_readers(section, name)
-        if option is None or not readers or option in readers:
+        if option is None or not readers or option in readers or \
+                option not in _group_options(PACKAGED_GROUPS.get(section, section)):
             continue
         chosen_by = next((g for g in groups if g.startswith("experiment=")), None) or \
             ("experiment=default" if not any(g.startswith("~experiment") for g in groups) else None)
@@ -248,8 +249,9 @@ def _check_keys_are_read(cfg) -> None:
         node = cfg.get(section) if section in cfg else None
         option = node.get("name") if node is not None and hasattr(node, "get") else None
         readers = key_readers(section, name)
-        if option is None or readers is None or option in readers:
-            continue
+        if option is None or readers is None or option in readers or \
+                option not in _group_options(PACKAGED_GROUPS.get(section, section)):
+            continue  # (an option the group lacks is the config check's to name)
         source = f"experiment={experiment} and the defaults" if experiment and experiment != "null" else "the defaults"
         fix = (f", or choose {section}={readers[0]}" if len(readers) == 1 else
                f", or choose one of {', '.join(f'{section}={r}' for r in readers)}") if readers else ""

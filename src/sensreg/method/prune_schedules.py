@@ -307,7 +307,7 @@ def keep_largest_units_(masks: Masks, kept: int, optimizer=None) -> tuple[int, f
 
 def is_gradual(name: str) -> bool:
     """Whether the schedule ``name`` prunes on gmp's step schedule (gmp and its unit-level form)."""
-    schedule = PRUNE_SCHEDULES.get(name)
+    schedule = PRUNE_SCHEDULES.get(name) if isinstance(name, str) else None  # (a config may hold anything)
     return schedule is not None and issubclass(schedule, GradualMagnitude)
 
 

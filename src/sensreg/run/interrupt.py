@@ -99,6 +99,22 @@ class StopSignals:
         raise Interrupted(self.requested, self.exit_code)
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop by a signal other than SIGINT, raised where Ctrl-C's KeyboardInterrupt would be
+    (``raise_stopped``, the command line's handler until a run installs its own)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_stopped(signum: int, frame) -> None:
+    """SIGTERM (what timeout, Slurm and docker stop send) and SIGHUP (a closed terminal) stop a
+    command as Ctrl-C does, so that its temporary files are removed on the way out."""
+    raise Stopped(signum)
+
+
 def _is_python_handler(handler) -> bool:
-    # Not SIG_DFL/SIG_IGN/None, and not Python's own SIGINT handler (it raises KeyboardInterrupt).
-    return callable(handler) and handler is not signal.default_int_handler
+    # Not SIG_DFL/SIG_IGN/None, not Python's own SIGINT handler (it raises KeyboardInterrupt), and
+    # not the command line's own (a run that stops in order has nothing to hand on to it).
+    return callable(handler) and handler is not signal.default_int_handler and handler is not raise_stopped
