@@ -72,7 +72,10 @@ def final_name(path: str) -> str:
     """The file a temporary file of an atomic write stands for (.summary.json.x1y2.tmp: summary.json)."""
     name = Path(path).name
     match = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", name)
-    return match.group(1) if match else name
+    name = match.group(1) if match else name
+    # Hydra's records (.hydra/config.yaml) by their place in the run folder, not to be taken for
+    # the run's own config.yaml
+    return f".hydra/{name}" if Path(path).parent.name == ".hydra" else name
 
 
 def cli(*args: str, capsys) -> tuple[int, str]:
