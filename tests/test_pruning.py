@@ -849,9 +849,10 @@ SCHEDULE_SETTINGS = {
     "search": {"patience": 0, "tolerance": 0.1},
     "fixed": {"threshold": 5e-3, "every": 2},
     "gmp": {"target": 0.5, "every": 2},
+    "gmp_units": {"target": 0.5, "every": 2},
     "none": {},
 }
-MUST_PRUNE = {"search", "fixed", "gmp"}  # at least one decision in that run
+MUST_PRUNE = {"search", "fixed", "gmp", "gmp_units"}  # at least one decision in that run
 NEVER_PRUNES = {"none"}
 # What every threshold decision holds: the report's table of decisions and its plot read these.
 DECISION_KEYS = {"epoch", "threshold", "pruned", "remaining_pct_before", "remaining_pct_after",
