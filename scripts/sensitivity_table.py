@@ -204,6 +204,7 @@ class Comparison:
     gap_base_test: list[float] = field(default_factory=list)
     unmatched: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # neither, and why
     order: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # dominates/is dominated: runs
+    equal: str = "compression"  # what the fallback holds equal: the measure, in words (--measure)
 
     def cell(self) -> str:
         n = len(self.ratios)
@@ -214,7 +215,7 @@ class Comparison:
         why = ", ".join(f"{k} ({v})" if n or len(self.missing) > 1 else k for k, v in self.missing.items())
         text = f"{text}; {why}" if text and why else text or why
         if self.gaps:
-            text += f"; at equal compression {self.gap_text()} ({len(self.gaps)})"
+            text += f"; at equal {self.equal} {self.gap_text()} ({len(self.gaps)})"
         if self.order:
             text += "; " + ", ".join(f"{k} ({v})" for k, v in sorted(self.order.items()))
         return text
@@ -256,8 +257,8 @@ def dominance(points: list[tuple[float, float, float]], r: Run) -> str:
     return "neither"
 
 
-def compare(spec_runs: list[Run], baseline: list[Run], name: str) -> Comparison:
-    comp = Comparison([], [], [], defaultdict(int))
+def compare(spec_runs: list[Run], baseline: list[Run], name: str, equal: str = "compression") -> Comparison:
+    comp = Comparison([], [], [], defaultdict(int), equal=equal)
     if not baseline:
         comp.missing[f"no {name} runs"] = comp.unmatched[f"no {name} runs"] = len(spec_runs)
         return comp
@@ -317,7 +318,7 @@ def ranges(values: list[float], fmt: str, unit: str) -> str:
     return f"{lo:{fmt}}{unit}" if lo == hi else f"{lo:{fmt}}–{hi:{fmt}}{unit}"
 
 
-def budget_rows(network: str, budget: int, runs: list[Run]) -> tuple[list[list[str]], str]:
+def budget_rows(network: str, budget: int, runs: list[Run], equal: str = "compression") -> tuple[list[list[str]], str]:
     """The table rows of one network and budget, one per spec setting, and its verdict."""
     spec = [r for r in runs if r.method == "spec"]
     base = {name: [r for r in runs if r.method == name] for name in BASELINES}
@@ -347,7 +348,7 @@ def budget_rows(network: str, budget: int, runs: list[Run]) -> tuple[list[list[s
         row = head + [label, str(len(set(seeds))), spread([r.compression for r in members], unit="×"),
                       pct([r.val for r in members]), pct([r.test for r in members])]
         for name in BASELINES:
-            comp = compare(members, base[name], name)
+            comp = compare(members, base[name], name, equal)
             row += [comp.cell(), pct(comp.base_test or comp.gap_base_test)]
             outcome = comp.verdict()
             if outcome:
@@ -356,7 +357,7 @@ def budget_rows(network: str, budget: int, runs: list[Run]) -> tuple[list[list[s
             outcome = comp.gap_verdict()
             if outcome:
                 judged[name, outcome].append(
-                    f"*{label}* at equal compression ({comp.gap_text()}; test error {pct(comp.gap_spec_test)} "
+                    f"*{label}* at equal {equal} ({comp.gap_text()}; test error {pct(comp.gap_spec_test)} "
                     f"against {pct(comp.gap_base_test)} on those seeds)")
             for why, n in comp.unmatched.items():
                 unjudged[name][why] += n
@@ -398,12 +399,9 @@ def main() -> None:
     rows, verdicts = [], []
     for (network, budget), runs in sorted(groups.items()):
         if any(r.method == "spec" for r in runs):
-            budget_rows_, verdict = budget_rows(network, budget, runs)
+            budget_rows_, verdict = budget_rows(network, budget, runs, equal)
             rows += budget_rows_
             verdicts.append(verdict)
-    if equal != "compression":  # the fallback's wording (comparison at equal measure) in the measure's terms
-        rows = [[cell.replace("at equal compression", f"at equal {equal}") for cell in row] for row in rows]
-        verdicts = [v.replace("at equal compression", f"at equal {equal}") for v in verdicts]
     header = ["network", "epochs", "spec setting", "seeds", f"spec {name}", "spec val err", "spec test err",
               "× l2 at equal val err (n)", "l2 test err", "× gmp at equal val err (n)", "gmp test err"]
     print("\n".join(markdown_table(header, rows)))

@@ -42,6 +42,13 @@ class Diverged(RunError, FloatingPointError):
     """The training loss or the weights became non-finite."""
 
 
+def first_line(err: BaseException, limit: int | None = None, empty: str = "no message") -> str:
+    """The first line of an exception's message, cut at ``limit`` characters, for a one-line
+    message naming it; ``empty`` where it has none."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:limit] if lines else empty
+
+
 def few_names(names: list[str], shown: int = 4, sep: str = ", ") -> str:
     """The first ``shown`` names and how many more, for messages."""
     return sep.join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 from sensreg.commands.console import fail, remove_if_empty, stop_code, stopped_by, user_errors
+from sensreg.errors import first_line
 
 CONFIG_PACKAGE = "pkg://sensreg.configs"
 
@@ -204,8 +205,6 @@ def _unread_key_problem(overrides: list[str], keys: list[tuple[str, str]]) -> st
     the presets and group defaults does not read, as the refusal; None where all are read."""
     from hydra import compose, initialize_config_module
 
-    from sensreg.run.config import key_readers
-
     groups = [o for o, key, value in _key_values(overrides)
               if not o.startswith("-") and "." not in key and not key.startswith("hydra") and "," not in value]
     try:
@@ -213,21 +212,32 @@ def _unread_key_problem(overrides: list[str], keys: list[tuple[str, str]]) -> st
             cfg = compose(config_name="train", overrides=groups)
     except Exception:  # noqa: BLE001 - a bad choice among them is Hydra's to name, as it does
         return None
+    preset = next((g for g in groups if g.startswith("experiment=")), None) or \
+        ("experiment=default" if not any(g.startswith("~experiment") for g in groups) else None)
     for o, key in keys:
-        section, _, name = key.partition(".")
-        option = cfg[section].get("name") if section in cfg else None
-        readers = key_readers(section, name)
-        if option is None or not readers or option in readers or \
-                option not in _group_options(PACKAGED_GROUPS.get(section, section)):
-            continue
-        chosen_by = next((g for g in groups if g.startswith("experiment=")), None) or \
-            ("experiment=default" if not any(g.startswith("~experiment") for g in groups) else None)
-        source = f"{chosen_by} and the defaults" if chosen_by else "the defaults"
-        fix = f"choose {section}={readers[0]}" if len(readers) == 1 else \
-            f"choose one of {', '.join(f'{section}={r}' for r in readers)}"
-        return (f"{o}: {key} is not read by {section}={option}, the option this command runs with (from "
-                f"{source}), so the run would ignore it. Drop {key}, or {fix}.")
+        section = key.partition(".")[0]
+        problem = _unread_key_refusal(o, key, cfg[section].get("name") if section in cfg else None, preset)
+        if problem:
+            return problem
     return None
+
+
+def _unread_key_refusal(override: str, key: str, option: str | None, preset: str | None) -> str | None:
+    """The refusal of ``override`` (of ``key``, section.name) where ``option``, the one its section
+    runs with (chosen by ``preset`` and the defaults), does not read it; None where it does, and
+    for an option the group lacks (the config check names that)."""
+    from sensreg.run.config import key_readers
+
+    section, _, name = key.partition(".")
+    readers = key_readers(section, name)
+    if option is None or not readers or option in readers or \
+            option not in _group_options(PACKAGED_GROUPS.get(section, section)):
+        return None
+    source = f"{preset} and the defaults" if preset else "the defaults"
+    fix = f"choose {section}={readers[0]}" if len(readers) == 1 else \
+        f"choose one of {', '.join(f'{section}={r}' for r in readers)}"
+    return (f"{override}: {key} is not read by {section}={option}, the option this command runs with (from "
+            f"{source}), so the run would ignore it. Drop {key}, or {fix}.")
 
 
 def _check_keys_are_read(cfg) -> None:
@@ -237,29 +247,22 @@ def _check_keys_are_read(cfg) -> None:
     it. (The command line's own choices were checked before Hydra composed the config.)"""
     from hydra.core.hydra_config import HydraConfig
 
-    from sensreg.run.config import ConfigError, key_readers
+    from sensreg.run.config import ConfigError
 
     hydra_cfg = HydraConfig.get()
     experiment = hydra_cfg.runtime.choices.get("experiment")
+    preset = f"experiment={experiment}" if experiment and experiment != "null" else None
     problems = []
     for o, key, _ in _key_values(list(hydra_cfg.overrides.task)):
         if o.startswith(("+", "~")) or key.count(".") != 1:
             continue
-        section, _, name = key.partition(".")
+        section = key.partition(".")[0]
         node = cfg.get(section) if section in cfg else None
-        option = node.get("name") if node is not None and hasattr(node, "get") else None
-        readers = key_readers(section, name)
-        if option is None or readers is None or option in readers or \
-                option not in _group_options(PACKAGED_GROUPS.get(section, section)):
-            continue  # (an option the group lacks is the config check's to name)
-        source = f"experiment={experiment} and the defaults" if experiment and experiment != "null" else "the defaults"
-        fix = (f", or choose {section}={readers[0]}" if len(readers) == 1 else
-               f", or choose one of {', '.join(f'{section}={r}' for r in readers)}") if readers else ""
-        problems.append(f"{o}: {key} is not read by {section}={option}, the option this command runs with (from "
-                        f"{source}), so the run would ignore it. Drop {key}{fix}.")
+        problem = _unread_key_refusal(o, key, node.get("name") if hasattr(node, "get") else None, preset)
+        if problem:
+            problems.append(problem)
     if problems:
         raise ConfigError("\n".join(problems))
-
 
 
 def _chosen_options(overrides: list[str]) -> dict[str, str]:
@@ -423,7 +426,7 @@ def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None
             raise
         then = (f"continue with `sensreg train <the same overrides> trainer.resume={run_dir}` and a smaller batch"
                 if folder.has_checkpoint() else "run it again with a smaller batch")
-        fail(f"out of memory ({_first_line(err)}) training {config.model.name} with trainer.batch_size="
+        fail(f"out of memory ({first_line(err, 200, type(err).__name__)}) training {config.model.name} with trainer.batch_size="
              f"{config.trainer.batch_size} (and data.eval_batch_size={config.data.eval_batch_size} for evaluation) "
              f"on {config.trainer.device}. Lower trainer.batch_size or data.eval_batch_size, or use a smaller "
              f"model or trainer.precision=bf16; {then}.", code=1)
@@ -463,10 +466,6 @@ def _out_of_memory(err: BaseException) -> bool:
     text = str(err)
     return "can't allocate memory" in text or "out of memory" in text.lower()
 
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__
 
 
 def _setup_logging(log_file: Path | None) -> None:

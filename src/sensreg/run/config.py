@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from sensreg.atomic import path_too_long
-from sensreg.errors import UserError
+from sensreg.errors import UserError, first_line
 from sensreg.data import DATASETS, input_shape
 from sensreg.data.registry import validation_size
 from sensreg.models import (EXTERNAL, MODELS, OPTIMIZER_LR, UnknownModel, build_model, default_lr,
@@ -463,7 +463,7 @@ class TrainConfig:
         except Exception as err:  # noqa: BLE001 - a factory's own failure, whatever it raises
             if not external and isinstance(err, (ValueError, RuntimeError, TypeError)):
                 return [self._cannot_train(name, inputs, err, shape, external)]  # (own networks check inputs as built)
-            why = str(err).splitlines()[0] if str(err) else "no message"
+            why = first_line(err)
             return [f"{name} could not be built with its settings ({classes} classes, inputs {inputs}): "
                     f"{type(err).__name__}: {why}. Fix the model's factory or its settings (model.*)."]
         if external:
@@ -503,7 +503,7 @@ class TrainConfig:
         return []
 
     def _cannot_train(self, name: str, inputs: str, err: BaseException, shape, external: bool) -> str:
-        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        why = first_line(err, empty=type(err).__name__)
         hint = ""
         if self.model.name == "torchvision" and shape[0] not in (1, 3):
             hint = " (torchvision's classification models take 3-channel images, or 1-channel ones repeated)"

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from sensreg.data import batches, load_test_split
-from sensreg.errors import UserError
+from sensreg.errors import UserError, first_line
 from sensreg.run import speed as timing
 from sensreg.run.checkpoint import load_checkpoint, saved_network
 from sensreg.run.config import DataConfig, data_problems
@@ -175,7 +175,7 @@ def write_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None
         torch.export.save(program, path)
     except Exception as err:  # noqa: BLE001 - whatever the exporter raises is the model's limit
         raise ExportError(f"torch.export cannot take this network ({type(err).__name__}: "
-                          f"{_first_line(err)}); nothing was written.") from None
+                          f"{first_line(err, 300)}); nothing was written.") from None
 
 
 def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> str | None:
@@ -196,7 +196,7 @@ def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> str
                               external_data=False)  # one self-contained file (weights inside: under 2 GB)
     except Exception as err:  # noqa: BLE001
         raise ExportError(f"the ONNX exporter cannot take this network ({type(err).__name__}: "
-                          f"{_first_line(err)}); nothing was written.") from None
+                          f"{first_line(err, 300)}); nothing was written.") from None
     return None
 
 
@@ -207,7 +207,3 @@ def _error(run, split, batch_size: int) -> float:
         wrong += int((run(x).argmax(dim=1) != y).sum())
     return wrong / len(split)
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else "no message"

@@ -105,11 +105,10 @@ def occupied(folder: Path) -> str | None:
     a run, or files a run did not write (a run never writes over a user's files)."""
     if (folder / LOCK_NAME).exists() and not writer_gone(folder):
         return RunLock(folder).busy()
-    if (folder / SUMMARY_NAME).exists() and not _ended_before_its_first_epoch(folder):
-        return (f"the run folder {folder} already holds a run (summary.json). Add trainer.resume=true to "
-                f"continue it, or choose another hydra.run.dir.")
-    if (folder / SUMMARY_NAME).exists():
-        return None  # a run that ended before its first epoch: nothing to lose, taken over
+    if (folder / SUMMARY_NAME).exists():  # a run that ended before its first epoch: nothing to lose, taken over
+        return None if _ended_before_its_first_epoch(folder) else (
+            f"the run folder {folder} already holds a run (summary.json). Add trainer.resume=true to continue "
+            f"it, or choose another hydra.run.dir.")
     try:
         # (Hidden files count: a project folder's .git is the user's; a run's own temporary
         # files, .NAME.*.tmp, left by a kill, do not.)
@@ -403,7 +402,7 @@ class RunFolder:
             record.errors[CONFIG_NAME] = err
         if self.metrics_path.exists():
             try:
-                _read_regular(self.metrics_path, check_only=True)
+                _check_regular(self.metrics_path)
                 record.metrics = read_metrics(self.metrics_path)
             except (OSError, ValueError, csv.Error) as err:
                 record.errors[METRICS_NAME] = err
@@ -461,14 +460,19 @@ def _csv_value(v: Any) -> Any:
     return "" if v is None else v
 
 
-def _read_regular(path: Path, check_only: bool = False) -> str:
-    """The text of ``path`` if it is a regular file; an OSError for anything else (a FIFO or a
-    device would block the reader for ever, a folder cannot be read)."""
-    mode = os.stat(path).st_mode  # (FileNotFoundError for a missing file, as reading would raise)
+def _check_regular(path: Path) -> None:
+    """An OSError unless ``path`` is a regular file (a FIFO or a device would block its reader for
+    ever, a folder cannot be read); FileNotFoundError for a missing one, as reading would raise."""
+    mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
         raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
-    return "" if check_only else path.read_text(encoding="utf-8")
+
+
+def _read_regular(path: Path) -> str:
+    """The text of ``path``, a regular file (``_check_regular``)."""
+    _check_regular(path)
+    return path.read_text(encoding="utf-8")
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
