@@ -3,9 +3,11 @@
 
 Times the real training step (``sensreg.run.loop.TrainStep``: forward, loss gradient, sensitivity,
 shrink, optimizer step, masks) for LeNet-300-100 and LeNet-5 on MNIST, for sens none, loss,
-spec and unspec, each also with the per-sample reduction (``spec/sample``: sens.reduction=sample),
-side by side in one process on one machine, and prints the ratio of each to ``none`` and of each
-per-sample variant to its batch reduction. Half of the prunable weights are pruned first so that the masking work is included.
+spec, unspec and neuron (SeReNe's per-unit sensitivity), spec and unspec also with the
+per-sample reduction (``spec/sample``: sens.reduction=sample), side by side in one process on
+one machine, and prints the ratio of each to ``none`` and of each per-sample variant to its
+batch reduction. Half of the prunable weights are pruned first so that the masking work is
+included.
 Variants are timed in interleaved rounds so that drift in machine load hits all of them alike.
 
     python scripts/bench_overhead.py                      # 200 steps per variant and model
@@ -35,7 +37,7 @@ from sensreg.method.sensitivity import get_variant
 from sensreg.run.lifecycle import setup
 from sensreg.run.loop import TrainStep, build_optimizer
 
-VARIANTS = ("none", "loss", "spec", "unspec", "spec/sample", "unspec/sample")
+VARIANTS = ("none", "loss", "spec", "unspec", "neuron", "spec/sample", "unspec/sample")
 TARGETS = {"loss": 1.1, "spec": 1.7, "unspec": 4.0}
 
 
@@ -49,7 +51,7 @@ def make_step(cfg: TrainConfig, data, model, variant: str) -> TrainStep:
     return TrainStep(model, optimizer, get_variant(variant), masks,
                      prunable_names(model, cfg.sens.params, cfg.prune.batchnorm),
                      cfg.sens.output, cfg.sens.classes, torch.Generator().manual_seed(1),
-                     cfg.trainer.precision, cfg.trainer.compile, reduction=reduction or "batch")
+                     cfg.trainer.precision, cfg.trainer.compile, reduction=reduction or None)
 
 
 def time_steps(step: TrainStep, data, batch_size: int, n_steps: int, device: torch.device,

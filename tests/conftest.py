@@ -86,6 +86,27 @@ def unspec_reference(model, x, output):
     return [j.abs().mean(dim=0) for j in mean_output_jacobian(model, x, output)]
 
 
+def neuron_reference(model, x, output):
+    """(1/C) sum_k mean_n |d o_{n,k} / d b_j| of each linear layer's unit j, from per-sample
+    bias gradients (for a linear unit, the derivative by its pre-activation is that by its
+    bias), given to the unit's row of the weight and to its bias."""
+    params = list(model.parameters())
+    with torch.no_grad():
+        num_classes = model(x[:1]).shape[1]
+    total = [torch.zeros_like(p) for p in params]
+    for k in range(num_classes):
+        for n in range(x.shape[0]):
+            grads = torch.autograd.grad(_output(model(x[n:n + 1]), output)[0, k], params, allow_unused=True)
+            for t, g in zip(total, grads):
+                if g is not None:
+                    t += g.abs()
+    out = []
+    for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
+        unit = total[[id(p) for p in params].index(id(layer.bias))] / (num_classes * x.shape[0])
+        out += [unit[:, None].expand_as(layer.weight).clone(), unit]
+    return out
+
+
 @pytest.fixture
 def ref() -> SimpleNamespace:
     """Independent reference computations (see the module docstring)."""
@@ -96,6 +117,7 @@ def ref() -> SimpleNamespace:
         loss_gradient=loss_gradient,
         spec=spec_reference,
         unspec=unspec_reference,
+        neuron=neuron_reference,
     )
 
 

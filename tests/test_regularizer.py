@@ -208,6 +208,8 @@ def expected_update(ref, model, x, y, sens_name, regularized):
         sbar = [torch.clamp(1 - s, min=0) for s in ref.unspec(model, x, "logits")]
     elif sens_name == "loss":
         sbar = [torch.clamp(1 - g.abs(), min=0) for g in grad]
+    elif sens_name == "neuron":
+        sbar = [torch.clamp(1 - s, min=0) for s in ref.neuron(model, x, "logits")]
     elif sens_name == "l2":
         sbar = [torch.ones_like(p) for p in w]
     else:  # none
@@ -216,17 +218,17 @@ def expected_update(ref, model, x, y, sens_name, regularized):
             for n, wi, gi, si in zip(names, w, grad, sbar)], sbar
 
 
-@pytest.mark.parametrize("sens_name", ["spec", "unspec", "loss", "l2", "none"])
+@pytest.mark.parametrize("sens_name", ["spec", "unspec", "loss", "neuron", "l2", "none"])
 @pytest.mark.parametrize("which", ["all", "weights"])
 def test_train_step_equals_hand_built_update(sens_name, which, batch, ref):
     x, y = batch
     x = 2.0 * x  # with a steeper last layer: sensitivities on both sides of 1
     model = ref.mlp()
-    with torch.no_grad():
-        model[2].weight.mul_(4.0)
+    with torch.no_grad():  # (a unit's S averages over the classes: steeper still for neuron)
+        model[2].weight.mul_(10.0 if sens_name == "neuron" else 4.0)
     regularized = prunable_names(model, which)
     expected, sbar = expected_update(ref, model, x, y, sens_name, regularized)
-    if sens_name in ("spec", "unspec"):  # the clamp is exercised: some S > 1, most S < 1
+    if sens_name in ("spec", "unspec", "neuron"):  # the clamp is exercised: some S > 1, most S < 1
         all_sbar = torch.cat([s.flatten() for s in sbar])
         assert bool((all_sbar == 0).any()) and bool((all_sbar > 0.5).any())
 

@@ -6,6 +6,7 @@ central finite differences of the batch-mean output with respect to single param
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import Counter
 
@@ -24,6 +25,7 @@ from sensreg.method.sensitivity import (
     gradients_and_sensitivity,
     loss_based,
     output_of,
+    tape_for,
     unspecific,
 )
 
@@ -280,20 +282,24 @@ def test_loss_based_is_abs_of_loss_gradient(batch, ref):
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
-@pytest.mark.parametrize("name", ["spec", "unspec", "loss", "l2", "none"])
+@pytest.mark.parametrize("name", ["spec", "unspec", "loss", "neuron", "l2", "none"])
 def test_gradients_and_sensitivity(name, output, batch, ref):
     model = ref.mlp(act="relu")
     x, y = batch
     params = list(model.parameters())
-    logits = model(x)
+    variant = get_variant(name)
+    tape = tape_for(variant, model, params, variant.reductions[0])
+    with tape.record() if tape is not None else contextlib.nullcontext():
+        logits = model(x)
     loss = F.cross_entropy(logits, y)
-    grads, sens = gradients_and_sensitivity(get_variant(name), logits, loss, y, params, output)
+    grads, sens = gradients_and_sensitivity(variant, logits, loss, y, params, output, tape=tape)
     loss_grad = ref.loss_gradient(model, x, y)
     assert_all_close(grads, loss_grad, **TIGHT)
     expected = {
         "spec": lambda: ref.spec(model, x, y, output),
         "unspec": lambda: ref.unspec(model, x, output),
         "loss": lambda: [g.abs() for g in loss_grad],
+        "neuron": lambda: ref.neuron(model, x, output),
         "l2": lambda: None,
         "none": lambda: None,
     }[name]()
@@ -325,10 +331,10 @@ def test_gradients_and_sensitivity_sampled_unspec_uses_the_generator(batch, ref)
 
 
 def test_variant_registry():
-    assert set(VARIANTS) == {"spec", "unspec", "loss", "l2", "none"}
+    assert set(VARIANTS) == {"spec", "unspec", "loss", "neuron", "l2", "none"}
     assert get_variant("none").regularizes is False
     assert get_variant("l2").regularizes and not get_variant("l2").uses_sensitivity
-    for name in ("spec", "unspec", "loss"):
+    for name in ("spec", "unspec", "loss", "neuron"):
         assert get_variant(name).regularizes and get_variant(name).uses_sensitivity
 
 

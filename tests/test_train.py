@@ -25,7 +25,7 @@ def metrics(run_dir) -> list[dict]:
 @pytest.mark.parametrize("model", ["lenet300", "lenet5"])
 @pytest.mark.parametrize("sens", list(VARIANTS))
 def test_every_variant_trains_on_every_model(tmp_path, model, sens):
-    cfg = config(model={"name": model}, sens={"name": sens, "lam": 1e-3},
+    cfg = config(model={"name": model}, sens={"name": sens, "lam": 1e-3, "reduction": VARIANTS[sens].reductions[0]},
                  trainer={"epochs": 1}, prune={"name": "fixed", "threshold": 1e-2})
     summary = train(cfg, tmp_path)
     assert summary["status"] == "completed"

@@ -14,6 +14,8 @@ Variants (``VARIANTS``):
   products (in one batched autograd call, or in a loop where that is faster); or an unbiased
   estimate over K sampled classes.
 - ``loss``: S = |dL/dw| (LOBSTER), read off the loss gradient: no extra backward.
+- ``neuron``: S of a unit (SeReNe), mean_k mean_n |d o_{n,k} / d z_unit|, given to every
+  parameter of the unit (``neuron.py``). C backward passes to the layers' outputs (or K sampled).
 - ``l2``: no sensitivity; the regularizer treats every parameter as fully insensitive (plain
   decoupled weight decay).
 - ``none``: no sensitivity and no regularization (the control).
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sensreg.method.neuron import UnitTape
 from sensreg.method.per_sample import LayerTape
 
 OUTPUTS = ("logits", "probs")
@@ -137,7 +140,7 @@ class Pass:
     loss_scale: Tensor | float | None = None
     total: int | None = None
     reduce: Reduce | None = None
-    tape: LayerTape | None = None
+    tape: LayerTape | UnitTape | None = None
     retain_graph: bool = False
 
 
@@ -192,6 +195,14 @@ def loss_per_sample(p: Pass) -> list[Tensor]:
     return p.tape.abs_grad_sums([F.cross_entropy(p.logits, p.targets, reduction="sum") / n], p.retain_graph)
 
 
+def neuron_of_units(p: Pass) -> list[Tensor]:
+    """(1/C) sum_k over the (sampled) classes of mean_n mean_p |d o_{n,k} / d z_{n,unit,p}|, the
+    unit's value for each of its parameters (``neuron.py``; ``p.tape`` a ``UnitTape``)."""
+    means = batch_mean(output_of(p.logits, p.output), p.total)  # (C,): each a sum of per-sample terms
+    rows = class_rows(means.shape[0], p.classes, p.generator, means.device)
+    return p.tape.per_parameter(p.tape.unit_sensitivities(means[rows], p.retain_graph, p.batched))
+
+
 @dataclass(frozen=True)
 class Variant:
     """A sensitivity variant: whether it shrinks, and how its S is computed (None: no S, the
@@ -206,10 +217,18 @@ class Variant:
     # the graph for them. Its cost beyond the loss gradient, for the docs: extra_backward.
     output_backward: bool = False
     extra_backward: str = "none"
+    # S of whole units (neuron.py): the forward pass records the layers' outputs (a UnitTape),
+    # and S is by definition a mean over the samples (the sample reduction only).
+    units: bool = False
 
     @property
     def uses_sensitivity(self) -> bool:
-        return self.of_batch is not None
+        return self.of_batch is not None or self.per_sample is not None
+
+    @property
+    def reductions(self) -> tuple[str, ...]:
+        """The reductions this variant's S is defined for (``REDUCTIONS``)."""
+        return ("sample",) if self.units else REDUCTIONS
 
 
 VARIANTS: dict[str, Variant] = {
@@ -218,6 +237,8 @@ VARIANTS: dict[str, Variant] = {
     "unspec": Variant("unspec", True, "unspecific: mean_k |d o_k / d w|", unspec_of_batch, unspec_per_sample,
                       output_backward=True, extra_backward="C (or K) batched VJPs"),
     "loss": Variant("loss", True, "loss-based (LOBSTER): |dL/dw|", loss_of_batch, loss_per_sample),
+    "neuron": Variant("neuron", True, "neuron-level (SeReNe): mean_k mean_n |d o_k / d z_unit|", None,
+                      neuron_of_units, extra_backward="C (or K) VJPs to the layer outputs", units=True),
     "l2": Variant("l2", True, "plain decoupled weight decay (insensitivity = 1)"),
     "none": Variant("none", False, "no regularization (control)"),
 }
@@ -245,6 +266,17 @@ def get_variant(name: str) -> Variant:
 # 2 CPU cores, 76 ms against 102 ms per exact unspecific step. Without them (LeNet-300-100) the
 # batched call wins: 3.7 ms against 4.8 ms.
 _NO_BATCH_RULE = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd)
+
+
+def tape_for(variant: Variant, model: nn.Module, params: list[Tensor], reduction: str) -> LayerTape | UnitTape | None:
+    """What the forward pass must record for ``variant``'s S of ``params``: the layers' outputs
+    (``neuron``), their inputs and outputs (the ``sample`` reduction), or nothing. Raises the
+    tape's user error where the network has a layer it cannot record."""
+    if variant.units:
+        return UnitTape(model, params)
+    if reduction == "sample" and variant.uses_sensitivity:
+        return LayerTape(model, params)
+    return None
 
 
 def batched_vjps_are_faster(model: nn.Module) -> bool:
@@ -298,6 +330,9 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
     # norm) than bfloat16 (0.2-1.4 %); at most 22 of LeNet-5's 431,080 entries underflowed to
     # zero, each with a float32 sensitivity below 1e-5. A scale of 1024 left the relative error
     # unchanged (to 1e-4) and would risk overflow (S above 64), which would need its own check.
+    if variant.units and tape is None:
+        raise ValueError(f"variant {variant.name!r} needs the layers' outputs of the forward pass: record it "
+                         f"with tape_for(...).record()")
     sample = tape is not None and variant.uses_sensitivity
     separate = sample and sens_logits is not None and sens_logits is not logits
     # The graph is kept for the sensitivity's own backward passes: the outputs' (batch
@@ -313,7 +348,7 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
         return grads, None
     if sample:
         sens = variant.per_sample(Pass(logits if sens_logits is None else sens_logits, targets, params, grads,
-                                       output, classes, generator, total=total, tape=tape))
+                                       output, classes, generator, batched, total=total, tape=tape))
         if reduce is not None:  # per-sample absolute values add up over the processes' samples
             reduce(grads + sens)
         return grads, sens

@@ -21,13 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sensreg.method.per_sample import LayerTape, has_batch_statistics, held_batch_statistics
+from sensreg.method.per_sample import has_batch_statistics, held_batch_statistics
 from sensreg.method.pruning import Masks, prunable_names
 from sensreg.method.regularizer import insensitivity_stats, rescale_, shrink_
-from sensreg.method.sensitivity import Variant, batched_vjps_are_faster, get_variant, gradients_and_sensitivity
-
-
-REDUCTIONS = ("batch", "sample")
+from sensreg.method.sensitivity import (Variant, batched_vjps_are_faster, get_variant, gradients_and_sensitivity,
+                                        tape_for)
 
 
 def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -58,9 +56,10 @@ class SensitivityStep:
     of normalization layers (``prunable_names(model, "all")``, as ``sensreg train`` does), all
     kept. ``regularize``: the names of the parameters the shrink acts on (default: the masks'
     parameters). ``output``: S of the ``logits`` or of the softmax ``probs``; ``classes`` and
-    ``generator``: the classes drawn per step by ``unspec`` (None: all). ``reduction``: ``batch``
-    (|d mean_n o_n / dw|) or ``sample`` (mean_n |d o_n / dw|, from the layers ``forward``
-    records: the logits must come from it, as they do when the step is called);
+    ``generator``: the classes drawn per step by ``unspec`` and ``neuron`` (None: all).
+    ``reduction``: ``batch`` (|d mean_n o_n / dw|) or ``sample`` (mean_n |d o_n / dw|, from the
+    layers ``forward`` records: the logits must come from it, as they do when the step is
+    called); None: the variant's own (``sample`` for ``neuron``, which has no other, else ``batch``);
     ``scale``, ``gamma``, ``scale_over``: how S is brought to the bound at 1 (``rescale_``).
     ``forward``: what computes the logits (default: the model; ``torch.compile(model)``, say).
     Frozen parameters (requires_grad False) are neither trained nor regularized.
@@ -69,13 +68,15 @@ class SensitivityStep:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, variant: str | Variant = "spec", *,
                  masks: Masks | None = None, regularize: Sequence[str] | None = None, output: str = "logits",
                  classes: int | None = None, generator: torch.Generator | None = None,
-                 reduction: str = "batch", scale: str = "none", gamma: float = 1.0, scale_over: str = "tensor",
+                 reduction: str | None = None, scale: str = "none", gamma: float = 1.0, scale_over: str = "tensor",
                  batched: bool | None = None, forward: Callable[[Tensor], Tensor] | None = None):
         self.model, self.optimizer = model, optimizer
         self.forward_fn = model if forward is None else forward
         self.variant = get_variant(variant) if isinstance(variant, str) else variant
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction={reduction!r} is not one of {', '.join(REDUCTIONS)}")
+        reduction = self.variant.reductions[0] if reduction is None else reduction
+        if reduction not in self.variant.reductions:
+            raise ValueError(f"reduction={reduction!r} is not one of {', '.join(self.variant.reductions)} "
+                             f"(the reductions of variant {self.variant.name!r})")
         _check_optimizer(model, optimizer)
         self.masks = masks if masks is not None else Masks(model, prunable_names(model, "all"))
         _check_masks(model, self.masks)
@@ -94,8 +95,9 @@ class SensitivityStep:
         self.scale, self.gamma, self.scale_over = scale, gamma, scale_over
         # One batched VJP for all of unspec's classes where the layers have a batching rule.
         self.batched = batched_vjps_are_faster(model) if batched is None else batched
-        # The sample reduction records each layer's input and output gradient in the forward pass.
-        self.tape = LayerTape(model, self.params) if reduction == "sample" and self.variant.uses_sensitivity else None
+        # The sample reduction records each layer's input and output in the forward pass; neuron
+        # records the outputs.
+        self.tape = tape_for(self.variant, model, self.params, reduction)
         self.held_statistics = self.tape is not None and has_batch_statistics(model)
         # Kept-entry masks of the regularized tensors (None: not prunable), for insensitivity_stats.
         self.reg_kept = [self.masks.factors[self.masks.names.index(n)] if n in self.masks.names else None

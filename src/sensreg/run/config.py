@@ -36,11 +36,12 @@ from sensreg.models import (EXTERNAL, MODELS, OPTIMIZER_LR, UnknownModel, build_
 from sensreg.run.config_keys import LATER_KEYS, NOT_COMPUTATION, NOT_EXPERIMENT
 from sensreg.run.precision import PRECISIONS
 from sensreg.method.prune_schedules import PruneConfig, PRUNE_SCHEDULES, is_gradual, target_sparsity
-from sensreg.method.per_sample import LayerTape, PerSampleError
+from sensreg.method.neuron import UnitError
+from sensreg.method.per_sample import PerSampleError
 from sensreg.method.pruning import prunable_names
 from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction
 from sensreg.method.regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULE_KEYS, SCHEDULES, lambda_schedule
-from sensreg.method.sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
+from sensreg.method.sensitivity import OUTPUTS, REDUCTIONS, VARIANTS, tape_for
 
 OPTIMIZERS = ("sgd", "adam")
 PRUNE_SCOPES = ("global", "layer")  # one threshold on |w|, or τ·σ_l per tensor (pruning.Masks.scales)
@@ -120,7 +121,7 @@ class SensConfig:
     lam: float = 3e-4  # shrink strength: w <- w - lam * w * max(0, 1 - S) every step
     output: str = "logits"  # the output o that S differentiates: logits (z) or probs (softmax(z))
     params: str = "all"  # which tensors are regularized: all (weights and biases) or weights
-    # unspec only: None = exact over all C classes; K = unbiased estimate over K sampled classes
+    # unspec and neuron: None = exact over all C classes; K = unbiased estimate over K sampled classes
     classes: int | None = None
     # batch: |d mean_n o_n / dw|; sample: mean_n |d o_n / dw| (per_sample.py)
     reduction: str = "batch"
@@ -312,6 +313,11 @@ class TrainConfig:
         p.choice("sens.output", self.sens.output, OUTPUTS)
         p.choice("sens.params", self.sens.params, PARAM_SETS)
         p.choice("sens.reduction", self.sens.reduction, REDUCTIONS)
+        variant = VARIANTS.get(self.sens.name)
+        if variant is not None and self.sens.reduction in REDUCTIONS and self.sens.reduction not in variant.reductions:
+            p.append(f"sens.reduction={self.sens.reduction} is not defined for sens={variant.name}, whose "
+                     f"sensitivity is by definition a mean over the samples of each one's: drop "
+                     f"sens.reduction (its option sets {variant.reductions[0]}).")
         p.choice("sens.scale", self.sens.scale, SCALES)
         p.choice("sens.scale_over", self.sens.scale_over, SCALE_OVER)
         if not (isinstance(self.sens.gamma, (int, float)) and 0 < self.sens.gamma < float("inf")):
@@ -495,11 +501,11 @@ class TrainConfig:
                 return [f"prune.target={self.prune.target} would keep {kept} of the network's {total:,} prunable "
                         f"parameters, fewer than one for each of its {len(names)} tensors: a target beyond "
                         f"the network. Give at most {total // len(names):,}x."]
-        if self.sens.reduction == "sample" and VARIANTS[self.sens.name].uses_sensitivity:
-            try:
-                LayerTape(model, [p for p in model.parameters() if p.requires_grad])
-            except PerSampleError as err:
-                return [f"model.name={self.model.name}: {err}"]
+        try:
+            tape_for(VARIANTS[self.sens.name], model, [p for p in model.parameters() if p.requires_grad],
+                     self.sens.reduction)
+        except (PerSampleError, UnitError) as err:
+            return [f"model.name={self.model.name}: {err}"]
         return []
 
     def _cannot_train(self, name: str, inputs: str, err: BaseException, shape, external: bool) -> str:

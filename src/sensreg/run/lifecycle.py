@@ -169,7 +169,7 @@ def useless_settings(cfg: TrainConfig, train_size: int, num_classes: int) -> lis
     if cfg.trainer.batch_size > train_size:
         found.append(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training split "
                      f"({train_size} samples): every epoch is one step over all of them.")
-    if cfg.sens.name == "unspec" and cfg.sens.classes is not None and cfg.sens.classes >= num_classes:
+    if cfg.sens.name in ("unspec", "neuron") and cfg.sens.classes is not None and cfg.sens.classes >= num_classes:
         found.append(f"sens.classes={cfg.sens.classes} is not fewer than the dataset's {num_classes} "
                      f"classes: the exact sensitivity over all of them is computed (sens.classes=null).")
     epochs = cfg.trainer.epochs

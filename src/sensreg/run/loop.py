@@ -58,7 +58,7 @@ class TrainStep:
                  masks: Masks, regularized: list[str], output: str = "logits",
                  classes: int | None = None, generator: torch.Generator | None = None,
                  precision: str = "fp32", compile: bool = False, dist: Dist = SINGLE,
-                 reduction: str = "batch", scale: str = "none", gamma: float = 1.0,
+                 reduction: str | None = None, scale: str = "none", gamma: float = 1.0,
                  scale_over: str = "tensor"):
         self.optimizer = optimizer
         # Inductor's compiled backward calls out= kernels (aten::mm.out) that have no rule in

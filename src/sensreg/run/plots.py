@@ -16,8 +16,8 @@ from sensreg.atomic import write_atomic
 
 # One colour per sensitivity variant, the same in every plot; other names take the rest in turn.
 VARIANT_COLORS = {"spec": "tab:blue", "unspec": "tab:orange", "loss": "tab:green", "l2": "tab:red",
-                  "none": "tab:gray"}
-_SPARE_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+                  "neuron": "tab:purple", "none": "tab:gray"}
+_SPARE_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 # Reference methods get their own marker shapes, so they never look like runs.
 _REF_MARKERS = ("D", "^", "s", "v", "P", "X")
 _BUDGET_MARKERS = ("o", "s", "^", "D", "v", "P")  # runs of different training budgets

@@ -243,10 +243,11 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
 
     from sensreg.run.config import DataConfig
     from sensreg.data import DatasetMissing, batches, load_dataset
-    from sensreg.method.per_sample import LayerTape, PerSampleError
+    from sensreg.method.neuron import UnitError
+    from sensreg.method.per_sample import PerSampleError
     from sensreg.method.pruning import prunable_names
     from sensreg.method.regularizer import insensitivity, rescale_
-    from sensreg.method.sensitivity import batched_vjps_are_faster, get_variant, gradients_and_sensitivity
+    from sensreg.method.sensitivity import batched_vjps_are_faster, get_variant, gradients_and_sensitivity, tape_for
 
     try:  # (the config as this version reads it: upgrade_config)
         sens_cfg, prune_cfg, trainer, data_cfg = cfg["sens"], cfg["prune"], cfg["trainer"], cfg["data"]
@@ -273,8 +274,8 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
     total_bar = [torch.zeros_like(params[i]) for i in regularized]
     model.eval()  # no dropout or batch statistics: S of the network as it will be used
     try:
-        tape = LayerTape(model, params) if sens_cfg["reduction"] == "sample" else None
-    except PerSampleError as err:
+        tape = tape_for(variant, model, params, sens_cfg["reduction"])
+    except (PerSampleError, UnitError) as err:
         raise _Skip(str(err)) from None
     done = 0
     for x, y in batches(ds.train, batch_size, shuffle=True, generator=order):
