@@ -17,7 +17,8 @@ The method, for a loop of your own (``examples/own_loop.py`` is one, run by the 
 a loop that needs them apart:
 
 - ``gradients_and_sensitivity``: the loss gradient and S of a variant (``VARIANTS``: spec,
-  unspec, loss, l2, none) from one forward pass; ``rescale_`` brings S to the bound at 1.
+  unspec, loss, neuron, l2, none) from one forward pass (``tape_for``: what that pass records
+  for neuron and the sample reduction); ``rescale_`` brings S to the bound at 1.
 - ``shrink_``: w <- w (1 - lam max(0, 1 - S)), in place.
 - ``Masks``: pruned entries stay exactly zero (weights, gradients, momentum and Adam moments);
   ``prunable_names`` picks the parameters.
@@ -43,7 +44,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "SensitivityStep": "sensreg.method.step",
     "gradients_and_sensitivity": "sensreg.method.sensitivity", "VARIANTS": "sensreg.method.sensitivity",
-    "Variant": "sensreg.method.sensitivity",
+    "Variant": "sensreg.method.sensitivity", "tape_for": "sensreg.method.sensitivity",
     "rescale_": "sensreg.method.regularizer", "shrink_": "sensreg.method.regularizer",
     "insensitivity": "sensreg.method.regularizer",
     "Masks": "sensreg.method.pruning", "prunable_names": "sensreg.method.pruning",
