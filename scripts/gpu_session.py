@@ -40,6 +40,10 @@ START = time.monotonic()
 CAPS = {"smoke": 120, "speed": 90}
 END = float(os.environ.get("SESSION_SECONDS", 500))
 REHEARSAL_CAPS = {"smoke": 240, "speed": 120, "campaign": 120}
+# The rehearsal's clock runs this many times slower than the wall clock, so that on a loaded or
+# slow machine every cap and timeout stretches alike and the rehearsal does what it would do on an
+# idle one (the tests set it: a loaded CI machine must not make the session run out of time).
+SLOWDOWN = float(os.environ.get("REHEARSAL_SLOWDOWN", 1)) if REHEARSAL else 1.0
 RUNS = Path(os.environ.get("RUNS", "/tmp/gpu_session_runs"))  # run folders; the archive takes the campaign's
 MIN_EPOCHS = 100  # a campaign run shorter than this says little: fewer runs rather than shorter ones
 PYTHON = sys.executable
@@ -58,8 +62,13 @@ def say(message: str) -> None:
     print(f"[{time.monotonic() - START:6.1f} s] {message}", flush=True)
 
 
+def clock() -> float:
+    """Seconds since the start, on the session's clock (``SLOWDOWN``)."""
+    return (time.monotonic() - START) / SLOWDOWN
+
+
 def left(cap_end: float) -> float:
-    return cap_end - (time.monotonic() - START)
+    return cap_end - clock()
 
 
 def write_json(name: str, data) -> None:
@@ -72,7 +81,7 @@ def write_json(name: str, data) -> None:
 def sensreg(*args: str, timeout: float, log: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [PYTHON, "-m", "sensreg", *args]
     try:
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(timeout, 1))
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(timeout, 1) * SLOWDOWN)
     except subprocess.TimeoutExpired as err:
         done = subprocess.CompletedProcess(cmd, 124, err.stdout or "", f"timed out after {timeout:.0f} s")
     if log is not None:
@@ -100,7 +109,7 @@ SMOKE_RUNS = [(v, [f"sens={v}"]) for v in ("none", "l2", "loss", "spec", "unspec
 def smoke(cap_end: float) -> dict:
     results: dict = {"device": DEVICE, "runs": {}}
     tests = subprocess.run([PYTHON, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
-                           cwd=REPO, capture_output=True, text=True, timeout=max(left(cap_end) - 60, 10))
+                           cwd=REPO, capture_output=True, text=True, timeout=max(left(cap_end) - 60, 10) * SLOWDOWN)
     (OUT / "gpu_tests.log").write_text(tests.stdout + tests.stderr)
     results["gpu_tests"] = {"exit": tests.returncode, "last_line": (tests.stdout.strip().splitlines() or [""])[-1]}
     say(f"gpu-marked tests: {results['gpu_tests']['last_line']}")
@@ -164,7 +173,7 @@ print(json.dumps({"counted": True, "steps": len(xs) - 3, "syncs": len(caught),
                   "where": sorted({str(w.message)[:160] for w in caught})[:10]}))
 """
     try:
-        done = subprocess.run([PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+        done = subprocess.run([PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60 * SLOWDOWN)
         return json.loads(done.stdout.strip().splitlines()[-1])
     except (subprocess.TimeoutExpired, ValueError, IndexError) as err:
         return {"counted": False, "why": f"{type(err).__name__}: {err}"}
@@ -178,7 +187,7 @@ def speed(cap_end: float) -> dict:
         bench += ["--data", "synthetic", "--models", "lenet300", "--steps", "3", "--rounds", "1", "--warmup", "1",
                   "--variants", "none", "spec", "--resnet", "no"]
     try:
-        subprocess.run(bench, cwd=REPO, timeout=max(left(cap_end) - 40, 5), check=False)
+        subprocess.run(bench, cwd=REPO, timeout=max(left(cap_end) - 40, 5) * SLOWDOWN, check=False)
     except subprocess.TimeoutExpired:
         say("benchmark: out of time")
     rates: dict[int, float] = {}
@@ -194,7 +203,7 @@ def speed(cap_end: float) -> dict:
 def concurrent_rate(k: int, timeout: float) -> float:
     """Epochs per minute of ``k`` LeNet-5 spec runs on the device together (0 where none ends)."""
     epochs = 1 if REHEARSAL else 3
-    procs, t0 = [], time.monotonic()
+    procs, t0 = [], clock()
     for i in range(k):
         cmd = [PYTHON, "-m", "sensreg", "train", "experiment=lenet5_spec", *DATA, f"trainer.epochs={epochs}",
                f"trainer.device={DEVICE}", "trainer.progress=false", "trainer.checkpoint_every=0",
@@ -203,10 +212,10 @@ def concurrent_rate(k: int, timeout: float) -> float:
     ok = 0
     for p in procs:
         try:
-            ok += p.wait(timeout=max(timeout - (time.monotonic() - t0), 1)) == 0
+            ok += p.wait(timeout=max(timeout - (clock() - t0), 1) * SLOWDOWN) == 0
         except subprocess.TimeoutExpired:
             p.kill()
-    minutes = (time.monotonic() - t0) / 60
+    minutes = (clock() - t0) / 60
     return ok * epochs / minutes if ok else 0.0
 
 
@@ -286,7 +295,7 @@ def main() -> None:
     for name, fn in (("smoke", smoke), ("speed", speed), ("campaign", campaign)):
         # Each phase ends by its cap or where the session must end, whichever comes first; in the
         # rehearsal (a CPU, slower) every cap counts from the phase's own start.
-        now = time.monotonic() - START
+        now = clock()
         cap_end = now + REHEARSAL_CAPS[name] if REHEARSAL else min(now + CAPS.get(name, END), END)
         t0 = time.monotonic()
         say(f"phase {name}: until {cap_end:.0f} s")

@@ -257,6 +257,10 @@ def stop_at_step(monkeypatch, n: int, signum=signal.SIGINT) -> None:
 
 
 # The arguments of a tiny CLI training run: synthetic data, two epochs, on the CPU.
+# Seconds after which a subprocess or a wait is taken to hang. Far beyond what the slowest, most
+# loaded machine takes, so that no test depends on the machine's speed: only a hang fails them.
+HANG_S = 1800
+
 TINY = ["~experiment", "data=synthetic", "data.num_train=400", "data.num_test=200", "trainer.epochs=2",
         "trainer.device=cpu", "trainer.batch_size=50"]
 
@@ -267,7 +271,7 @@ def sensreg(*args: str, cwd: Path, module: bool = False, env: dict[str, str] | N
     HYDRA_FULL_ERROR is emptied (Hydra's short error messages, as a user sees them)."""
     cmd = [sys.executable, "-m", "sensreg", *args] if module else ["sensreg", *args]
     extra = {"HYDRA_FULL_ERROR": ""} if env is None else env
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, **extra})
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=HANG_S, env={**os.environ, **extra})
 
 
 def run_dirs(root: Path) -> list[Path]:

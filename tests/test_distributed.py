@@ -28,7 +28,7 @@ from sensreg.run.lifecycle import resume_state, train
 from sensreg.run.loop import TrainStep
 from sensreg.run.train_state import load_training_state
 
-from conftest import config, parametrized, stop_at_step
+from conftest import HANG_S, config, parametrized, stop_at_step
 
 
 def free_port() -> int:
@@ -278,7 +278,7 @@ def test_torchrun_writes_one_run_folder_with_one_summary(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "sensreg", "train", "~experiment", "model=resnet20", "data=synthetic", "data.num_train=200",
          "trainer.device=cpu", "trainer.epochs=1", "trainer.progress=false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = list((tmp_path / "outputs").rglob("summary.json"))
     assert len(summaries) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_in_process, sensreg
+from conftest import HANG_S, run_in_process, sensreg
 from sensreg.run.folder import LOCK_NAME
 
 # A tiny finished run: LeNet-300-100 on generated 28x28 images, two epochs of magnitude pruning
@@ -117,7 +117,7 @@ def test_the_files_run_without_sensreg_and_give_the_compacted_networks_logits(fi
         "torch.save(torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]), 'onnx.pt')\n"
         "program(x[:3]); session.run(None, {'images': x[:3].numpy()})  # any batch size\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": ""}, timeout=300)
+                          env={**os.environ, "PYTHONPATH": ""}, timeout=HANG_S)
     assert done.returncode == 0, done.stderr
     assert torch.allclose(torch.load(tmp_path / "pt2.pt"), expected, atol=1e-5)
     assert torch.allclose(torch.load(tmp_path / "onnx.pt"), expected, atol=1e-4)

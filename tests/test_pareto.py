@@ -11,7 +11,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from conftest import run_in_process, stop_at_step  # noqa: E402
+from conftest import HANG_S, run_in_process, stop_at_step  # noqa: E402
 from sensreg.commands.compare import compare  # noqa: E402
 from sensreg.commands.pareto import objectives, search_space, trials_done  # noqa: E402
 
@@ -173,7 +173,7 @@ def test_a_pareto_sweep_through_submitits_launcher_runs_trials_in_parallel_and_c
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for total in (2, 3):
         out = subprocess.run([*cmd, f"hydra.sweeper.n_trials={total}"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300, env=env)
+                             text=True, timeout=HANG_S, env=env)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     study = load(sweep_dir)
     assert [t.number for t in study.trials] == [0, 1, 2]
@@ -233,15 +233,15 @@ def test_a_second_command_on_a_running_study_is_refused_and_a_stale_lock_is_take
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
     with subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=env) as first:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_S
         while not (lock.exists() and lock.stat().st_size) and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         os.kill(first.pid, signal.SIGSTOP)  # held in the middle of its sweep, lock and all
         try:
-            second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+            second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=HANG_S, env=env)
         finally:
             os.kill(first.pid, signal.SIGCONT)
-        out, err = first.communicate(timeout=120)
+        out, err = first.communicate(timeout=HANG_S)
     assert second.returncode == 2 and "Traceback" not in second.stderr
     message = " ".join(second.stderr.split())  # as one line, however the console wrapped it
     assert f"is in use by process {first.pid} on" in message and str(lock) in message

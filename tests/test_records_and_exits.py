@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_same_run, config, sensreg
+from conftest import HANG_S, assert_same_run, config, sensreg
 
 
 def test_a_missing_dataset_is_exit_2_one_message_and_no_run_folder(tmp_path):
@@ -101,7 +101,7 @@ def test_ctrl_c_during_eval_is_one_line_and_exit_130(tmp_path):
               "from sensreg.commands.cli import main\n"
               "main(sys.argv[1:])\n")
     out = subprocess.run([sys.executable, "-c", script, "eval", str(tmp_path / "run")], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert out.returncode == 130, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "interrupted" in out.stderr
@@ -202,7 +202,7 @@ def test_ctrl_c_to_the_command_in_a_threshold_search_stops_it_within_one_evaluat
     proc = subprocess.run([sys.executable, "-c", AS_AT_A_TERMINAL + script, "train", "~experiment", "data=synthetic",
                            "data.num_train=300", "data.num_test=100", "data.eval_batch_size=10", "trainer.epochs=2",
                            "trainer.device=cpu", "prune=search", "prune.patience=0", f"hydra.run.dir={run}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=HANG_S,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     out, err = proc.stdout, proc.stderr
     assert proc.returncode == 130 and "Traceback" not in err, err
@@ -235,13 +235,15 @@ def test_a_run_folder_removed_under_its_run_stops_the_run_and_is_not_made_again(
     import shutil
     import time
 
-    def under_way(run: Path) -> subprocess.Popen:
+    def under_way(run: Path, checkpointed: bool = False) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "sensreg", "train", "~experiment", "data=synthetic",
                                  "data.num_train=20000", "data.num_test=200", "trainer.epochs=100", "trainer.device=cpu",
                                  f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        deadline = time.time() + 120
-        while not ((run / "train.log").exists() and "epoch   1 " in (run / "train.log").read_text()):
+        deadline = time.time() + HANG_S
+        # (last.pt is written after the epoch's line: waited for where the message depends on it)
+        while not ((run / "train.log").exists() and "epoch   1 " in (run / "train.log").read_text()
+                   and (not checkpointed or (run / "last.pt").exists())):
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.05)
         return proc
@@ -253,15 +255,15 @@ def test_a_run_folder_removed_under_its_run_stops_the_run_and_is_not_made_again(
     proc = under_way(gone)
     gone.rename(tmp_path / "deleted")
     shutil.rmtree(tmp_path / "deleted", ignore_errors=True)  # (the run may be writing a file there)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 1 and "Traceback" not in err, err
     assert f"the run folder {gone} was removed while the run went on" in err
     assert not gone.exists()
     # Its lock file removed: another process may have taken the folder; the run writes no more.
     unlocked = tmp_path / "unlocked"
-    proc = under_way(unlocked)
+    proc = under_way(unlocked, checkpointed=True)
     (unlocked / ".lock").unlink()
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 1 and "Traceback" not in err, err
     assert f"the lock file {unlocked / '.lock'} was removed" in err and f"trainer.resume={unlocked}" in err
     assert json.loads((unlocked / "summary.json").read_text())["status"] == "running"  # left as it was
@@ -303,7 +305,7 @@ def interrupted_command(tmp_path, module: str, function: str, *args: str) -> sub
               "from sensreg.commands.cli import main\n"
               "main(sys.argv[1:])\n")
     return subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=HANG_S)
 
 
 @pytest.mark.parametrize("command, module, function", [

@@ -25,7 +25,7 @@ from sensreg.run.lifecycle import resume_state, train
 from sensreg.run.loop import TrainStep
 from sensreg.run.train_state import load_training_state
 
-from conftest import assert_same_run, composed, metrics_without_time, stop_at_step, train_config
+from conftest import HANG_S, assert_same_run, composed, metrics_without_time, stop_at_step, train_config
 
 # Deterministic CPU runs on noisy synthetic data (noise 3: the validation loss stays well above 0).
 BASE = {
@@ -288,7 +288,7 @@ def sensreg(*args: str, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen, timeout: float = HANG_S) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if (run / "train.log").exists() and f"epoch {epoch:>3} " in (run / "train.log").read_text():
@@ -302,7 +302,7 @@ def full_run_and_one_under_way(tmp_path: Path, epoch: int) -> tuple[Path, subpro
     """An uninterrupted run in tmp_path/full; then the same in tmp_path/cut, running, a moment
     after it has logged ``epoch``."""
     full = sensreg(*CLI_ARGS, f"hydra.run.dir={tmp_path / 'full'}", cwd=tmp_path)
-    assert full.wait(timeout=300) == 0, full.communicate()
+    assert full.wait(timeout=HANG_S) == 0, full.communicate()
     cut_dir = tmp_path / "cut"
     cut = sensreg(*CLI_ARGS, f"hydra.run.dir={cut_dir}", cwd=tmp_path)
     wait_for_epoch(cut_dir, epoch, cut)
@@ -314,12 +314,12 @@ def full_run_and_one_under_way(tmp_path: Path, epoch: int) -> tuple[Path, subpro
 def test_sigterm_then_resume_matches_an_uninterrupted_cli_run(tmp_path):
     cut_dir, cut = full_run_and_one_under_way(tmp_path, 1)
     cut.send_signal(signal.SIGTERM)
-    out, err = cut.communicate(timeout=120)
+    out, err = cut.communicate(timeout=HANG_S)
     assert cut.returncode == 128 + signal.SIGTERM
     assert "trainer.resume=" in err and "Traceback" not in err
     assert json.loads((cut_dir / "summary.json").read_text())["status"] == "interrupted"
     again = sensreg(*CLI_ARGS, f"trainer.resume={cut_dir}", cwd=tmp_path)
-    out, err = again.communicate(timeout=300)
+    out, err = again.communicate(timeout=HANG_S)
     assert again.returncode == 0, err
     assert_same_run(tmp_path / "full", cut_dir)
     assert not (tmp_path / "outputs").exists()  # resuming elsewhere leaves no empty run folder
@@ -330,16 +330,16 @@ def test_sigkill_loses_at_most_the_epoch_under_way_and_the_resume_matches_an_uni
     cut_dir, cut = full_run_and_one_under_way(tmp_path, 2)
     # The epoch's log line comes before its checkpoint: wait for the checkpoint itself, however
     # slow the machine, so that what the kill may lose is the epoch under way and no more.
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_S
     while not ((cut_dir / "last.pt").exists() and load_training_state(cut_dir / "last.pt")["loop"]["epoch"] >= 2):
         assert cut.poll() is None and time.time() < deadline, cut.communicate()
         time.sleep(0.05)
     cut.kill()  # SIGKILL: no handler runs, the lock and perhaps a temporary file stay
-    cut.communicate(timeout=60)
+    cut.communicate(timeout=HANG_S)
     assert json.loads((cut_dir / "summary.json").read_text())["status"] == "running"
     assert load_training_state(cut_dir / "last.pt")["loop"]["epoch"] >= 2  # at most epoch 3 lost
     again = sensreg(*CLI_ARGS, f"trainer.resume={cut_dir}", cwd=tmp_path)  # takes the stale lock over
-    out, err = again.communicate(timeout=300)
+    out, err = again.communicate(timeout=HANG_S)
     assert again.returncode == 0, err
     assert_same_run(tmp_path / "full", cut_dir)
     assert not list(cut_dir.glob(".*.tmp")) and not (cut_dir / ".lock").exists()
@@ -352,7 +352,7 @@ def test_second_sigint_exits_at_once(tmp_path):
     wait_for_epoch(run, 1, p)
     p.send_signal(signal.SIGINT)
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=HANG_S)
     assert p.returncode == 130 and "Traceback" not in err
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
 
@@ -363,15 +363,15 @@ def test_cli_refuses_a_busy_folder_and_a_truncated_checkpoint(tmp_path):
     run.mkdir()
     (run / ".lock").write_text(f"{os.getpid()} {os.uname().nodename}\n")  # this test process is alive
     p = sensreg(*CLI_ARGS, "trainer.epochs=1", f"hydra.run.dir={run}", cwd=tmp_path)
-    out, err = p.communicate(timeout=120)
+    out, err = p.communicate(timeout=HANG_S)
     assert p.returncode == 2 and "is in use by process" in err and "Traceback" not in err
     (run / ".lock").unlink()
     p = sensreg(*CLI_ARGS, "trainer.epochs=1", f"hydra.run.dir={run}", cwd=tmp_path)
-    assert p.wait(timeout=120) == 0
+    assert p.wait(timeout=HANG_S) == 0
     last = run / "last.pt"
     last.write_bytes(last.read_bytes()[:500])
     p = sensreg(*CLI_ARGS, "trainer.epochs=2", f"trainer.resume={run}", cwd=tmp_path)
-    out, err = p.communicate(timeout=120)
+    out, err = p.communicate(timeout=HANG_S)
     assert p.returncode == 1 and str(last) in err and "Traceback" not in err
 
 
@@ -391,7 +391,7 @@ def test_full_disk_fails_loudly_and_keeps_the_previous_files(tmp_path):
         "run_folder.write_metrics = write_metrics\n"
         "main(sys.argv[1:])\n")
     p = subprocess.run([sys.executable, "-c", script, "train", *CLI_ARGS, "sens=spec", f"hydra.run.dir={run}"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=HANG_S,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 1 and "No space left on device" in p.stderr and "intact" in p.stderr
     assert "Traceback" not in p.stderr
@@ -424,7 +424,7 @@ def test_a_diverging_job_does_not_cancel_the_rest_of_a_sweep(tmp_path):
     p = sensreg("-m", "~experiment", "data=synthetic", "data.num_train=300", "data.num_test=100", "trainer.epochs=2",
                 "trainer.device=cpu", "prune=none", "schedule@eta_schedule=step", "eta_schedule.milestones=[1]",
                 "eta_schedule.gamma=1e20,1", "schedule@lam_schedule=constant", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
-    out, err = p.communicate(timeout=300)
+    out, err = p.communicate(timeout=HANG_S)
     assert "job failed, the sweep goes on" in err and "epoch 2" in err and "Traceback" not in err
     statuses = sorted(json.loads(s.read_text())["status"] for s in (tmp_path / "sweep").rglob("summary.json"))
     assert statuses == ["completed", "failed"]

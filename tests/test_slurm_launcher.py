@@ -21,7 +21,7 @@ import submitit  # noqa: E402  (installed with the plugin)
 from sensreg.commands import cli  # noqa: E402
 from sensreg.commands import train as train_command  # noqa: E402
 
-from conftest import TINY, run_dirs, sensreg  # noqa: E402  (the CLI helpers of the CLI tests)
+from conftest import HANG_S, TINY, run_dirs, sensreg  # noqa: E402  (the CLI helpers of the CLI tests)
 
 
 def slurm_job_script(tmp_path: Path, monkeypatch, overrides: list[str]) -> tuple[str, submitit.AutoExecutor]:
@@ -118,12 +118,12 @@ def test_sweep_through_submitit_requeues_and_resumes(tmp_path):
     try:
         # Job 0's task process holds its run folder's lock; signal it once an epoch is done.
         job0 = sweep_dir / "0_lenet300_spec"
-        deadline = time.time() + 120
+        deadline = time.time() + HANG_S
         while not (job0 / "metrics.csv").exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         pid = int((job0 / ".lock").read_text().split()[0])
         os.kill(pid, signal.SIGUSR2)
-        output, _ = proc.communicate(timeout=180)
+        output, _ = proc.communicate(timeout=HANG_S)
     finally:
         if proc.poll() is None:
             proc.kill()

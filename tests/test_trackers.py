@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import metrics_without_time, run_in_process, stop_at_step
+from conftest import HANG_S, metrics_without_time, run_in_process, stop_at_step
 
 RUN = ["~experiment", "data=synthetic", "data.num_train=400", "data.num_test=200", "data.noise=3.0",
        "trainer.epochs=3", "trainer.batch_size=50", "trainer.device=cpu", "trainer.progress=false",
@@ -199,7 +199,7 @@ def test_an_mlflow_store_that_cannot_be_used_is_one_line_before_the_first_epoch_
     run = tmp_path / "run"
     with train_process("logger=mlflow", f"logger.mlflow.tracking_uri={uri}", f"hydra.run.dir={run}",
                        cwd=tmp_path) as process:
-        out, err = process.communicate(timeout=300)  # before: 4 minutes, forever, and 100 s
+        out, err = process.communicate(timeout=HANG_S)  # before: 4 minutes, forever, and 100 s
     if server:
         server.close()
     assert process.returncode == 0, err[-2000:]
@@ -234,7 +234,7 @@ def test_ctrl_c_is_honoured_at_once_while_a_tracker_call_waits_for_its_server(tm
                        cwd=tmp_path) as process:
         connection, _ = server.accept()  # the run's first request is now waiting for an answer
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=300)  # before: the first Ctrl-C was ignored for a minute
+        out, err = process.communicate(timeout=HANG_S)  # before: the first Ctrl-C was ignored for a minute
     connection.close()
     server.close()
     assert process.returncode == 130, err[-2000:]
@@ -263,7 +263,7 @@ def test_a_tracker_call_that_never_returns_is_given_up_on_a_stop_or_at_its_limit
     for thread in waits:
         thread.start()
     for thread in waits:
-        thread.join(timeout=600)
+        thread.join(timeout=HANG_S)
     never.set()
     assert outcomes == {"stopped": "the run was stopped while it waited for an answer",
                         "limit": "no answer within 0.2 s"}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_dirs, sensreg
+from conftest import HANG_S, REPO, run_dirs, sensreg
 
 TINY = ["data=synthetic", "data.num_train=200", "data.num_test=100", "trainer.epochs=1",
         "trainer.device=cpu", "trainer.progress=false"]
@@ -92,7 +92,7 @@ def run_as_written(words: list[str], cwd: Path):
 
     if words[0] == "python":
         words = [sys.executable, *words[1:]]
-    return subprocess.run(words, cwd=cwd, capture_output=True, text=True, timeout=600,
+    return subprocess.run(words, cwd=cwd, capture_output=True, text=True, timeout=HANG_S,
                           env={**os.environ, **env})
 
 
