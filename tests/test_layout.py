@@ -128,3 +128,24 @@ def test_a_cycle_through_an_import_inside_a_function_is_found(tmp_path):
     graph = module_imports(pkg)
     assert graph["pkg.a"] == {"pkg.sub"} and graph["pkg.sub.b"] == {"pkg.a"}
     assert find_cycle(graph) == ["pkg.a", "pkg.sub", "pkg.sub.b", "pkg.a"]
+
+
+LONGEST_FUNCTION = 60  # lines from its def to its last, docstring and comments included
+
+
+def test_no_function_is_longer_than_a_screen():
+    # A function that does not fit a screen does more than one thing: split it into named pieces.
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > LONGEST_FUNCTION:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, f"functions over {LONGEST_FUNCTION} lines: {', '.join(long)}"
+
+
+def test_the_train_command_is_thin():
+    # It parses, calls and prints: the checks of its command line, the sweep's jobs and the
+    # failure messages live in modules of their own.
+    assert len((PACKAGE / "commands" / "train.py").read_text(encoding="utf-8").splitlines()) < 200

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-
 from rich.console import Console
 
 from sensreg.commands.console import err_console, fail, user_errors
-
 
 
 def _arg_parser(prog: str, description: str, epilog: str = ""):
@@ -22,12 +20,8 @@ def _arg_parser(prog: str, description: str, epilog: str = ""):
                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def run_compare(args: list[str]) -> None:
-    from rich.markup import escape
-    from rich.measure import Measurement
-
-    from sensreg.commands.compare import DEFAULT_SORT, KEYS, compare, rich_table
-    from sensreg.run.tables import stdout_console
+def _compare_parser():
+    from sensreg.commands.compare import DEFAULT_SORT, KEYS
 
     parser = _arg_parser(
         "sensreg compare",
@@ -60,7 +54,17 @@ def run_compare(args: list[str]) -> None:
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="where compare.csv, compare.md and the plots go (default: the first PATH)")
     parser.add_argument("--no-plots", action="store_true", help="write the table files only")
-    ns = parser.parse_args(args)
+    return parser
+
+
+def run_compare(args: list[str]) -> None:
+    from rich.markup import escape
+    from rich.measure import Measurement
+
+    from sensreg.commands.compare import compare, rich_table
+    from sensreg.run.tables import stdout_console
+
+    ns = _compare_parser().parse_args(args)
     try:
         with user_errors():
             result = compare(ns.paths, where=ns.where, sort=ns.sort, group=ns.group, out=ns.out,
@@ -84,8 +88,6 @@ def run_compare(args: list[str]) -> None:
                   + (f", {len(result.skipped)} folder(s) skipped" if result.skipped else "")
                   + f"; wrote {', '.join(p.name for p in result.files)} in {result.out_dir}"
                   + ("" if ns.wide else " (--wide: every column)"))
-
-
 
 
 def run_report(args: list[str]) -> None:

@@ -289,6 +289,16 @@ def loss_based(loss_grads: list[Tensor]) -> list[Tensor]:
     return list(torch._foreach_abs(loss_grads))
 
 
+# Why the output sensitivities' backward passes are not scaled under float16: the shrink
+# uses the insensitivity max(0, 1 - S), so what matters is the error of S against 1, and
+# underflow only touches components far below that. Their backward passes start from
+# d mean_n o_{n,k} / d o, of order 1/N like the loss gradient's, but unlike the loss
+# gradient they do not shrink as the loss falls, so they underflow less. Measured on
+# LeNet-300-100 and LeNet-5 after 300 steps on MNIST (batches of 100 and 1,000, spec and
+# unspec on logits): unscaled float16 is closer to float32 (0.07-0.6 % relative error in
+# norm) than bfloat16 (0.2-1.4 %); at most 22 of LeNet-5's 431,080 entries underflowed to
+# zero, each with a float32 sensitivity below 1e-5. A scale of 1024 left the relative error
+# unchanged (to 1e-4) and would risk overflow (S above 64), which would need its own check.
 def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, targets: Tensor,
                               params: list[Tensor], output: str = "logits",
                               classes: int | None = None,
@@ -308,7 +318,7 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
     that small ones do not underflow in a float16 backward pass, and are returned scaled, for a
     ``GradScaler`` to unscale and check for overflow. The sensitivities are always returned
     unscaled: the loss-based one is divided by the scale here, and the output sensitivities are
-    not scaled at all (see below).
+    not scaled at all (see the comment above).
 
     ``total`` and ``reduce`` (several processes, each with part of a batch of ``total`` items):
     ``loss`` must be this part's share of the batch mean, and the gradients and sensitivities
@@ -320,16 +330,6 @@ def gradients_and_sensitivity(variant: Variant, logits: Tensor, loss: Tensor, ta
     ``sens_logits``: the logits of the forward pass the tape recorded, where that is not the
     pass of ``loss`` (a network with batch norm: ``per_sample.held_batch_statistics``).
     """
-    # Why the output sensitivities' backward passes are not scaled under float16: the shrink
-    # uses the insensitivity max(0, 1 - S), so what matters is the error of S against 1, and
-    # underflow only touches components far below that. Their backward passes start from
-    # d mean_n o_{n,k} / d o, of order 1/N like the loss gradient's, but unlike the loss
-    # gradient they do not shrink as the loss falls, so they underflow less. Measured on
-    # LeNet-300-100 and LeNet-5 after 300 steps on MNIST (batches of 100 and 1,000, spec and
-    # unspec on logits): unscaled float16 is closer to float32 (0.07-0.6 % relative error in
-    # norm) than bfloat16 (0.2-1.4 %); at most 22 of LeNet-5's 431,080 entries underflowed to
-    # zero, each with a float32 sensitivity below 1e-5. A scale of 1024 left the relative error
-    # unchanged (to 1e-4) and would risk overflow (S above 64), which would need its own check.
     if variant.units and tape is None:
         raise ValueError(f"variant {variant.name!r} needs the layers' outputs of the forward pass: record it "
                          f"with tape_for(...).record()")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from sensreg.data import batches, load_test_split
 from sensreg.errors import UserError, first_line
@@ -67,15 +68,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, threads: 
     out = Path(out_dir) if out_dir is not None else folder.path / DEFAULT_FOLDER
     _check_out(out)
     ckpt = load_checkpoint(folder.model_path)
-    unknown = sorted(set(data_overrides or {}) - set(ckpt["config"]["data"]))
-    if unknown:
-        raise ExportError(f"data.{unknown[0]} is not a data setting of this run; known: "
-                          f"{', '.join(sorted(ckpt['config']['data']))}.")
-    data_cfg = {**ckpt["config"]["data"], **(data_overrides or {})}
-    data = DataConfig(**data_cfg)
-    problems = data_problems(data) if data_overrides else []
-    if problems:
-        raise ExportError("invalid data override: " + " ".join(problems))
+    data = _data_config(ckpt["config"]["data"], data_overrides)
     test, _, _ = load_test_split(data.name, data.root, "cpu", **data.loader_options())
     dense = saved_network(ckpt)
     dense.load_state_dict(ckpt["state_dict"])
@@ -107,19 +100,40 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, threads: 
             "versions": versions(),
         }
         if speed:
-            measured = {"dense": timing.torch_runner(dense), "compact": runners["compact"]}
-            if "onnx" in runners:  # the dense network in ONNX Runtime too, from a file that is not kept
-                write_onnx(dense, example, work / "dense.onnx")
-                measured["onnx_dense"] = timing.onnx_runner(timing.onnx_session(work / "dense.onnx", threads))
-                measured["onnx"] = runners["onnx"]
-                (work / "dense.onnx").unlink()
-            record["speed"] = timing.measure(measured, images, threads)
+            record["speed"] = _speed(dense, runners, example, images, threads, work)
         (work / EXPORT_NAME).write_text(json.dumps(record, indent=2) + "\n")
         os.rename(work, out)  # (out was checked not to exist; a folder made since makes this fail)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return Exported(out, record, notes)
+
+
+def _data_config(saved: dict[str, Any], overrides: dict[str, Any] | None) -> DataConfig:
+    """The run's data settings with ``overrides`` (``data.KEY=VALUE`` of the command line),
+    each checked as the train command checks it."""
+    unknown = sorted(set(overrides or {}) - set(saved))
+    if unknown:
+        raise ExportError(f"data.{unknown[0]} is not a data setting of this run; known: "
+                          f"{', '.join(sorted(saved))}.")
+    data = DataConfig(**{**saved, **(overrides or {})})
+    problems = data_problems(data) if overrides else []
+    if problems:
+        raise ExportError("invalid data override: " + " ".join(problems))
+    return data
+
+
+def _speed(dense: nn.Module, runners: dict, example: Tensor, images: Tensor, threads: int,
+           work: Path) -> dict[str, Any]:
+    """Inference speed of the dense and the compacted network in torch and, where the export has
+    an ONNX file, both in ONNX Runtime (the dense one from a file that is not kept)."""
+    measured = {"dense": timing.torch_runner(dense), "compact": runners["compact"]}
+    if "onnx" in runners:
+        write_onnx(dense, example, work / "dense.onnx")
+        measured["onnx_dense"] = timing.onnx_runner(timing.onnx_session(work / "dense.onnx", threads))
+        measured["onnx"] = runners["onnx"]
+        (work / "dense.onnx").unlink()
+    return timing.measure(measured, images, threads)
 
 
 def _finished_run(run_dir: Path) -> RunFolder:

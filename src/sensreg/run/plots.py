@@ -106,13 +106,31 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
     budget), each drawn as a horizontal band across the plot.
     """
     fig, (ax,) = _figure(7.5, 5.0)
+    budgets, markers = _budget_markers(series)
+    labels, xs = _draw_series(ax, series, budgets, markers)
+    on_front = _draw_fronts(ax, series, budgets, markers)
+    _draw_dense(ax, dense)
+    ref_texts, ref_xs = _draw_references(ax, references)
+    _pareto_axes(ax, xs + ref_xs, xlabel, title)
+    _pareto_legend(ax)
+    _place_labels(fig, ax, labels, _label_obstacles(series, references, on_front), fixed=ref_texts)
+    return _save(fig, path)
+
+
+def _budget_markers(series: dict[str, list[dict[str, Any]]]) -> tuple[list, dict]:
+    """The budgets of the points, in natural order, and the marker of each."""
+    # Points of different training budgets get different markers (one budget: circles only).
+    budgets = sorted({p.get("budget") for pts in series.values() for p in pts}, key=natural_key)
+    return budgets, {b: _BUDGET_MARKERS[i % len(_BUDGET_MARKERS)] for i, b in enumerate(budgets)}
+
+
+def _draw_series(ax, series: dict[str, list[dict[str, Any]]], budgets: list, markers: dict
+                 ) -> tuple[list[tuple[str, float, float, str]], list[float]]:
+    """Draws each variant's points, a colour per variant and a marker per budget; returns the
+    point labels to place (text, x, y, colour) and the points' x values."""
     colors: dict[str, str] = {}
     xs: list[float] = []
     labels: list[tuple[str, float, float, str]] = []
-    ref_texts = []
-    # Points of different training budgets get different markers (one budget: circles only).
-    budgets = sorted({p.get("budget") for pts in series.values() for p in pts}, key=natural_key)
-    markers = {b: _BUDGET_MARKERS[i % len(_BUDGET_MARKERS)] for i, b in enumerate(budgets)}
     for name in sorted(series, key=natural_key):
         pts = series[name]
         color = _color(name, colors)
@@ -132,6 +150,12 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
             ax.plot([], [], ls="-", lw=6, color=color, alpha=0.85, label=f"sens={name} ({len(pts)})")
         labels += [(p["label"], p["x"], p["y"], color) for p in pts if p.get("label")]
         xs += [p["x"] for p in pts]
+    return labels, xs
+
+
+def _draw_fronts(ax, series: dict[str, list[dict[str, Any]]], budgets: list, markers: dict
+                 ) -> set[tuple[float, float]]:
+    """Draws each budget's Pareto front, its points ringed; returns the points on a front."""
     on_front: set[tuple[float, float]] = set()
     for i, budget in enumerate(budgets):
         front = pareto_front([(p["x"], p["y"]) for pts in series.values() for p in pts if p.get("budget") == budget])
@@ -144,10 +168,21 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
         if len(budgets) > 1:  # one legend entry per budget: its marker (in grey) and its front's line
             ax.plot([], [], marker=markers[budget], mfc="grey", mec="grey", color="black", ls=style, lw=1.2,
                     label=f"{budget or 'budget unknown'}, Pareto front ({len(front)})")
+    return on_front
+
+
+def _draw_dense(ax, dense: Sequence[dict]) -> None:
+    """Draws each dense network's test error as a line in a band of its spread."""
     for i, band in enumerate(dense):
         style = _FRONT_STYLES[i % len(_FRONT_STYLES)]
         ax.axhspan(band["y"] - band["spread"], band["y"] + band["spread"], color="tab:green", alpha=0.15, lw=0)
         ax.axhline(band["y"], color="tab:green", ls=style, lw=1.2, label=band["label"])
+
+
+def _draw_references(ax, references: Sequence[dict]) -> tuple[list, list[float]]:
+    """Draws the published points as labelled markers; returns their labels (matplotlib texts)
+    and x values."""
+    ref_texts, xs = [], []
     for i, ref in enumerate(references):
         x, y = ref["remaining_pct"], ref["test_error_pct"]
         ax.plot([x], [y], marker=_REF_MARKERS[i % len(_REF_MARKERS)], color="black", mfc="gold", ms=10,
@@ -156,6 +191,11 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
         ref_texts.append(ax.annotate(f"{ref['method']}\n{ref['compression']:g}×, {y:g}%{budget}", (x, y),
                                      xytext=(8, 6), textcoords="offset points", fontsize=8))
         xs.append(x)
+    return ref_texts, xs
+
+
+def _pareto_axes(ax, xs: Sequence[float], xlabel: str, title: str) -> None:
+    """Sets up the axes: a log x axis over ``xs``, the labels, the title and the grid."""
     ax.set_xscale("log")
     ax.margins(x=0.08, y=0.08)  # room for the point labels at the edges
     _plain_log_axis(ax.xaxis, xs)
@@ -163,18 +203,25 @@ def pareto_plot(series: dict[str, list[dict[str, Any]]], references: Sequence[di
     ax.set_ylabel("test error (%)")
     ax.set_title(title, fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
-    # The variants first, then the budgets, then the published points (matplotlib would list
-    # the error-bar series last).
+
+
+def _pareto_legend(ax) -> None:
+    """Draws the legend: the variants first, then the budgets, then the published points
+    (matplotlib would list the error-bar series last)."""
     handles, names = ax.get_legend_handles_labels()
     rank = lambda name: 0 if name.startswith("sens=") else 2 if name.endswith("(published)") else 1.5 \
         if name.startswith("dense,") else 1  # noqa: E731
     entries = sorted(zip(handles, names), key=lambda e: rank(e[1]))
     ax.legend([h for h, _ in entries], [n for _, n in entries], fontsize=8, loc="best")
+
+
+def _label_obstacles(series: dict[str, list[dict[str, Any]]], references: Sequence[dict],
+                     on_front: set[tuple[float, float]]) -> list[tuple[float, float, float]]:
+    """The markers a point label must not cover: x, y and a radius in pixels (ringed points on a
+    front and published points are bigger)."""
     obstacles = [(p["x"], p["y"], 9.0 if (p["x"], p["y"]) in on_front else 5.0)
                  for pts in series.values() for p in pts]
-    obstacles += [(r["remaining_pct"], r["test_error_pct"], 7.0) for r in references]
-    _place_labels(fig, ax, labels, obstacles, fixed=ref_texts)
-    return _save(fig, path)
+    return obstacles + [(r["remaining_pct"], r["test_error_pct"], 7.0) for r in references]
 
 
 # Where a point label may go, in points from the point: right-below first, then around it.

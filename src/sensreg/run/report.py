@@ -12,6 +12,7 @@ and S is averaged over a few shuffled training batches.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -58,13 +59,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
     sensitivity histogram). ``data_root`` replaces the data.root of the run's config.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ReportError(f"{run_dir} is not a folder; give a run folder, e.g. "
-                          f"`sensreg report outputs/runs/<date>/<run>`.")
-    folder = RunFolder(run_dir)
-    if not folder.is_run():
-        raise ReportError(f"{run_dir} is not a run folder (it has none of {', '.join(RUN_FILES)}); "
-                          f"`sensreg compare {run_dir}` lists the run folders below it.")
+    folder = _run_folder(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
     result = RunReport(out / REPORT_NAME)
@@ -76,13 +71,48 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
     decisions = [d for d in summary.get("thresholds") or [] if isinstance(d, dict)]
     sparsity = summary.get("sparsity") if isinstance(summary.get("sparsity"), dict) else {}
     images: dict[str, Path] = {}
+    draw = _drawer(images, notes)
+    _draw_epochs(draw, out, summary, rows, decisions, notes)
+    _draw_thresholds(draw, out, config, decisions, notes)
+    _draw_layers(draw, out, sparsity, notes)
+    final = _final_state(run_dir, config, batches, data_root, notes)
+    _draw_final(draw, out, final, decisions)
 
+    result.images = list(images.values())
+    text = _markdown(run_dir, out, summary, config, rows, decisions, sparsity, images, final, notes)
+    write_atomic(result.path, lambda f: f.write(text))
+    return result
+
+
+def _run_folder(run_dir: Path) -> RunFolder:
+    """The run folder at ``run_dir``; ReportError if it is not a folder or not a run folder."""
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir} is not a folder; give a run folder, e.g. "
+                          f"`sensreg report outputs/runs/<date>/<run>`.")
+    folder = RunFolder(run_dir)
+    if not folder.is_run():
+        raise ReportError(f"{run_dir} is not a run folder (it has none of {', '.join(RUN_FILES)}); "
+                          f"`sensreg compare {run_dir}` lists the run folders below it.")
+    return folder
+
+
+# --- the plots ---------------------------------------------------------------------------------
+
+def _drawer(images: dict[str, Path], notes: list[str]) -> Callable[..., None]:
+    """``draw(key, what, fn, *args, **kwargs)``: calls the plot function ``fn`` and keeps the PNG
+    it returns in ``images`` under ``key``; a plot it cannot draw becomes a note instead."""
     def draw(key: str, what: str, fn, *args, **kwargs) -> None:
         try:
             images[key] = fn(*args, **kwargs)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # odd summary contents
             notes.append(f"{what}: not drawn ({type(err).__name__}: {err}).")
 
+    return draw
+
+
+def _draw_epochs(draw: Callable[..., None], out: Path, summary: dict, rows: list[dict], decisions: list[dict],
+                 notes: list[str]) -> None:
+    """Draws epochs.png from metrics.csv; ``notes`` get why it is missing or short."""
     done = summary.get("epochs_completed")
     if rows:
         test = summary.get("test_error")
@@ -101,18 +131,29 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
                      f"are read as they are.")
     else:
         notes.append("per-epoch plot: no epoch finished yet (metrics.csv is missing or empty).")
+
+
+def _draw_thresholds(draw: Callable[..., None], out: Path, config: dict, decisions: list[dict],
+                     notes: list[str]) -> None:
+    """Draws thresholds.png from the pruning decisions; a note if there were none."""
     if decisions:
         draw("thresholds", "threshold plot", plots.thresholds_plot, decisions, out / "thresholds.png",
              tolerance=(config.get("prune") or {}).get("tolerance")
              if (config.get("prune") or {}).get("name") == "search" else None)
     else:
         notes.append("threshold plot: no threshold was applied in this run.")
+
+
+def _draw_layers(draw: Callable[..., None], out: Path, sparsity: dict, notes: list[str]) -> None:
+    """Draws layers.png from summary.json's per-layer table; a note if it has none."""
     if sparsity.get("layers"):
         draw("layers", "per-layer plot", plots.layers_plot, sparsity["layers"], out / "layers.png")
     else:
         notes.append("per-layer plot: summary.json has no per-layer table (the run has not finished).")
 
-    final = _final_state(run_dir, config, batches, data_root, notes)
+
+def _draw_final(draw: Callable[..., None], out: Path, final: dict, decisions: list[dict]) -> None:
+    """Draws the histograms of the final model's |w|, sensitivity and insensitivity, those it has."""
     if final.get("weights") is not None:
         draw("weights", "|w| histogram", plots.histogram_plot, final["weights"], out / "weights_hist.png",
              xlabel="|w| of kept prunable parameters (log scale)",
@@ -127,11 +168,6 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
         draw("insensitivity", "insensitivity histograms", plots.insensitivity_plot, final["insensitivity"],
              out / "insensitivity_hist.png",
              title=f"insensitivity max(0, 1 - S) of the kept regularized entries, mean over {final['batches']} batches")
-
-    result.images = list(images.values())
-    text = _markdown(run_dir, out, summary, config, rows, decisions, sparsity, images, final, notes)
-    write_atomic(result.path, lambda f: f.write(text))
-    return result
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -241,8 +277,7 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
     import torch
     import torch.nn.functional as F
 
-    from sensreg.run.config import DataConfig
-    from sensreg.data import DatasetMissing, batches, load_dataset
+    from sensreg.data import batches
     from sensreg.method.neuron import UnitError
     from sensreg.method.per_sample import PerSampleError
     from sensreg.method.pruning import prunable_names
@@ -256,15 +291,7 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
         raise _Skip(f"the run's config does not name its sensitivity variant ({err}).") from None
     if not variant.uses_sensitivity:
         raise _Skip(f"variant {variant.name!r} has no sensitivity ({variant.description}).")
-    known = {f.name for f in fields(DataConfig)}
-    data = DataConfig(**{k: v for k, v in data_cfg.items() if k in known})
-    if data_root:
-        data.root = data_root
-    try:
-        ds = load_dataset(data.name, data.root, data.val_fraction, data.split_seed, "cpu", **data.loader_options())
-    except (DatasetMissing, KeyError) as err:
-        raise _Skip(f"the run's dataset could not be loaded, so it is left out ({err}). "
-                    f"Give its location with --data-root.") from None
+    ds = _dataset(data_cfg, data_root)
     seed, batch_size = int(trainer["seed"]), int(trainer["batch_size"])
     order, classes = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -279,11 +306,7 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
         raise _Skip(str(err)) from None
     done = 0
     for x, y in batches(ds.train, batch_size, shuffle=True, generator=order):
-        if tape is None:
-            logits = model(x)
-        else:
-            with tape.record():
-                logits = model(x)
+        logits = _logits(model, x, tape)
         _, s = gradients_and_sensitivity(variant, logits, F.cross_entropy(logits, y), y, params,
                                          sens_cfg["output"], sens_cfg["classes"],
                                          classes, batched_vjps_are_faster(model), tape=tape)
@@ -301,6 +324,31 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
             {names[i]: t / max(1, done) for i, t in zip(regularized, total_bar)}, variant.name)
 
 
+def _dataset(data_cfg: dict, data_root: str | None):
+    """The run's dataset as its config's data section says, from ``data_root`` if given;
+    _Skip if it cannot be loaded."""
+    from sensreg.run.config import DataConfig
+    from sensreg.data import DatasetMissing, load_dataset
+
+    known = {f.name for f in fields(DataConfig)}
+    data = DataConfig(**{k: v for k, v in data_cfg.items() if k in known})
+    if data_root:
+        data.root = data_root
+    try:
+        return load_dataset(data.name, data.root, data.val_fraction, data.split_seed, "cpu", **data.loader_options())
+    except (DatasetMissing, KeyError) as err:
+        raise _Skip(f"the run's dataset could not be loaded, so it is left out ({err}). "
+                    f"Give its location with --data-root.") from None
+
+
+def _logits(model, x, tape):
+    """The model's logits for ``x``, recorded on ``tape`` where there is one."""
+    if tape is None:
+        return model(x)
+    with tape.record():
+        return model(x)
+
+
 # --- report.md ---------------------------------------------------------------------------------
 
 def _f(v: Any, fmt: str = ".3g", suffix: str = "") -> str:
@@ -313,115 +361,165 @@ def _pct(v: Any) -> str:
 
 def _markdown(run_dir: Path, out: Path, summary: dict, config: dict, rows: list[dict], decisions: list[dict],
               sparsity: dict, images: dict[str, Path], final: dict, notes: list[str]) -> str:
-    def section(key: str) -> dict:
-        return config.get(key) if isinstance(config.get(key), dict) else {}
+    """The text of report.md."""
+    # Each image's link: its name where it lies beside report.md, else its path.
+    links = {key: p.name if p.parent == out else str(p) for key, p in images.items()}
+    lines = [*_heading(run_dir, summary), *_configuration(summary, config), *_result(summary, config, rows, final),
+             *_per_epoch(rows, links), *_threshold_decisions(decisions, links), *_per_layer(sparsity, links),
+             *_weights_and_sensitivity(final, links), *_notes(notes)]
+    return "\n".join(lines) + "\n"
 
-    def image(key: str, alt: str) -> list[str]:
-        if key not in images:
-            return []
-        p = images[key]
-        rel = p.name if p.parent == out else str(p)
-        return ["", f"![{alt}]({rel})"]
 
-    s, d = summary, section
-    lines = [f"# Run report: {run_dir.name}", "",
-             f"`{run_dir}` · status **{s.get('status', 'unknown')}**"
-             + (f" ({s['error']})" if s.get("error") else "")
-             + f" · started {s.get('started', '-')} · device {s.get('device', '-')}"
-             + f" · git commit {str(s.get('git_commit') or '-')[:10]}", "",
-             "## Configuration", ""]
-    lines += markdown_table(["model", "data", "sensitivity", "λ", "η", "epochs", "seed", "prune", "config hash"], [[
-        str(s.get("model") or d("model").get("name", "-")), str(s.get("data") or d("data").get("name", "-")),
-        str(s.get("sens") or d("sens").get("name", "-")) + (f" ({d('sens').get('output')})" if d("sens").get("output") else ""),
-        _f(d("sens").get("lam")), _f(d("optim").get("lr")), str(d("trainer").get("epochs", "-")),
-        str(s.get("seed", d("trainer").get("seed", "-"))),
-        f"{d('prune').get('name', '-')} (tolerance {d('prune').get('tolerance')}, patience {d('prune').get('patience')})"
-        if d("prune").get("name") == "search" else str(d("prune").get("name", "-")),
-        str(s.get("config_hash", "-"))]])
-    lines += ["", "## Result", ""]
-    if "test_error" in s:
-        flops = s.get("flops") or {}
-        top5 = s.get("test_top5_error") is not None and shows_top5(_num_classes(s, config, final))
-        lines += markdown_table(["test error", *(["top-5 error"] if top5 else []), "remaining (prunable)",
-                                 "compression", "remaining (all)", "compression (all)", "FLOPs left",
-                                 "wall time"], [[
-            _pct(s.get("test_error")), *([_pct(s.get("test_top5_error"))] if top5 else []),
-            _f(s.get("remaining_pct"), ".3f", " %"),
-            _f(s.get("compression"), ".1f", "×"), _f(s.get("remaining_pct_all"), ".3f", " %"),
-            _f(s.get("compression_all"), ".1f", "×"), _f(flops.get("remaining_pct"), ".2f", " %"),
-            _f(s.get("wall_time_s"), ".0f", " s")]])
-        if isinstance(s.get("structure"), dict):  # what the pruned network costs to run, compacted
-            lines += ["", *(f"{line}." if not line.endswith(".") else line
-                            for line in structure_lines(s["structure"]))]
-    else:
+def _image(links: dict[str, str], key: str, alt: str) -> list[str]:
+    """The lines that show the image ``key`` (its link as report.md gives it), if it was drawn."""
+    return ["", f"![{alt}]({links[key]})"] if key in links else []
+
+
+def _section(config: dict, key: str) -> dict:
+    """The config's section ``key``, {} if it has none."""
+    return config.get(key) if isinstance(config.get(key), dict) else {}
+
+
+def _heading(run_dir: Path, s: dict) -> list[str]:
+    """The title and the line on the run's status, start, device and commit."""
+    return [f"# Run report: {run_dir.name}", "",
+            f"`{run_dir}` · status **{s.get('status', 'unknown')}**"
+            + (f" ({s['error']})" if s.get("error") else "")
+            + f" · started {s.get('started', '-')} · device {s.get('device', '-')}"
+            + f" · git commit {str(s.get('git_commit') or '-')[:10]}", ""]
+
+
+def _configuration(s: dict, config: dict) -> list[str]:
+    """The Configuration section: a one-row table of what the run was set to do."""
+    def d(key: str) -> dict:
+        return _section(config, key)
+
+    return ["## Configuration", "", *markdown_table(
+        ["model", "data", "sensitivity", "λ", "η", "epochs", "seed", "prune", "config hash"], [[
+            str(s.get("model") or d("model").get("name", "-")), str(s.get("data") or d("data").get("name", "-")),
+            str(s.get("sens") or d("sens").get("name", "-"))
+            + (f" ({d('sens').get('output')})" if d("sens").get("output") else ""),
+            _f(d("sens").get("lam")), _f(d("optim").get("lr")), str(d("trainer").get("epochs", "-")),
+            str(s.get("seed", d("trainer").get("seed", "-"))),
+            f"{d('prune').get('name', '-')} (tolerance {d('prune').get('tolerance')}, "
+            f"patience {d('prune').get('patience')})"
+            if d("prune").get("name") == "search" else str(d("prune").get("name", "-")),
+            str(s.get("config_hash", "-"))]])]
+
+
+def _result(s: dict, config: dict, rows: list[dict], final: dict) -> list[str]:
+    """The Result section: the final figures, or how far the run got."""
+    lines = ["", "## Result", ""]
+    if "test_error" not in s:
         lines.append(f"No final result yet (status {s.get('status', 'unknown')}); "
                      f"{len(rows)} epoch(s) in metrics.csv.")
-    if rows:
-        lines += ["", "## Per epoch", ""]
-        lines += markdown_table(["epoch", "λ", "train loss", "val loss", "val error", "remaining", "threshold",
-                         "mean insensitivity", "below 0.5", "time"], [[
+        return lines
+    flops = s.get("flops") or {}
+    top5 = s.get("test_top5_error") is not None and shows_top5(_num_classes(s, config, final))
+    lines += markdown_table(["test error", *(["top-5 error"] if top5 else []), "remaining (prunable)",
+                             "compression", "remaining (all)", "compression (all)", "FLOPs left",
+                             "wall time"], [[
+        _pct(s.get("test_error")), *([_pct(s.get("test_top5_error"))] if top5 else []),
+        _f(s.get("remaining_pct"), ".3f", " %"),
+        _f(s.get("compression"), ".1f", "×"), _f(s.get("remaining_pct_all"), ".3f", " %"),
+        _f(s.get("compression_all"), ".1f", "×"), _f(flops.get("remaining_pct"), ".2f", " %"),
+        _f(s.get("wall_time_s"), ".0f", " s")]])
+    if isinstance(s.get("structure"), dict):  # what the pruned network costs to run, compacted
+        lines += ["", *(f"{line}." if not line.endswith(".") else line
+                        for line in structure_lines(s["structure"]))]
+    return lines
+
+
+def _per_epoch(rows: list[dict], links: dict[str, str]) -> list[str]:
+    """The Per epoch section: a row per epoch of metrics.csv, and its plot; none without rows."""
+    if not rows:
+        return []
+    return ["", "## Per epoch", "", *markdown_table(
+        ["epoch", "λ", "train loss", "val loss", "val error", "remaining", "threshold",
+         "mean insensitivity", "below 0.5", "time"], [[
             str(r["epoch"]), _f(r.get("lam")), _f(r.get("train_loss"), ".4f"), _f(r.get("val_loss"), ".4f"),
             _pct(r.get("val_error")), _f(r.get("remaining_pct"), ".3g", " %"), _f(r.get("threshold")),
             _f(_finite(r.get("insens_mean")), ".3f"), _pct(_finite(r.get("insens_below_half"))),
-            _f(r.get("seconds"), ".1f", " s")] for r in rows])
-        lines += image("epochs", "validation error and remaining parameters per epoch")
-    lines += ["", "## Threshold decisions", ""]
-    if decisions:
-        shown = condensed(decisions)
-        numbered = len(shown) < len(decisions)  # then a column says which decision each row is
-        if numbered:
-            lines.append(f"{len(decisions)} pruning decisions in all; {len(shown)} of them below (the first, "
-                         f"then one in every {shown[1][0]}, and the last); the plot shows them all.\n")
-        # Gradual pruning decides by step, between validation passes: its rows say the step and
-        # the sparsity reached, where the threshold search's say the validation loss.
-        by_step = any("step" in x for x in decisions)
-        # Σ|w| escaped: a bare | inside a cell would split the header into more cells than the rows have.
-        head = [*(["#"] if numbered else []), "epoch", *(["step", "sparsity"] if by_step else []),
-                "threshold T", "pruned", "remaining before", "remaining after", "Σ\\|w\\| removed",
-                *([] if by_step else ["val loss before", "val loss after"])]
-        lines += markdown_table(head, [[
-            *([str(i + 1)] if numbered else []), str(x.get("epoch", "-")),
-            *([_f(x.get("step"), ","), _pct(x.get("sparsity"))] if by_step else []),
-            _f(x.get("threshold")), _f(x.get("pruned"), ","),
-            _f(x.get("remaining_pct_before"), ".3g", " %"), _f(x.get("remaining_pct_after"), ".3g", " %"),
-            _f(x.get("removed_l1_pct"), ".3g", " %"),
-            *([] if by_step else [_f(x.get("val_loss_before"), ".4f"), _f(x.get("val_loss_after"), ".4f")])]
-            for i, x in shown])
-        lines.append("\nΣ|w| removed: the share of the kept weights' absolute sum that the pruning cut. "
-                     "Far below the share of weights it cut, the regularizer had already driven them "
-                     "to zero.")
-        lines += image("thresholds", "threshold decisions")
-    else:
-        lines.append("No threshold was applied.")
-    if sparsity.get("layers"):
-        lines += ["", "## Per-layer sparsity", ""]
-        lines += markdown_table(["layer", "shape", "params", "nonzero", "remaining", "compression"], [[
+            _f(r.get("seconds"), ".1f", " s")] for r in rows]),
+        *_image(links, "epochs", "validation error and remaining parameters per epoch")]
+
+
+def _threshold_decisions(decisions: list[dict], links: dict[str, str]) -> list[str]:
+    """The Threshold decisions section: the table of them (condensed if long), and their plot."""
+    lines = ["", "## Threshold decisions", ""]
+    if not decisions:
+        return lines + ["No threshold was applied."]
+    shown = condensed(decisions)
+    numbered = len(shown) < len(decisions)  # then a column says which decision each row is
+    if numbered:
+        lines.append(f"{len(decisions)} pruning decisions in all; {len(shown)} of them below (the first, "
+                     f"then one in every {shown[1][0]}, and the last); the plot shows them all.\n")
+    # Gradual pruning decides by step, between validation passes: its rows say the step and
+    # the sparsity reached, where the threshold search's say the validation loss.
+    by_step = any("step" in x for x in decisions)
+    # Σ|w| escaped: a bare | inside a cell would split the header into more cells than the rows have.
+    head = [*(["#"] if numbered else []), "epoch", *(["step", "sparsity"] if by_step else []),
+            "threshold T", "pruned", "remaining before", "remaining after", "Σ\\|w\\| removed",
+            *([] if by_step else ["val loss before", "val loss after"])]
+    lines += markdown_table(head, [[
+        *([str(i + 1)] if numbered else []), str(x.get("epoch", "-")),
+        *([_f(x.get("step"), ","), _pct(x.get("sparsity"))] if by_step else []),
+        _f(x.get("threshold")), _f(x.get("pruned"), ","),
+        _f(x.get("remaining_pct_before"), ".3g", " %"), _f(x.get("remaining_pct_after"), ".3g", " %"),
+        _f(x.get("removed_l1_pct"), ".3g", " %"),
+        *([] if by_step else [_f(x.get("val_loss_before"), ".4f"), _f(x.get("val_loss_after"), ".4f")])]
+        for i, x in shown])
+    lines.append("\nΣ|w| removed: the share of the kept weights' absolute sum that the pruning cut. "
+                 "Far below the share of weights it cut, the regularizer had already driven them "
+                 "to zero.")
+    return lines + _image(links, "thresholds", "threshold decisions")
+
+
+def _per_layer(sparsity: dict, links: dict[str, str]) -> list[str]:
+    """The Per-layer sparsity section: a row per tensor, and its plot; none without the table."""
+    if not sparsity.get("layers"):
+        return []
+    return ["", "## Per-layer sparsity", "", *markdown_table(
+        ["layer", "shape", "params", "nonzero", "remaining", "compression"], [[
             r["name"] + ("" if r.get("prunable") else " (not pruned)"), "×".join(map(str, r.get("shape", []))),
             _f(r.get("params"), ","), _f(r.get("nonzero"), ","), _f(r.get("remaining_pct"), ".3g", " %"),
-            _f(r.get("compression"), ".1f", "×")] for r in sparsity["layers"]])
-        lines += image("layers", "remaining parameters per layer")
-    if final.get("weights") is not None:
-        lines += ["", "## Weights and sensitivity at the end", ""]
-        w = final["weights"]
-        lines.append(f"{w.size:,} kept prunable parameters; median |w| {_f(float(_median(w)))}.")
-        lines += image("weights", "histogram of |w|")
-        if final.get("sensitivity") is not None:
-            sv = final["sensitivity"]
-            lines += ["", f"Sensitivity `{final['variant']}` of the final model, mean over {final['batches']} "
-                      f"training batches: median {_f(float(_median(sv)))}; {100 * float((sv >= 1).mean()):.2f} % of "
-                      f"the kept parameters have S ≥ 1 (insensitivity 0: not shrunk)."]
-            lines += image("sensitivity", "histogram of the sensitivity")
-        if final.get("insensitivity"):
-            lines += ["", "Insensitivity max(0, 1 − S) per regularized tensor, S brought to scale as in training "
-                      "(`sens.scale`): the factor on λ in each weight's shrink. A mean near 1 with nothing below "
-                      "0.5 means the shrink is plain weight decay.", ""]
-            lines += markdown_table(["tensor", "kept", "mean insensitivity", "below 0.5", "zero (S ≥ 1)"], [[
+            _f(r.get("compression"), ".1f", "×")] for r in sparsity["layers"]]),
+        *_image(links, "layers", "remaining parameters per layer")]
+
+
+def _weights_and_sensitivity(final: dict, links: dict[str, str]) -> list[str]:
+    """The Weights and sensitivity at the end section, with their histograms; none without model.pt."""
+    if final.get("weights") is None:
+        return []
+    w = final["weights"]
+    lines = ["", "## Weights and sensitivity at the end", "",
+             f"{w.size:,} kept prunable parameters; median |w| {_f(float(_median(w)))}.",
+             *_image(links, "weights", "histogram of |w|")]
+    if final.get("sensitivity") is not None:
+        sv = final["sensitivity"]
+        lines += ["", f"Sensitivity `{final['variant']}` of the final model, mean over {final['batches']} "
+                  f"training batches: median {_f(float(_median(sv)))}; {100 * float((sv >= 1).mean()):.2f} % of "
+                  f"the kept parameters have S ≥ 1 (insensitivity 0: not shrunk)."]
+        lines += _image(links, "sensitivity", "histogram of the sensitivity")
+    if final.get("insensitivity"):
+        lines += _insensitivity(final["insensitivity"], links)
+    return lines
+
+
+def _insensitivity(per_tensor: dict[str, Any], links: dict[str, str]) -> list[str]:
+    """The insensitivity per regularized tensor: a paragraph, a table and the histograms."""
+    return ["", "Insensitivity max(0, 1 − S) per regularized tensor, S brought to scale as in training "
+            "(`sens.scale`): the factor on λ in each weight's shrink. A mean near 1 with nothing below "
+            "0.5 means the shrink is plain weight decay.", "",
+            *markdown_table(["tensor", "kept", "mean insensitivity", "below 0.5", "zero (S ≥ 1)"], [[
                 name, f"{v.size:,}", _f(float(v.mean())), f"{100 * float((v < 0.5).mean()):.1f} %",
-                f"{100 * float((v <= 0).mean()):.1f} %"] for name, v in final["insensitivity"].items()])
-            lines += image("insensitivity", "insensitivity histogram per tensor")
-    if notes:
-        lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
-    return "\n".join(lines) + "\n"
+                f"{100 * float((v <= 0).mean()):.1f} %"] for name, v in per_tensor.items()]),
+            *_image(links, "insensitivity", "insensitivity histogram per tensor")]
+
+
+def _notes(notes: list[str]) -> list[str]:
+    """The Notes section: a bullet per plot or file left out, and why; none without notes."""
+    return ["", "## Notes", "", *(f"- {n}" for n in notes)] if notes else []
 
 
 def condensed(decisions: list[dict], most: int = MOST_DECISION_ROWS) -> list[tuple[int, dict]]:
