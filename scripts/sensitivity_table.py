@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""What the sensitivity buys, in one table: spec's compression against the l2 control and against
-magnitude pruning, at equal validation error, seed by seed.
+"""What the sensitivity buys, in one table: the compression of spec (and of the neuron variant)
+against the l2 control, magnitude pruning and the structured baseline, at equal validation error,
+seed by seed.
 
-Runs: every folder below the roots whose summary.json says ``completed``. Three methods:
+Runs: every folder below the roots whose summary.json says ``completed``. Two subject methods,
+each set against three baselines (in the text below, "spec" stands for either subject):
 
 - spec: ``sens=spec`` with the batch reduction and no scale (the paper's method; the study's
   other reductions and scales are left out, so that one curve is one method);
+- neuron: ``sens=neuron`` (SeReNe's sensitivity of whole units), any scale (shown in its setting);
 - l2: ``sens=l2``, the same shrink with the insensitivity fixed at 1;
-- gmp: ``sens=none prune=gmp``, magnitude pruning with no regularizer.
+- gmp: ``sens=none prune=gmp``, magnitude pruning with no regularizer;
+- gmp_units: ``sens=none prune=gmp_units``, magnitude pruning of whole units (the structured baseline).
 
 Runs with per-layer thresholds (``prune.scope=layer``) are left out of every method, for the same
 reason; unspec, loss and dense runs are not compared.
@@ -60,7 +64,8 @@ from sensreg.run.folder import SUMMARY_NAME, RunFolder
 from sensreg.run.structure import ratio
 from sensreg.run.tables import markdown_table
 
-BASELINES = ("l2", "gmp")
+SUBJECTS = ("spec", "neuron")  # the sensitivity methods set against the baselines
+BASELINES = ("l2", "gmp", "gmp_units")
 # What a run's "compression" is, by --measure: its summary's figure, and its name in the table.
 MEASURES = {
     "compression": (lambda s: s.get("compression"), "compression", "compression"),
@@ -77,7 +82,7 @@ class Run:
     network: str  # "model/dataset"
     budget: int  # epochs completed
     seed: int
-    method: str  # spec, l2 or gmp
+    method: str  # a subject (spec, neuron) or a baseline (l2, gmp, gmp_units)
     schedule: str  # prune.name: an l2 curve is compared with spec runs of the same schedule
     setting: dict  # what tells one spec setting from another: {field: shown value}
     val: float
@@ -91,10 +96,10 @@ def method_of(cfg: dict) -> str | None:
         return None
     if sens.get("name") == "spec" and sens.get("reduction") == "batch" and sens.get("scale") == "none":
         return "spec"
-    if sens.get("name") == "l2":
-        return "l2"
-    if sens.get("name") == "none" and prune.get("name") == "gmp":
-        return "gmp"
+    if sens.get("name") in ("neuron", "l2"):
+        return sens["name"]
+    if sens.get("name") == "none" and prune.get("name") in ("gmp", "gmp_units"):
+        return prune["name"]
     return None
 
 
@@ -102,7 +107,7 @@ def setting_of(cfg: dict) -> dict:
     """λ and the pruning, and what else may tell two spec settings of one budget apart."""
     sens, prune, eta = cfg.get("sens") or {}, cfg.get("prune") or {}, cfg.get("eta_schedule") or {}
     pruning = prune.get("name", "?")
-    if pruning == "gmp":
+    if pruning in ("gmp", "gmp_units"):
         pruning += f" {1 / (1 - target_sparsity(prune['target'])):.3g}×"
     elif pruning == "fixed":
         pruning += f" {prune.get('threshold'):g}"
@@ -111,7 +116,8 @@ def setting_of(cfg: dict) -> dict:
             "stop": f"until epoch {stop}" if stop is not None else "",
             "tolerance": f"tolerance {prune.get('tolerance'):.2g}" if pruning == "search" else "",
             "eta": f"η ÷10 at {', '.join(map(str, milestones))}" if eta.get("name") == "step"
-            else f"η {eta.get('name', '?')}"}
+            else f"η {eta.get('name', '?')}",
+            "scale": f"S scaled: {sens['scale']}" if sens.get("scale", "none") != "none" else ""}
 
 
 def find_runs(roots: list[str], measure: str = "compression") -> list[Run]:
@@ -303,12 +309,13 @@ def spread(values: list[float], digits: int | None = None, unit: str = "") -> st
 
 
 def labels(settings: list[dict]) -> dict[tuple, str]:
-    """A short name per setting: λ and the pruning, and the other fields only where settings of
-    the same λ and pruning differ in them (the stop epoch or η schedule of two gmp runs)."""
+    """A short name per setting: λ, the pruning and a scale of S where there is one, and the other
+    fields only where settings of the same λ and pruning differ in them (the stop epoch or η
+    schedule of two gmp runs)."""
     names = {}
     for s in settings:
         twins = [t for t in settings if (t["λ"], t["pruning"]) == (s["λ"], s["pruning"])]
-        shown = [v for k, v in s.items() if v and (k in ("λ", "pruning") or len({t[k] for t in twins}) > 1)]
+        shown = [v for k, v in s.items() if v and (k in ("λ", "pruning", "scale") or len({t[k] for t in twins}) > 1)]
         names[tuple(s.items())] = ", ".join(shown)
     return names
 
@@ -319,34 +326,55 @@ def ranges(values: list[float], fmt: str, unit: str) -> str:
 
 
 def budget_rows(network: str, budget: int, runs: list[Run], equal: str = "compression") -> tuple[list[list[str]], str]:
-    """The table rows of one network and budget, one per spec setting, and its verdict."""
-    spec = [r for r in runs if r.method == "spec"]
+    """The table rows of one network and budget, one per setting of each subject method (spec,
+    neuron), and its verdict."""
     base = {name: [r for r in runs if r.method == name] for name in BASELINES}
+    head = [network, str(budget)]
+    rows, sentences = [], []
+    for subject in SUBJECTS:
+        mine = [r for r in runs if r.method == subject]
+        if not mine:
+            continue
+        if not any(base.values()):  # nothing to compare with: one row for every run of the budget
+            rows.append(head + _uncompared(subject, mine))
+            sentences.append(f"No {' or '.join(BASELINES)} run at this budget.")
+            continue
+        subject_rows, subject_sentences = _subject_rows(network, budget, subject, mine, base, equal)
+        rows += [head + row for row in subject_rows]
+        sentences += subject_sentences
+    return rows, f"- **{network}, {budget} epochs.** " + " ".join(sentences)
+
+
+def _uncompared(subject: str, runs: list[Run]) -> list[str]:
+    """One row for the runs of ``subject`` at a budget no baseline ran."""
+    settings = {tuple(r.setting.items()) for r in runs}
+    setting = labels([dict(key) for key in settings])[next(iter(settings))] if len(settings) == 1 else \
+        f"{len(settings)} settings ({', '.join(sorted({r.setting['pruning'] for r in runs}))})"
+    row = [f"{subject}: {setting}", str(len({r.seed for r in runs})), ranges([r.compression for r in runs], ".3g", "×"),
+           ranges([100 * r.val for r in runs], ".2f", " %"), ranges([100 * r.test for r in runs], ".2f", " %")]
+    return row + [x for name in BASELINES for x in (f"no {name} runs", "")]
+
+
+def _subject_rows(network: str, budget: int, subject: str, runs: list[Run], base: dict[str, list[Run]],
+                  equal: str) -> tuple[list[list[str]], list[str]]:
+    """The rows of one subject method's settings (without the network and budget) and the
+    sentences of its verdict, one per baseline."""
     settings: dict[tuple, list[Run]] = defaultdict(list)
-    for r in spec:
+    for r in runs:
         settings[tuple(r.setting.items())].append(r)
     names = labels([dict(key) for key in settings])
-    head = [network, str(budget)]
-    if not any(base.values()):  # nothing to compare with: one row for every spec run of the budget
-        setting = names[next(iter(settings))] if len(settings) == 1 else \
-            f"{len(settings)} settings ({', '.join(sorted({r.setting['pruning'] for r in spec}))})"
-        row = head + [setting, str(len({r.seed for r in spec})), ranges([r.compression for r in spec], ".3g", "×"),
-                      ranges([100 * r.val for r in spec], ".2f", " %"),
-                      ranges([100 * r.test for r in spec], ".2f", " %")]
-        row += [x for name in BASELINES for x in (f"no {name} runs", "")]
-        return [row], f"- **{network}, {budget} epochs.** No {' or '.join(BASELINES)} run at this budget."
-
     rows = []
     judged = defaultdict(list)  # (baseline, outcome) -> "*setting* (ratio; test errors)"
     ordered = defaultdict(list)  # baseline -> "*setting* dominates a point on 2 seeds"
-    unjudged = defaultdict(lambda: defaultdict(int))  # baseline -> {why neither: spec runs}
+    unjudged = defaultdict(lambda: defaultdict(int))  # baseline -> {why neither: runs}
     for key, members in sorted(settings.items(), key=lambda kv: statistics.mean(r.val for r in kv[1])):
         label = names[key]
         seeds = [r.seed for r in members]
         if len(set(seeds)) < len(seeds):
-            print(f"note: {network}, {budget} epochs, {label}: several runs of one seed, each counted", file=sys.stderr)
-        row = head + [label, str(len(set(seeds))), spread([r.compression for r in members], unit="×"),
-                      pct([r.val for r in members]), pct([r.test for r in members])]
+            print(f"note: {network}, {budget} epochs, {subject} {label}: several runs of one seed, each counted",
+                  file=sys.stderr)
+        row = [f"{subject}: {label}", str(len(set(seeds))), spread([r.compression for r in members], unit="×"),
+               pct([r.val for r in members]), pct([r.test for r in members])]
         for name in BASELINES:
             comp = compare(members, base[name], name, equal)
             row += [comp.cell(), pct(comp.base_test or comp.gap_base_test)]
@@ -365,25 +393,23 @@ def budget_rows(network: str, budget: int, runs: list[Run], equal: str = "compre
                 ordered[name].append(f"*{label}* " + ", ".join(
                     f"{k} on {v} seed{'s' * (v > 1)}" for k, v in sorted(comp.order.items())))
         rows.append(row)
+    return rows, [_verdict(subject, name, judged, ordered[name], unjudged[name]) for name in BASELINES]
 
-    sentences = []
-    for name in BASELINES:
-        parts = [f"{outcome} at " + ", ".join(judged[name, outcome]) for outcome in
-                 OUTCOMES
-                 if judged[name, outcome]]
-        missing = sum(unjudged[name].values())
-        why = "; ".join(k if k.startswith("no ") else f"{k} for {n} spec run{'s' * (n > 1)}"
-                        for k, n in unjudged[name].items())
-        if not parts:
-            order = f"; ordered only: {'; '.join(ordered[name])}" if ordered[name] else ""
-            sentences.append(f"Against {name}, no comparison ({why}){order}.")
-            continue
-        if missing:
-            parts.append(f"no comparison for {missing} more spec run{'s' * (missing > 1)} ({why})")
-        if ordered[name]:
-            parts.append("ordered only: " + "; ".join(ordered[name]))
-        sentences.append(f"Against {name}, spec " + "; ".join(parts) + ".")
-    return rows, f"- **{network}, {budget} epochs.** " + " ".join(sentences)
+
+def _verdict(subject: str, name: str, judged: dict, ordered: list[str], unjudged: dict[str, int]) -> str:
+    """One sentence: how ``subject`` fares against the baseline ``name``."""
+    parts = [f"{outcome} at " + ", ".join(judged[name, outcome]) for outcome in OUTCOMES if judged[name, outcome]]
+    missing = sum(unjudged.values())
+    why = "; ".join(k if k.startswith("no ") else f"{k} for {n} {subject} run{'s' * (n > 1)}"
+                    for k, n in unjudged.items())
+    if not parts:
+        order = f"; ordered only: {'; '.join(ordered)}" if ordered else ""
+        return f"Against {name}, {subject}: no comparison ({why}){order}."
+    if missing:
+        parts.append(f"no comparison for {missing} more {subject} run{'s' * (missing > 1)} ({why})")
+    if ordered:
+        parts.append("ordered only: " + "; ".join(ordered))
+    return f"Against {name}, {subject} " + "; ".join(parts) + "."
 
 
 def main() -> None:
@@ -398,20 +424,20 @@ def main() -> None:
         groups[r.network, r.budget].append(r)
     rows, verdicts = [], []
     for (network, budget), runs in sorted(groups.items()):
-        if any(r.method == "spec" for r in runs):
+        if any(r.method in SUBJECTS for r in runs):
             budget_rows_, verdict = budget_rows(network, budget, runs, equal)
             rows += budget_rows_
             verdicts.append(verdict)
-    header = ["network", "epochs", "spec setting", "seeds", f"spec {name}", "spec val err", "spec test err",
-              "× l2 at equal val err (n)", "l2 test err", "× gmp at equal val err (n)", "gmp test err"]
+    header = ["network", "epochs", "method: setting", "seeds", name, "val err", "test err",
+              *(x for b in BASELINES for x in (f"× {b} at equal val err (n)", f"{b} test err"))]
     print("\n".join(markdown_table(header, rows)))
-    print(f"\n× baseline: spec's {name} over the baseline's at spec's validation error, seed by seed, "
-          "interpolated along the baseline's runs of that seed and budget; mean ± std over the seeds where "
-          "it exists, their number in brackets; where none exists, the baseline's val error minus spec's at "
-          f"spec's {equal} (pt: percentage points, above 0: spec more accurate), or only how the points "
+    print(f"\n× baseline: the method's {name} over the baseline's at the method's validation error, seed by "
+          "seed, interpolated along the baseline's runs of that seed and budget; mean ± std over the seeds where "
+          "it exists, their number in brackets; where none exists, the baseline's val error minus the method's "
+          f"at the method's {equal} (pt: percentage points, above 0: the method more accurate), or only how the points "
           "are ordered. Test err: the baseline's, interpolated the same way (at equal val error where "
           f"there is a ratio, else at equal {equal}).\n")
-    print("Verdict (spec wins where the ratio is above 1, or the gap above 0, by more than its std, loses "
+    print("Verdict (the method wins where the ratio is above 1, or the gap above 0, by more than its std, loses "
           "where it is below by more, ties otherwise):\n")
     print("\n".join(verdicts))
 

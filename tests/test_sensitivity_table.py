@@ -47,7 +47,7 @@ def write_run(folder, *, seed, val, compression, test=None, sens="spec", lam=1e-
         summary["structure"] = {"macs": {"dense": 1000, "nonzero": 10, "compact": 1000 / macs},
                                 "params": {"dense": 2000, "nonzero": 20, "compact": 2000 / macs}}
     prune_cfg = {"name": prune, "scope": extra.pop("scope", "global"), "stop_epoch": None, "tolerance": 0.1}
-    if prune == "gmp":
+    if prune in ("gmp", "gmp_units"):
         prune_cfg["target"] = extra.pop("target")
     config = {"model": {"name": model}, "data": {"name": "mnist"}, "trainer": {"seed": seed, "epochs": epochs},
               "sens": {"name": sens, "lam": lam, **extra}, "prune": prune_cfg,
@@ -169,33 +169,35 @@ def test_table_and_verdict(runs, tmp_path):
     out = done.stdout
     rows = {tuple(c.strip() for c in line.split("|")[1:4]): [c.strip() for c in line.split("|")[4:-1]]
             for line in out.splitlines() if line.startswith("| lenet300")}
-    assert {key[1:] for key in rows} == {("4", "2 settings (search)"), ("20", "λ 0.001, gmp 22.2×"),
-                                         ("40", "λ 0.001, search"), ("60", "λ 0.001, search"),
-                                         ("60", "λ 0.003, search")}
+    assert {key[1:] for key in rows} == {("4", "spec: 2 settings (search)"), ("20", "spec: λ 0.001, gmp 22.2×"),
+                                         ("40", "spec: λ 0.001, search"), ("60", "spec: λ 0.001, search"),
+                                         ("60", "spec: λ 0.003, search")}
     assert "copy_of_spec_s0 repeats" in done.stderr
     std = statistics.stdev([2.12132, 2.0])
-    # seeds | spec compression | val err | test err | × l2 | l2 test | × gmp | gmp test
-    assert rows["lenet300/mnist", "60", "λ 0.001, search"] == [
+    # seeds | compression | val err | test err | × l2 | l2 test | × gmp | gmp test | × gmp_units | its test
+    assert rows["lenet300/mnist", "60", "spec: λ 0.001, search"] == [
         "2", "155 ± 7×", "2.75 %", "2.05 %", f"2.06 ± {std:.2f}× (2)", "2.35 %",
-        "1.50× (1); one gmp point (1); neither (1)", "2.00 %"]
-    assert rows["lenet300/mnist", "4", "2 settings (search)"] == [
-        "1", "5–9×", "3.00–4.00 %", "2.60–3.60 %", "no l2 runs", "", "no gmp runs", ""]
-    assert rows["lenet300/mnist", "40", "λ 0.001, search"][4:] == ["no l2 runs", "", "1.25× (1)", "1.60 %"]
-    assert rows["lenet300/mnist", "60", "λ 0.003, search"][4:] == [
-        "outside l2's range; neither (2)", "", "one gmp point; neither (2)", ""]
+        "1.50× (1); one gmp point (1); neither (1)", "2.00 %", "no gmp_units runs", ""]
+    assert rows["lenet300/mnist", "4", "spec: 2 settings (search)"] == [
+        "1", "5–9×", "3.00–4.00 %", "2.60–3.60 %", "no l2 runs", "", "no gmp runs", "", "no gmp_units runs", ""]
+    assert rows["lenet300/mnist", "40", "spec: λ 0.001, search"][4:] == [
+        "no l2 runs", "", "1.25× (1)", "1.60 %", "no gmp_units runs", ""]
+    assert rows["lenet300/mnist", "60", "spec: λ 0.003, search"][4:] == [
+        "outside l2's range; neither (2)", "", "one gmp point; neither (2)", "", "no gmp_units runs", ""]
     # The 20-epoch budget's only l2 run (other/l2_20ep) prunes by search: no l2 curve of gmp's
     # schedule to set the spec gmp run against (l2 is compared along spec's own schedule).
     # gmp's one point is at spec's own target: compared at equal compression (0.021 - 0.02).
-    assert rows["lenet300/mnist", "20", "λ 0.001, gmp 22.2×"][4:] == [
-        "no l2 run at this seed", "", "one gmp point; at equal compression val err +0.10 pt (1)", "1.70 %"]
+    assert rows["lenet300/mnist", "20", "spec: λ 0.001, gmp 22.2×"][4:] == [
+        "no l2 run at this seed", "", "one gmp point; at equal compression val err +0.10 pt (1)", "1.70 %",
+        "no gmp_units runs", ""]
     assert "- **lenet300/mnist, 60 epochs.** Against l2, spec wins at *λ 0.001, search* (2.06 ± 0.09×; test " \
            "error 2.05 % against 2.35 % on those seeds); no comparison for 2 more spec runs (outside l2's range for " \
            "2 spec runs); ordered only: *λ 0.003, search* neither on 2 seeds." in out
     assert "Against gmp, spec is ahead on a single seed at *λ 0.001, search* (1.50×; test error 1.90 % against " \
            "2.00 % on those seeds); no comparison for 3 more spec runs (one gmp point for 3 spec runs); ordered " \
            "only: *λ 0.003, search* neither on 2 seeds; *λ 0.001, search* neither on 1 seed." in out
-    assert "- **lenet300/mnist, 4 epochs.** No l2 or gmp run at this budget." in out
-    assert "- **lenet300/mnist, 20 epochs.** Against l2, no comparison (no l2 run at this seed). Against " \
+    assert "- **lenet300/mnist, 4 epochs.** No l2 or gmp or gmp_units run at this budget." in out
+    assert "- **lenet300/mnist, 20 epochs.** Against l2, spec: no comparison (no l2 run at this seed). Against " \
            "gmp, spec is ahead on a single seed at *λ 0.001, gmp 22.2×* at equal compression (val err +0.10 pt; " \
            "test error 1.60 % against 1.70 % on those seeds)." in out
 
@@ -239,5 +241,23 @@ def test_the_cost_measure_sets_the_compacted_networks_against_each_other(tmp_pat
     assert by_compression.ratios == [pytest.approx(70 / (50 * 2 ** 0.5))]
     out = subprocess.run([sys.executable, str(SCRIPT), "--measure", "macs", str(root)], capture_output=True,
                          text=True, check=True, cwd=REPO)
-    assert "| spec fewer MACs |" in out.stdout and "4.0×" in out.stdout
+    assert "| fewer MACs |" in out.stdout and "| spec: λ 0.001, search | 1 | 4.0× |" in out.stdout
     assert "1 runs record no macs" in out.stderr
+
+
+def test_the_neuron_variant_and_the_structured_baseline_take_their_places(tmp_path):
+    # neuron is a subject with rows of its own (its scale in its setting), set against every
+    # baseline; gmp_units (sens=none prune=gmp_units) is the third baseline, one curve per seed.
+    root = tmp_path / "runs"
+    write_run(root / "neuron/s0", seed=0, val=0.03, compression=80, sens="neuron", scale="max")
+    write_run(root / "units/a", seed=0, val=0.02, compression=20, sens="none", prune="gmp_units", target="20x")
+    write_run(root / "units/b", seed=0, val=0.04, compression=80, sens="none", prune="gmp_units", target="80x")
+    found = st.find_runs([str(root)])
+    assert sorted(r.method for r in found) == ["gmp_units", "gmp_units", "neuron"]
+    neuron = [r for r in found if r.method == "neuron"]
+    comp = st.compare(neuron, [r for r in found if r.method == "gmp_units"], "gmp_units")
+    assert comp.ratios == [pytest.approx(80 / 40)]  # gmp_units at val 0.03: exp((log 20 + log 80) / 2) = 40x
+    out = subprocess.run([sys.executable, str(SCRIPT), str(root)], capture_output=True, text=True, check=True,
+                         cwd=REPO).stdout
+    assert "| neuron: λ 0.001, search, S scaled: max | 1 | 80× |" in out
+    assert "Against gmp_units, neuron is ahead on a single seed at *λ 0.001, search, S scaled: max* (2.00×;" in out
