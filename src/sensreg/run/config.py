@@ -313,7 +313,7 @@ class TrainConfig:
         p.choice("sens.output", self.sens.output, OUTPUTS)
         p.choice("sens.params", self.sens.params, PARAM_SETS)
         p.choice("sens.reduction", self.sens.reduction, REDUCTIONS)
-        variant = VARIANTS.get(self.sens.name)
+        variant = VARIANTS.get(self.sens.name) if isinstance(self.sens.name, str) else None
         if variant is not None and self.sens.reduction in REDUCTIONS and self.sens.reduction not in variant.reductions:
             p.append(f"sens.reduction={self.sens.reduction} is not defined for sens={variant.name}, whose "
                      f"sensitivity is by definition a mean over the samples of each one's: drop "
