@@ -38,6 +38,23 @@ class CheckpointError(RunError, ValueError):
     the method's masks raise it too, and the method imports nothing of the run."""
 
 
+class UnknownName(UserError, KeyError, ValueError):
+    """A name that no registry entry has (a variant, schedule, model, dataset): the message lists
+    the known ones. A KeyError, as a failed registry lookup is, and a ValueError, as every misused
+    argument of the API is."""
+
+    def __str__(self) -> str:  # (KeyError's would quote the message)
+        return str(self.args[0])
+
+
+def lookup(registry, name, what: str):
+    """``registry[name]``; an unknown ``name`` raises UnknownName listing the known ones."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):  # (TypeError: an unhashable name, a list from a config)
+        raise UnknownName(f"unknown {what} {name!r}; known: {', '.join(map(str, registry))}") from None
+
+
 class Diverged(RunError, FloatingPointError):
     """The training loss or the weights became non-finite."""
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from sensreg.errors import lookup
+
 from . import folders, tensors
 from .tensors import Dataset, Split, Stats
 
@@ -102,9 +104,7 @@ def split_train_val(train: Split, val_fraction: float, split_seed: int) -> tuple
 def load_dataset(name: str, root: str | Path = "data", val_fraction: float = 0.1, split_seed: int = 0,
                  device: torch.device | str = "cpu", **options) -> Dataset:
     """Load dataset ``name`` and return its train/validation/test splits on ``device``."""
-    if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    spec = DATASETS[name]
+    spec = lookup(DATASETS, name, "dataset")
     full_train, test = spec.load(root, **options)
     train, val = split_train_val(full_train, val_fraction, split_seed)
     return Dataset(train.to(device), val.to(device), test.to(device), _num_classes(spec, full_train, test, options),

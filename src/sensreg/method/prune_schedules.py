@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sensreg.errors import lookup
 from sensreg.method.pruning import Masks, search_threshold
 from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction, step_at
 
@@ -338,9 +339,7 @@ def prune_schedule(name: str, epochs: int, **settings: Any) -> PruneSchedule:
     ``prune_schedule("gmp", 20, target="100x", stop_epoch=0.8)``. The loop calls its
     ``after_step`` after every training step (where ``steps`` is true) and its ``after_epoch``
     after every validation pass, with a ``PruneContext``."""
-    if name not in PRUNE_SCHEDULES:
-        raise ValueError(f"unknown pruning schedule {name!r}; known: {', '.join(PRUNE_SCHEDULES)}")
-    return PRUNE_SCHEDULES[name](PruneConfig(name=name, **settings), epochs)
+    return lookup(PRUNE_SCHEDULES, name, "pruning schedule")(PruneConfig(name=name, **settings), epochs)
 
 
 def search_and_prune(masks: Masks, optimizer, validate: Callable[[], dict[str, float]],

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from sensreg.errors import lookup
 from sensreg.method.positions import Position, epoch_at
 
 
@@ -137,9 +138,8 @@ SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {"constant": (), "step": ("milestone
 
 def build_schedule(name: str, **kwargs) -> Schedule:
     """The registered schedule ``name`` with its keyword arguments."""
-    if name not in SCHEDULES:
-        raise KeyError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
-    return SCHEDULES[name](**{k: v for k, v in kwargs.items() if k in SCHEDULE_KEYS[name]})
+    schedule = lookup(SCHEDULES, name, "schedule")
+    return schedule(**{k: v for k, v in kwargs.items() if k in SCHEDULE_KEYS[name]})
 
 
 FOLLOW_ETA = "follow_eta"  # lambda's schedule only: the eta schedule's factor, epoch by epoch

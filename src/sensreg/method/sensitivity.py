@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sensreg.errors import lookup
 from sensreg.method.neuron import UnitTape
 from sensreg.method.per_sample import LayerTape
 
@@ -244,20 +245,9 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-class UnknownVariant(KeyError, ValueError):
-    """A variant name that is not registered (a ValueError, as every misused argument is; a
-    KeyError, as a registry lookup is)."""
-
-    def __str__(self) -> str:  # (KeyError's would quote the message)
-        return str(self.args[0])
-
-
 def get_variant(name: str) -> Variant:
     """The registered variant ``name``; an unknown name is an error listing the known ones."""
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        raise UnknownVariant(f"unknown sensitivity variant {name!r}; known: {', '.join(VARIANTS)}") from None
+    return lookup(VARIANTS, name, "sensitivity variant")
 
 
 # Modules whose backward has no batching rule in autograd's batched-gradient mode: PyTorch falls

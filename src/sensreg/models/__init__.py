@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from sensreg.errors import UnknownName
+
 from .external import EXTERNAL, UnknownModel
 from .lenet import lenet5, lenet300
 from .resnet import resnet18, resnet20, resnet32, resnet50, resnet56, resnet101
@@ -58,7 +60,7 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], arch:
             raise UnknownModel(f"model={name} needs model.{key} (e.g. {EXAMPLES[name]})")
         return builder(num_classes, tuple(input_shape), named, **(kwargs or {}))
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join([*MODELS, *EXTERNAL])}")
+        raise UnknownName(f"unknown model {name!r}; known: {', '.join([*MODELS, *EXTERNAL])}")
     return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape))
 
 
