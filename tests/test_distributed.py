@@ -92,6 +92,9 @@ def gradients_of_part(d, model_name, sens, classes, batched, reduction):
     ("lenet300", "unspec", None, None, "sample"),
     ("lenet5", "unspec", 3, None, "sample"),
     ("lenet5", "spec", None, None, "sample"),
+    # the neuron variant: per-sample by definition, its units' values summed over the processes
+    ("lenet300", "neuron", None, None, "sample"),
+    ("lenet5", "neuron", 3, None, "sample"),
 ])
 def test_two_processes_give_the_gradients_and_sensitivities_of_the_whole_batch(
         tmp_path, model_name, sens, classes, batched, reduction):
