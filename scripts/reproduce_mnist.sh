@@ -24,6 +24,8 @@ RUNS=(
   "lenet300_spec_lam5e-4|experiment=lenet300_spec sens.lam=5e-4"
   "lenet300_l2_lam2e-3|experiment=lenet300_l2 sens.lam=2e-3"
   "lenet300_gmp|experiment=lenet300_gmp"
+  "lenet300_neuron|experiment=lenet300_neuron"
+  "lenet300_gmp_units|experiment=lenet300_gmp_units"
   "lenet300_long_spec|experiment=lenet300_long_spec"
   "lenet300_long_l2|experiment=lenet300_long_l2"
   "lenet300_long_gmp|experiment=lenet300_long_gmp"

@@ -83,6 +83,9 @@ def scratch(tmp_path_factory) -> Path:
 def run_as_written(words: list[str], cwd: Path):
     words = filled(words, cwd)
     env = {"HYDRA_FULL_ERROR": "", "EXTRA": " ".join(TINY)}  # EXTRA: reproduce_mnist.sh's extra overrides
+    while re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):  # a variable set for the command: OMP_NUM_THREADS=1
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
     if words[0] == "sensreg":
         if words[1] == "train" and "--help" not in words:
             words = [*words, *TINY, *(PARETO_TINY if "hydra/sweeper=pareto" in words else [])]
