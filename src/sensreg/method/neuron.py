@@ -35,6 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from sensreg.errors import UserError
+from sensreg.method.per_sample import forward_hooks, parameter_owners
 
 # Layers whose parameters belong to units: the unit is the last dimension of a linear layer's
 # output, the channel (dimension 1) of a convolution's or a batch norm's.
@@ -62,10 +63,7 @@ class UnitTape:
     outputs: dict[nn.Module, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        owners = {}
-        for name, module in self.model.named_modules():
-            for pname, p in module.named_parameters(recurse=False):
-                owners[id(p)] = (name, module, pname)
+        owners = parameter_owners(self.model)
         self.slots: list[nn.Module] = []
         for p in self.params:
             name, module, pname = owners[id(p)]
@@ -91,12 +89,8 @@ class UnitTape:
                     f"pass (shared weights), so it has no one output per unit. Use sens=spec for this network.")
             self.outputs[module] = output
 
-        handles = [m.register_forward_hook(hook) for m in self.modules]
-        try:
+        with forward_hooks(self.modules, hook):
             yield self
-        finally:
-            for h in handles:
-                h.remove()
 
     def unit_sensitivities(self, scalars: Tensor, retain_graph: bool = False, batched: bool = True) -> dict[nn.Module, Tensor]:
         """mean_k mean_n mean_p |d scalars[k] / d z_{n,j,p}| for every unit j of every recorded layer.

@@ -56,6 +56,23 @@ class _Call:
     output: Tensor
 
 
+def parameter_owners(model: nn.Module) -> dict[int, tuple[str, nn.Module, str]]:
+    """id of each parameter -> (its module's name, the module, the parameter's own name)."""
+    return {id(p): (name, module, pname) for name, module in model.named_modules()
+            for pname, p in module.named_parameters(recurse=False)}
+
+
+@contextmanager
+def forward_hooks(modules: list[nn.Module], hook):
+    """Within: ``hook(module, inputs, output)`` runs after each forward call of ``modules``."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @dataclass
 class LayerTape:
     """Records the input and output of each layer that owns one of ``params`` during a forward.
@@ -69,10 +86,7 @@ class LayerTape:
     calls: dict[nn.Module, _Call] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        owners = {}
-        for name, module in self.model.named_modules():
-            for pname, p in module.named_parameters(recurse=False):
-                owners[id(p)] = (name, module, pname)
+        owners = parameter_owners(self.model)
         self.slots: list[tuple[nn.Module, str]] = []
         for p in self.params:
             name, module, pname = owners[id(p)]
@@ -102,12 +116,8 @@ class LayerTape:
                     f"this module computes. Use sens.reduction=batch for this network.")
             self.calls[module] = _Call(inputs[0], output)
 
-        handles = [m.register_forward_hook(hook) for m in self.modules]
-        try:
+        with forward_hooks(self.modules, hook):
             yield self
-        finally:
-            for h in handles:
-                h.remove()
 
     def abs_grad_sums(self, scalars: list[Tensor], retain_graph: bool = False) -> list[Tensor]:
         """sum_k sum_n |d scalars[k]_n / dw| for each of ``params``, from the recorded pass.
