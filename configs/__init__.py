@@ -2,19 +2,30 @@
 
 Every option of the groups that make up a run's config (data, model, sens, optim, schedule,
 prune, trainer) starts from its node of the typed schema, ``schema.GROUP.OPTION``
-(``sensreg.run.config.option_node``): the keys it reads at their defaults. Its YAML file names
-that node first in its defaults list and holds only its presets. Hydra imports this package to
-read the files, so the nodes are registered wherever the configs are composed: ``sensreg
-train``, the Pareto sweeper, Hydra's compose API.
+(``sensreg.run.config_groups.option_node``): the keys it reads at their defaults. Its YAML file
+names that node first in its defaults list and holds only its presets. Hydra imports this
+package to read the files, so the nodes are registered wherever the configs are composed:
+``sensreg train``, the Pareto sweeper, Hydra's compose API.
 """
 
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 
-from sensreg.run.config import GROUP_SCHEMAS, option_node
+from sensreg.method.prune_schedules import PRUNE_SCHEDULES
+from sensreg.run.config_groups import GROUP_SCHEMAS, option_node
 
-for _group in GROUP_SCHEMAS:
-    # Every option file of the group, so that a user's new option (data/mine.yaml) has its node too.
-    for _option in sorted(p.stem for p in (Path(__file__).parent / _group).glob("*.yaml")):
-        ConfigStore.instance().store(name=f"schema.{_group}.{_option}", node=option_node(_group, _option))
+
+def register_schema_nodes() -> None:
+    """Store ``schema.GROUP.OPTION`` for every option file of every group, so that a user's new
+    option (data/mine.yaml) has its node too, and for every registered prune schedule, whose
+    option file may live on another search path (``hydra.searchpath``)."""
+    for group in GROUP_SCHEMAS:
+        options = {p.stem for p in (Path(__file__).parent / group).glob("*.yaml")}
+        if group == "prune":
+            options |= set(PRUNE_SCHEDULES)
+        for option in sorted(options):
+            ConfigStore.instance().store(name=f"schema.{group}.{option}", node=option_node(group, option))
+
+
+register_schema_nodes()

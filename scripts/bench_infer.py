@@ -30,7 +30,7 @@ from sensreg import csr_linears
 from sensreg.data import batches, load_test_split
 from sensreg.run import speed as timing
 from sensreg.run.checkpoint import load_checkpoint, saved_network
-from sensreg.run.config import DataConfig
+from sensreg.data.config import DataConfig
 from sensreg.run.export import write_onnx
 from sensreg.run.structure import compact_network, example_batch
 

@@ -35,6 +35,7 @@ from sensreg.data import batches
 from sensreg.method.pruning import Masks, prunable_names
 from sensreg.method.sensitivity import get_variant
 from sensreg.run.lifecycle import setup
+from sensreg.method.step import StepSettings
 from sensreg.run.loop import TrainStep, build_optimizer
 
 VARIANTS = ("none", "loss", "spec", "unspec", "neuron", "spec/sample", "unspec/sample")
@@ -48,10 +49,10 @@ def make_step(cfg: TrainConfig, data, model, variant: str) -> TrainStep:
     magnitudes = masks.kept_magnitudes()
     masks.prune_below_(float(magnitudes[len(magnitudes) // 2]))
     optimizer = build_optimizer(cfg, model.parameters())
-    return TrainStep(model, optimizer, get_variant(variant), masks,
-                     prunable_names(model, cfg.sens.params, cfg.prune.batchnorm),
-                     cfg.sens.output, cfg.sens.classes, torch.Generator().manual_seed(1),
-                     cfg.trainer.precision, cfg.trainer.compile, reduction=reduction or None)
+    settings = StepSettings(get_variant(variant), prunable_names(model, cfg.sens.params, cfg.prune.batchnorm),
+                            cfg.sens.output, cfg.sens.classes, reduction=reduction or None)
+    return TrainStep(model, optimizer, masks, settings, generator=torch.Generator().manual_seed(1),
+                     precision=cfg.trainer.precision, compile=cfg.trainer.compile)
 
 
 def time_steps(step: TrainStep, data, batch_size: int, n_steps: int, device: torch.device,

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from sensreg.atomic import write_json
-from sensreg.commands.compare import find_run_dirs
+from sensreg.run.compare import find_run_dirs
 from sensreg.data import load_test_split
 from sensreg.run.checkpoint import load_checkpoint, saved_network
-from sensreg.run.config import DataConfig
+from sensreg.data.config import DataConfig
 from sensreg.run.folder import RunFolder
 from sensreg.run.structure import network_structure, structure_lines
 

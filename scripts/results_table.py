@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from sensreg.commands.compare import references_for
+from sensreg.run.compare import references_for
 from sensreg.run.folder import RunFolder
 from sensreg.run.structure import ratio
 from sensreg.run.tables import markdown_table

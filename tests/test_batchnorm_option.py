@@ -19,6 +19,7 @@ from sensreg.run.tables import layer_table, render_text
 from sensreg.method.sensitivity import get_variant
 from sensreg.method.prune_schedules import PRUNE_SCHEDULES
 from sensreg.run.lifecycle import setup as setup_run, train  # not `setup`: pytest < 9 would call it as a module set-up
+from sensreg.method.step import StepSettings
 from sensreg.run.loop import TrainStep
 
 from conftest import composed, config, random_batch  # config(): the small synthetic-data run of the training tests
@@ -80,8 +81,8 @@ def test_networks_without_batch_norm_are_unaffected(name, which):
 def step_for(model: nn.Module, sens: str, batchnorm: bool) -> TrainStep:
     # A learning rate of zero: every change of a weight is the shrink's.
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    return TrainStep(model, optimizer, get_variant(sens), Masks(model, prunable_names(model, "all", batchnorm)),
-                     prunable_names(model, "all", batchnorm))
+    return TrainStep(model, optimizer, Masks(model, prunable_names(model, "all", batchnorm)),
+                     StepSettings(get_variant(sens), prunable_names(model, "all", batchnorm)))
 
 
 def one_shrink(sens: str, batchnorm: bool) -> tuple[dict, dict]:

@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sensreg.commands import compare as cmp
-from sensreg.commands.compare import output as compare_output
+from sensreg.run import compare as cmp
+from sensreg.run.compare import output as compare_output
 from sensreg.run.folder import LOCK_NAME
 
 import conftest
@@ -552,7 +552,7 @@ def test_a_schedule_other_than_the_search_is_its_own_series(tmp_path, monkeypatc
 def test_a_group_of_seed_folders_alone_in_their_folder_is_named_by_it(tmp_path):
     # outputs/reference/NAME/seed0..2 (reproduce_mnist.sh's layout) keeps no Hydra record of its
     # preset: the folder names the group. Runs that share a folder with others are named by keys.
-    from sensreg.commands.compare import Row, name_groups
+    from sensreg.run.compare import Row, name_groups
 
     def group(h, paths, lam):
         return Row(run="?", path=";".join(str(tmp_path / p) for p in paths), status="completed", model="lenet300",

@@ -10,8 +10,9 @@ from importlib import resources
 import pytest
 import yaml
 
-from sensreg.run.config import (GROUP_SCHEMAS, LATER_KEYS, NOT_COMPUTATION, ConfigError, TrainConfig,
-                                 config_differences, option_node, upgrade_config)
+from sensreg.run.config import LATER_KEYS, NOT_COMPUTATION, ConfigError, TrainConfig, upgrade_config
+from sensreg.run.config_diff import config_differences
+from sensreg.run.config_groups import GROUP_SCHEMAS, option_node
 from sensreg.data import DATASETS
 from sensreg.method.prune_schedules import PRUNE_SCHEDULES
 from sensreg.method.sensitivity import VARIANTS

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sensreg.run.config import DataConfig, TrainConfig
+from sensreg.data.config import DataConfig
+from sensreg.run.config import TrainConfig
 from sensreg.data import (DATASETS, DatasetMissing, Split, batches, input_shape, load_dataset, num_batches,
                           pad_value, split_train_val)
 

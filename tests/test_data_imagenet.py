@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from sensreg.commands.cli import main as sensreg_main
-from sensreg.run.config import ConfigError, DataConfig, TrainConfig
+from sensreg.data.config import DataConfig
+from sensreg.run.config import ConfigError, TrainConfig
 from sensreg.data import DatasetMissing, Split, batches, load_dataset, load_test_split
 from sensreg.run.interrupt import Interrupted
 from sensreg.run.lifecycle import resume_state, train

@@ -25,6 +25,7 @@ from sensreg.models import build_model
 from sensreg.method.pruning import Masks, prunable_names
 from sensreg.method.sensitivity import VARIANTS, batched_vjps_are_faster, get_variant
 from sensreg.run.lifecycle import resume_state, train
+from sensreg.method.step import StepSettings
 from sensreg.run.loop import TrainStep
 from sensreg.run.train_state import load_training_state
 
@@ -71,8 +72,9 @@ def _step(model_name: str):
 def gradients_of_part(d, model_name, sens, classes, batched, reduction):
     model, x, y = _step(model_name)
     names = prunable_names(model, "all")
-    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), get_variant(sens), Masks(model, names),
-                     names, "logits", classes, torch.Generator().manual_seed(5), dist=d, reduction=reduction)
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), Masks(model, names),
+                     StepSettings(get_variant(sens), names, "logits", classes, reduction=reduction),
+                     generator=torch.Generator().manual_seed(5), dist=d)
     if batched is not None:
         step.method.batched = batched
     part = slice(0, 4) if d.rank == 0 else slice(4, 7)
@@ -101,8 +103,9 @@ def test_two_processes_give_the_gradients_and_sensitivities_of_the_whole_batch(
     parts = run_processes(tmp_path, "gradients_of_part", model_name, sens, classes, batched, reduction)
     model, x, y = _step(model_name)
     names = prunable_names(model, "all")
-    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), get_variant(sens), Masks(model, names),
-                     names, "logits", classes, torch.Generator().manual_seed(5), reduction=reduction)
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), Masks(model, names),
+                     StepSettings(get_variant(sens), names, "logits", classes, reduction=reduction),
+                     generator=torch.Generator().manual_seed(5))
     if batched is not None:
         step.method.batched = batched
     loss, grads, sens_values = step.gradients(x, y)

@@ -88,7 +88,7 @@ def test_the_files_run_without_sensreg_and_give_the_compacted_networks_logits(fi
 
     from sensreg.data import batches, load_test_split
     from sensreg.run.checkpoint import load_checkpoint, saved_network
-    from sensreg.run.config import DataConfig
+    from sensreg.data.config import DataConfig
     from sensreg.run.structure import compact_network
 
     out = tmp_path / "exported"
@@ -280,7 +280,7 @@ def test_eval_checks_its_data_overrides_as_train_does(finished_run, in_process_c
 
 
 def test_an_empty_data_root_is_refused(tmp_path, in_process_cli, capsys):
-    from sensreg.run.config import DataConfig, data_problems
+    from sensreg.data.config import DataConfig, data_problems
 
     assert any("data.root='' must name the folder" in p for p in data_problems(DataConfig(name="mnist", root="")))
     assert data_problems(DataConfig(name="synthetic", root="")) == []  # generated data reads no folder

@@ -100,7 +100,7 @@ def workdir(tmp_path, monkeypatch, in_process_cli):
 
 
 def train_and_check(workdir, name: str, *overrides: str) -> dict:
-    from sensreg.commands.reevaluate import evaluate_checkpoint
+    from sensreg.run.reevaluate import evaluate_checkpoint
 
     run = workdir / name
     assert run_in_process("train", *TINY, *overrides, f"hydra.run.dir={run}") == 0, overrides

@@ -18,6 +18,7 @@ from sensreg.method.pruning import Masks, layer_macs_per_weight, prunable_names,
 
 from conftest import composed
 from sensreg.method.sensitivity import get_variant, gradients_and_sensitivity
+from sensreg.method.step import StepSettings
 from sensreg.run.loop import TrainStep
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -199,7 +200,7 @@ def test_every_model_takes_a_training_step_and_keeps_its_pruned_weights_at_zero(
     y = torch.tensor([0, 1])
     masks = Masks(model, prunable_names(model, "weights"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    step = TrainStep(model, optimizer, get_variant("spec"), masks, prunable_names(model, "all"))
+    step = TrainStep(model, optimizer, masks, StepSettings(get_variant("spec"), prunable_names(model, "all")))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert bool(torch.isfinite(step(x, y, 1e-3)))
     assert [n for n, p in model.named_parameters() if torch.equal(p, before[n])] == []

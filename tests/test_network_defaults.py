@@ -20,6 +20,7 @@ from sensreg.models import MODELS, NETWORK_LR, OPTIMIZER_LR, default_lr
 from sensreg.method.pruning import Masks
 from sensreg.run.lifecycle import setup as setup_run  # not `setup`: pytest < 9 would call it as a module set-up
 from sensreg.method.sensitivity import get_variant
+from sensreg.method.step import StepSettings
 from sensreg.run.loop import TrainStep, build_optimizer
 from sensreg.data import batches
 
@@ -59,7 +60,7 @@ def test_the_defaults_of_each_network_train_it_without_diverging(name):
     assert cfg.optim.lr == default_lr(name, "sgd")
     _, data, model = setup_run(cfg)
     optimizer = build_optimizer(cfg, model.parameters())
-    step = TrainStep(model, optimizer, get_variant("none"), Masks(model, []), [])
+    step = TrainStep(model, optimizer, Masks(model, []), StepSettings(get_variant("none"), regularize=[]))
     losses, generator = [], torch.Generator().manual_seed(0)
     while len(losses) < STEPS:
         for x, y in batches(data.train, cfg.trainer.batch_size, shuffle=True, generator=generator):

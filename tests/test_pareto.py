@@ -12,7 +12,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from conftest import HANG_S, run_in_process, stop_at_step  # noqa: E402
-from sensreg.commands.compare import compare  # noqa: E402
+from sensreg.run.compare import compare  # noqa: E402
 from sensreg.commands.pareto import objectives, search_space, trials_done  # noqa: E402
 
 # Short trials that prune (patience 0: a threshold search after every epoch).
@@ -187,7 +187,8 @@ def test_the_default_search_space_is_what_each_preset_reads():
     # `sensreg train -m hydra/sweeper=pareto experiment=NAME` with no other argument searches keys
     # the preset's schedule reads: lambda where the variant regularizes, and the prune schedule's
     # own key (gmp: the target; search: the tolerance).
-    from sensreg.commands.pareto import READ_BY, default_space
+    from sensreg.commands.pareto import default_space
+    from sensreg.run.config_groups import key_readers
     from test_config import experiments
     from conftest import composed
 
@@ -199,7 +200,7 @@ def test_the_default_search_space_is_what_each_preset_reads():
         cfg = composed(f"experiment={name}")
         space = default_space(cfg["sens"]["name"], cfg["prune"]["name"])
         for key in space:
-            assert key == "sens.lam" or cfg["prune"]["name"] in READ_BY[key], (name, key)
+            assert key == "sens.lam" or cfg["prune"]["name"] in key_readers(*key.split(".", 1)), (name, key)
         dense = cfg["sens"]["name"] == "none" and cfg["prune"]["name"] == "none"
         assert bool(space) != dense, name
 

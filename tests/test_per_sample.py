@@ -204,6 +204,7 @@ def test_train_step_shrinks_by_the_scaled_per_sample_insensitivity(net, scale, o
     """One TrainStep with sens.reduction=sample against w - lr dL/dw - lam w max(0, 1 - scaled S),
     S from the loop over samples; its insensitivity figures from the same S."""
     from sensreg.method.pruning import Masks, prunable_names
+    from sensreg.method.step import StepSettings
     from sensreg.run.loop import TrainStep
 
     lr, lam, gamma = 0.1, 0.3, 4.0
@@ -223,8 +224,9 @@ def test_train_step_shrinks_by_the_scaled_per_sample_insensitivity(net, scale, o
     everything = torch.cat([b.flatten() for b in sbar])
     expected_stats = {"insens_mean": float(everything.mean()), "insens_below_half": float((everything < 0.5).double().mean())}
 
-    step = TrainStep(model, torch.optim.SGD(params, lr=lr), get_variant("spec"), Masks(model, names), names,
-                     reduction="sample", scale=scale, gamma=gamma, scale_over=over)
+    step = TrainStep(model, torch.optim.SGD(params, lr=lr), Masks(model, names),
+                     StepSettings(get_variant("spec"), names, reduction="sample", scale=scale, gamma=gamma,
+                                  scale_over=over))
     step(x, y, lam, measure=True)
     for p, e in zip(model.parameters(), expected):
         assert_close(p.detach(), e, **TIGHT)

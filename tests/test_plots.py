@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sensreg.run import plots
-from sensreg.commands.compare import Row, write_plots
+from sensreg.run.compare import Row, write_plots
 
 
 @pytest.fixture

@@ -15,13 +15,15 @@ import torch.nn.functional as F
 
 from sensreg.run.checkpoint import load_checkpoint
 from sensreg.run.compiling import CompileError
-from sensreg.run.config import ConfigError, config_differences
+from sensreg.run.config import ConfigError
+from sensreg.run.config_diff import config_differences
 from sensreg.data import load_dataset
-from sensreg.commands.reevaluate import evaluate_checkpoint
+from sensreg.run.reevaluate import evaluate_checkpoint
 from sensreg.models import build_model
 from sensreg.method.pruning import Masks, prunable_names
 from sensreg.method.sensitivity import get_variant
 from sensreg.run.lifecycle import train
+from sensreg.method.step import StepSettings
 from sensreg.run.loop import TrainStep
 from conftest import config  # the small synthetic-data run every training test starts from
 
@@ -54,7 +56,7 @@ def make_step(model_name: str, sens: str = "spec", precision: str = "fp32", outp
     model = build_model(model_name, 10, (1, 28, 28))
     names = prunable_names(model, "all")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    return TrainStep(model, optimizer, get_variant(sens), Masks(model, names), names, output,
+    return TrainStep(model, optimizer, Masks(model, names), StepSettings(get_variant(sens), names, output),
                      precision=precision)
 
 
@@ -214,8 +216,9 @@ def test_compiled_step_takes_the_unspecific_vjps_one_class_at_a_time():
     model = build_model("lenet300", 10, (1, 28, 28))
     names = prunable_names(model, "all")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    eager = TrainStep(model, optimizer, get_variant("unspec"), Masks(model, names), names)
-    compiled = TrainStep(model, optimizer, get_variant("unspec"), Masks(model, names), names, compile=True)
+    eager = TrainStep(model, optimizer, Masks(model, names), StepSettings(get_variant("unspec"), names))
+    compiled = TrainStep(model, optimizer, Masks(model, names), StepSettings(get_variant("unspec"), names),
+                         compile=True)
     assert eager.method.batched and not compiled.method.batched
     assert compiled.method.forward_fn is not model and compiled.method.model is model
 
@@ -238,8 +241,8 @@ def test_sensitivity_through_the_compiled_model_matches_eager(batch, tmp_path, m
         for sens in ("spec", "unspec"):
             eager = make_step("lenet300", sens)
             compiled = make_step("lenet300", sens)  # the same initial weights
-            compiled = TrainStep(compiled.model, compiled.optimizer, compiled.variant, compiled.masks,
-                                 compiled.masks.names, compile=True)
+            compiled = TrainStep(compiled.model, compiled.optimizer, compiled.masks, compiled.settings,
+                                 compile=True)
             for step in (eager, compiled):
                 step(*batch, lam=1e-3)  # a step, then the quantities at the new weights
             loss, grads, sensitivity = compiled.gradients(*batch)

@@ -338,3 +338,59 @@ def test_a_run_with_the_structured_baseline_removes_units(tmp_path, in_process_c
     units = summary["structure"]["units"]
     assert units["fc1"][0] < 300 and units["fc2"][0] < 100 and units["fc3"] == [10, 10]
     assert summary["structure"]["macs"]["compact"] <= summary["structure"]["macs"]["dense"] / 4
+
+
+class HalveTheKept(PruneSchedule):
+    """A toy schedule, as docs/extending.md adds one: after every epoch of its window, it prunes
+    the smaller half (by |w|) of the entries still kept, down to ``prune.target`` of them kept."""
+
+    name = "halve"
+    READS = ("target", "start_epoch", "stop_epoch")
+    SEARCH = {"prune.target": "interval(0.5, 0.9)"}
+
+    @classmethod
+    def check_own(cls, prune, epochs, p):
+        if not (isinstance(prune.target, float) and 0 < prune.target < 1):
+            p.add("prune.target", f"prune.target={prune.target!r} must be a sparsity between 0 and 1; "
+                                  f"prune=halve halves the kept weights down to it.")
+
+    def after_epoch(self, epoch, val, ctx):
+        if not self.active(epoch):
+            return val
+        masks = ctx.masks
+        kept = max(masks.kept() // 2, masks.total() - round(self.cfg.target * masks.total()))
+        pruned, largest = masks.keep_largest_(kept, ctx.optimizer)
+        self.record({"epoch": epoch, "threshold": largest, "pruned": pruned})
+        return ctx.validate()
+
+
+def test_a_prune_schedule_added_as_one_class_and_one_option_file_trains(tmp_path, monkeypatch, in_process_cli):
+    # What docs/extending.md walks through: the class, registered, and its option file (here on a
+    # search path of the user's, as hydra.searchpath finds it); nothing else is edited.
+    import importlib
+    import json
+
+    from conftest import composed, run_in_process
+
+    monkeypatch.setitem(prune_schedules.PRUNE_SCHEDULES, "halve", HalveTheKept)
+    (tmp_path / "configs" / "prune").mkdir(parents=True)
+    (tmp_path / "configs" / "prune" / "halve.yaml").write_text(
+        "defaults: [/schema.prune.halve@_here_, _self_]\ntarget: 0.75\n")
+    importlib.import_module("sensreg.configs").register_schema_nodes()  # as its first import does
+    search_path = f"hydra.searchpath=[file://{tmp_path / 'configs'}]"
+
+    node = composed("~experiment", search_path, "prune=halve")["prune"]
+    assert node["target"] == 0.75 and node["patience"] is None and node["threshold"] is None  # unread: null
+    assert node["start_epoch"] == 1 and node["params"] == "all"
+    small = ["~experiment", "data=synthetic", "data.num_train=300", "data.num_test=100", "trainer.epochs=2",
+             "trainer.batch_size=50", "trainer.device=cpu", "trainer.progress=false", "sens=spec", search_path]
+    run = tmp_path / "run"
+    assert run_in_process("train", *small, "prune=halve", f"hydra.run.dir={run}") == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert [t["epoch"] for t in summary["thresholds"]] == [1, 2]
+    assert summary["compression"] == pytest.approx(4.0, rel=1e-4)  # halved twice: a quarter kept, the target
+    # Its own check refuses a bad value before training; a key it does not read is refused too.
+    for bad in ("prune.target=2", "prune.patience=3"):
+        assert run_in_process("train", *small, "prune=halve", bad, f"hydra.run.dir={tmp_path / 'bad'}") == 2, bad
+        assert not (tmp_path / "bad" / "summary.json").exists()

@@ -20,6 +20,7 @@ from sensreg.method.prune_schedules import PRUNE_SCHEDULES, build_prune_schedule
 from sensreg.method.pruning import Masks, layer_macs_per_weight, prunable_names, search_threshold, sparsity_stats
 from sensreg.run.lifecycle import resume_state, train
 from sensreg.method.sensitivity import get_variant
+from sensreg.method.step import StepSettings
 from sensreg.run.loop import TrainStep
 from sensreg.run.train_state import load_training_state
 
@@ -115,7 +116,7 @@ def test_pruned_entries_stay_exactly_zero_through_training(kind, sens_name):
     names = prunable_names(model, "all")
     masks = Masks(model, names)
     opt = _optimizer(kind, model.parameters())
-    step = TrainStep(model, opt, get_variant(sens_name), masks, names)
+    step = TrainStep(model, opt, masks, StepSettings(get_variant(sens_name), names))
     for _ in range(5):  # build up momentum / moments first
         step(x, y, 0.01)
     for p in model.parameters():
@@ -153,7 +154,7 @@ def test_pruned_entries_get_no_gradient_update_with_adam_fresh_state():
     masks = Masks(model, names)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     masks.prune_below_(0.2, opt)
-    step = TrainStep(model, opt, get_variant("unspec"), masks, names)
+    step = TrainStep(model, opt, masks, StepSettings(get_variant("unspec"), names))
     for _ in range(10):
         step(x, y, 0.05)
     for p, m in zip(masks.params, masks.masks):
@@ -183,7 +184,7 @@ def test_pruned_entries_are_reapplied_after_every_step():
     masks = Masks(model, names)
     opt = DriftingSGD(model.parameters())
     masks.prune_below_(0.2, opt)
-    step = TrainStep(model, opt, get_variant("spec"), masks, names)
+    step = TrainStep(model, opt, masks, StepSettings(get_variant("spec"), names))
     for _ in range(3):
         step(x, y, 0.01)
     for p, m in zip(masks.params, masks.masks):

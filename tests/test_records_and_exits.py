@@ -92,7 +92,7 @@ def test_ctrl_c_during_eval_is_one_line_and_exit_130(tmp_path):
     train(config(), tmp_path / "run")
     # A real SIGINT while the test split is evaluated.
     script = (AS_AT_A_TERMINAL + "import signal, sys\n"
-              "import sensreg.commands.reevaluate as r\n"
+              "import sensreg.run.reevaluate as r\n"
               "original = r.evaluate\n"
               "def evaluate(*args, **kwargs):\n"
               "    signal.raise_signal(signal.SIGINT)\n"
@@ -310,7 +310,7 @@ def interrupted_command(tmp_path, module: str, function: str, *args: str) -> sub
 
 @pytest.mark.parametrize("command, module, function", [
     ("report", "sensreg.run.plots", "epochs_plot"),  # the report draws its plots
-    ("compare", "sensreg.commands.compare", "write_csv"),  # compare writes its table
+    ("compare", "sensreg.run.compare", "write_csv"),  # compare writes its table
 ])
 def test_ctrl_c_during_report_or_compare_is_one_line_and_exit_130(tmp_path, command, module, function):
     from sensreg.run.lifecycle import train

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from sensreg.commands.reevaluate import evaluate_checkpoint
+from sensreg.run.reevaluate import evaluate_checkpoint
 
 from conftest import REPO, needs_mnist
 

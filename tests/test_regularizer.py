@@ -13,6 +13,7 @@ from sensreg.method.pruning import Masks, prunable_names
 from sensreg.method.regularizer import (SCHEDULES, build_schedule, constant, cosine, insensitivity, insensitivity_stats,
                                  rescale_, shrink_, step)
 from sensreg.method.sensitivity import VARIANTS, get_variant
+from sensreg.method.step import StepSettings
 from sensreg.run.loop import TrainStep
 
 from conftest import parametrized
@@ -234,7 +235,7 @@ def test_train_step_equals_hand_built_update(sens_name, which, batch, ref):
 
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.0)
     masks = Masks(model, prunable_names(model, "all"))
-    train_step = TrainStep(model, opt, get_variant(sens_name), masks, regularized, "logits")
+    train_step = TrainStep(model, opt, masks, StepSettings(get_variant(sens_name), regularized, "logits"))
     train_step(x, y, LAM)
 
     for p, e in zip(model.parameters(), expected):
@@ -260,8 +261,8 @@ def test_train_step_returns_pre_step_loss_and_lam_zero_is_plain_sgd(batch, ref):
     grad = ref.loss_gradient(model, x, y)
     expected = [p.detach() - LR * g for p, g in zip(model.parameters(), grad)]
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    train_step = TrainStep(model, opt, get_variant("spec"), Masks(model, prunable_names(model, "all")),
-                           prunable_names(model, "all"))
+    train_step = TrainStep(model, opt, Masks(model, prunable_names(model, "all")),
+                           StepSettings(get_variant("spec"), prunable_names(model, "all")))
     loss = train_step(x, y, 0.0)
     assert_close(loss, loss_before, rtol=1e-14, atol=0)
     assert not loss.requires_grad

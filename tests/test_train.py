@@ -10,7 +10,7 @@ import torch
 
 from sensreg.run.checkpoint import CheckpointError, load_checkpoint
 from sensreg.run.config import ConfigError, TrainConfig
-from sensreg.commands.reevaluate import evaluate_checkpoint
+from sensreg.run.reevaluate import evaluate_checkpoint
 from sensreg.run.lifecycle import train
 from sensreg.method.sensitivity import VARIANTS
 
@@ -50,12 +50,15 @@ def test_a_per_sample_scaled_run_reports_its_insensitivity(tmp_path, model):
 
 
 def test_the_epoch_line_shows_the_insensitivity_where_there_is_one():
-    from sensreg.run.loop import epoch_line
+    from dataclasses import replace
 
-    row = {"epoch": 3, "eta": 0.05, "lam": 1e-3, "train_loss": 0.1, "val_loss": 0.2, "val_error": 0.02,
-           "remaining_pct": 5.0, "threshold": 0.01, "seconds": 2.0}
+    from sensreg.run.loop import epoch_line
+    from sensreg.run.records import MetricsRow
+
+    row = MetricsRow(epoch=3, eta=0.05, lam=1e-3, train_loss=0.1, val_loss=0.2, val_error=0.02,
+                     remaining_pct=5.0, threshold=0.01, seconds=2.0)
     assert "insens" not in epoch_line(row)
-    assert "insens 0.614 (<0.5: 37.5%)" in epoch_line({**row, "insens_mean": 0.6142, "insens_below_half": 0.375})
+    assert "insens 0.614 (<0.5: 37.5%)" in epoch_line(replace(row, insens_mean=0.6142, insens_below_half=0.375))
 
 
 def test_pruned_weights_are_exactly_zero_in_the_saved_model(tmp_path):

@@ -3,9 +3,9 @@
 - ``train``: a Hydra application (config groups, overrides, ``-m`` sweeps, ``--cfg job``,
   ``--help``) over the configs shipped in the package as ``sensreg.configs`` (``train.py``).
 - ``eval CHECKPOINT [data.KEY=VALUE ...]``: re-evaluates a saved model on its test set
-  (``reevaluate.py``).
+  (``reevaluate.py``, ``run/reevaluate.py``).
 - ``compare PATH ...``: a table, compare.csv/.md and plots of every run below PATH
-  (``compare_report.py``, ``compare/``).
+  (``compare_report.py``, ``run/compare/``).
 - ``report RUN_DIR``: report.md and plots for one run (``compare_report.py``, ``run/report.py``).
 - ``export RUN``: the run's network compacted and written as model.pt2 and model.onnx
   (``export.py``, ``run/export.py``).

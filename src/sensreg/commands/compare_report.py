@@ -1,5 +1,5 @@
 """`sensreg compare` and `sensreg report`: their arguments and console output (the work is in
-``commands/compare/`` and ``run/report.py``)."""
+``run/compare/`` and ``run/report.py``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _arg_parser(prog: str, description: str, epilog: str = ""):
 
 
 def _compare_parser():
-    from sensreg.commands.compare import DEFAULT_SORT, KEYS
+    from sensreg.run.compare import DEFAULT_SORT, KEYS
 
     parser = _arg_parser(
         "sensreg compare",
@@ -61,7 +61,7 @@ def run_compare(args: list[str]) -> None:
     from rich.markup import escape
     from rich.measure import Measurement
 
-    from sensreg.commands.compare import compare, rich_table
+    from sensreg.run.compare import compare, rich_table
     from sensreg.run.tables import stdout_console
 
     ns = _compare_parser().parse_args(args)

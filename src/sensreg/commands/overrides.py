@@ -43,7 +43,12 @@ def _group_options(group: str) -> list[str]:
     from importlib import resources
 
     folder = resources.files("sensreg.configs") / group
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    options = {p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")}
+    if group == "prune":  # a registered schedule's option file may lie on a search path of the user's
+        from sensreg.method.prune_schedules import PRUNE_SCHEDULES
+
+        options |= set(PRUNE_SCHEDULES)
+    return sorted(options)
 
 
 def _group_spelling(overrides: list[str]) -> list[str]:
@@ -115,7 +120,8 @@ def _check_override_keys(overrides: list[str]) -> None:
     import difflib
     from dataclasses import fields
 
-    from sensreg.run.config import TrainConfig, key_readers
+    from sensreg.run.config import TrainConfig
+    from sensreg.run.config_groups import key_readers
 
     sections = {f.name: f.default_factory() for f in fields(TrainConfig)}
     chosen = _chosen_options(overrides)
@@ -175,7 +181,7 @@ def _unread_key_refusal(override: str, key: str, option: str | None, preset: str
     """The refusal of ``override`` (of ``key``, section.name) where ``option``, the one its section
     runs with (chosen by ``preset`` and the defaults), does not read it; None where it does, and
     for an option the group lacks (the config check names that)."""
-    from sensreg.run.config import key_readers
+    from sensreg.run.config_groups import key_readers
 
     section, _, name = key.partition(".")
     readers = key_readers(section, name)

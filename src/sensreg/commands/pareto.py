@@ -37,34 +37,28 @@ from hydra.plugins.sweeper import Sweeper
 
 from sensreg.atomic import check_sqlite_writable, write_json
 from sensreg.run.config import NOT_COMPUTATION
+from sensreg.run.config_groups import key_readers
 from sensreg.run.folder import CHECKPOINT_NAME, STUDY_DB, STUDY_JSON, StudyLock, relative_below
 
 OBJECTIVES = ("val_error", "remaining_pct")  # summary.json keys, both minimized
 SAMPLERS = ("nsgaii", "tpe")
 
 # The search space when hydra.sweeper.params is not given: lambda, where the sensitivity variant
-# regularizes, and the key that sets how far the chosen prune schedule prunes. Each searched key
-# must be one the run reads (READ_BY): a key it ignores would spend the trials on noise.
+# regularizes, and the key that sets how far the chosen prune schedule prunes (its ``SEARCH``).
+# Each searched prune.* key must be one the schedule reads: a key it ignores would spend the
+# trials on noise.
 LAMBDA_SPACE = {"sens.lam": "tag(log, interval(1e-6, 1e-3))"}
-PRUNE_SPACE = {
-    "search": {"prune.tolerance": "interval(0.01, 0.3)"},
-    "gmp": {"prune.target": "interval(0.8, 0.995)"},  # sparsity: 5x to 200x
-    "gmp_units": {"prune.target": "interval(0.8, 0.995)"},
-    "fixed": {"prune.threshold": "tag(log, interval(1e-5, 1e-2))"},
-    "none": {},
-}
-READ_BY = {"prune.tolerance": ("search",), "prune.patience": ("search",), "prune.target": ("gmp", "gmp_units"),
-           "prune.initial": ("gmp", "gmp_units"), "prune.threshold": ("fixed",)}
 
 
 def default_space(sens_name: str, prune_name: str) -> dict[str, str]:
     """The default search space of a config with sensitivity variant ``sens_name`` and prune
     schedule ``prune_name``, as key: sweep."""
+    from sensreg.method.prune_schedules import PRUNE_SCHEDULES
     from sensreg.method.sensitivity import VARIANTS
 
-    variant = VARIANTS.get(sens_name)
+    variant, schedule = VARIANTS.get(sens_name), PRUNE_SCHEDULES.get(prune_name)
     return {**(LAMBDA_SPACE if variant is not None and variant.regularizes else {}),
-            **PRUNE_SPACE.get(prune_name, {})}
+            **(schedule.SEARCH if schedule is not None else {})}
 
 
 def say(message: str) -> None:
@@ -246,11 +240,12 @@ class ParetoSearch(Sweeper):
                              f"default. Give hydra.sweeper.params or sweeps on the command line, e.g. "
                              f"'sens.lam=tag(log, interval(1e-6, 1e-3))'.")
         prune, sens = self.config.prune.name, self.config.sens.name
-        for key, readers in READ_BY.items():
-            if key in space and prune not in readers:
+        for key in space:
+            readers = key_readers(*key.split(".", 1)) if key.startswith("prune.") else None
+            if readers and prune not in readers:
                 raise SweepError(f"{key} is searched, but prune={prune} does not read it (only "
                                  f"prune={readers[0]} does). Add prune={readers[0]}, or search the keys "
-                                 f"prune={prune} reads: {', '.join(PRUNE_SPACE.get(prune, {})) or 'none'} "
+                                 f"prune={prune} reads: {', '.join(default_space('none', prune)) or 'none'} "
                                  f"(the default when hydra.sweeper.params is not given).")
         if "sens.lam" in space and sens == "none":
             raise SweepError("sens.lam is searched, but sens=none does not regularize: every trial would "

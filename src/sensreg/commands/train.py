@@ -75,7 +75,8 @@ def _train_task(cfg, hydra_dir: Path) -> dict | None:
     from sensreg.run import distributed
 
     from sensreg.run import trackers
-    from sensreg.run.config import TrainConfig, resolve_device
+    from sensreg.run.config import TrainConfig
+    from sensreg.run.devices import resolve_device
 
     with user_errors(unused_folder=hydra_dir, advice=FIX_VALUES):
         check_keys_are_read(cfg)

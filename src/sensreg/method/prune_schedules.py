@@ -24,12 +24,13 @@ positions.py); the loop asks none of them during the dense warm-up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from sensreg.checks import Problems, is_int, is_number
 from sensreg.errors import lookup
 from sensreg.method.pruning import Masks, search_threshold
 from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction, step_at
@@ -37,9 +38,10 @@ from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction, step
 
 @dataclass
 class PruneConfig:
-    """The prune.* settings and their defaults, those of the threshold search (the option files
-    configs/prune/*.yaml set the other schedules' own); a schedule reads the ones it uses
-    (``PruneSchedule.MINIMUMS``) and every schedule has every key."""
+    """The prune.* settings and their defaults, those of the threshold search. Every schedule
+    has every key; each reads its own (``PruneSchedule.READS``), and its option starts from its
+    ``PruneSchedule.settings()``: these defaults, its own ``DEFAULTS``, and null for the keys
+    it does not read."""
 
     name: str = "search"
     # which tensors may be pruned (all: weights and biases, or weights); `sensreg train` makes
@@ -90,15 +92,57 @@ class PruneContext:
 
 
 class PruneSchedule:
-    """The base: the decision window, the last threshold applied, the decisions made."""
+    """The base: the decision window, the last threshold applied, the decisions made; and what
+    the schedule's option is made of: the settings it reads, their defaults, their checks."""
 
     name: ClassVar[str]
-    # The prune.* settings the schedule reads, each with its smallest allowed value (the config
-    # check refuses a smaller one before training starts).
+    # The prune.* settings the schedule reads besides name, params and batchnorm, and the
+    # smallest value each may take.
+    READS: ClassVar[tuple[str, ...]] = ()
     MINIMUMS: ClassVar[dict[str, float]] = {}
+    # What a Pareto sweep (`sensreg train -m hydra/sweeper=pareto`) searches by default with
+    # it: the key that sets how far it prunes, and its range in the sweeper's syntax.
+    SEARCH: ClassVar[dict[str, str]] = {}
     STATE: ClassVar[tuple[str, ...]] = ("threshold", "thresholds")  # what state_dict holds
     # Whether the loop calls after_step after every training step (not only after_epoch).
     steps: ClassVar[bool] = False
+
+    @classmethod
+    def settings(cls) -> PruneConfig:
+        """The settings its option starts from (``configs/prune/NAME.yaml`` adds its presets):
+        PruneConfig's defaults, with null for each key it does not read where the key may be
+        null, so that a composed config shows which keys count."""
+        unread = {f.name: None for f in fields(PruneConfig) if f.name not in cls.READS and "None" in str(f.type)}
+        return PruneConfig(name=cls.name, **unread)
+
+    @classmethod
+    def check(cls, prune: PruneConfig, epochs: Any, p: Problems) -> None:
+        """Add to ``p`` every value of ``prune`` this schedule cannot run with, in a run of
+        ``epochs`` epochs (any value: its own check names a wrong one): the minimums, the
+        window's start, the schedule's own checks (``check_own``), the window's end."""
+        for key, low in cls.MINIMUMS.items():
+            p.at_least(f"prune.{key}", getattr(prune, key), low)
+        if is_fraction(prune.start_epoch):
+            p.fraction("prune.start_epoch", prune.start_epoch)
+        else:
+            p.at_least("prune.start_epoch", prune.start_epoch, 1)
+        cls.check_own(prune, epochs, p)
+        if prune.stop_epoch is not None and isinstance(epochs, int) and not p.has("prune.start_epoch"):
+            _check_window_end(prune, epochs, p)
+
+    @classmethod
+    def check_own(cls, prune: PruneConfig, epochs: Any, p: Problems) -> None:
+        """The checks of the settings only this schedule reads."""
+
+    @classmethod
+    def check_run(cls, prune: PruneConfig, epochs: int, steps_per_epoch: int | None, p: Problems) -> None:
+        """Once every value is valid: what the run's length makes impossible (``steps_per_epoch``:
+        None where the data's size is known only once its folder is read)."""
+
+    @classmethod
+    def reads(cls, key: str) -> bool:
+        """Whether ``prune.KEY`` counts in a run with this schedule."""
+        return key in ("name", "params", "batchnorm", *cls.READS)
 
     def __init__(self, prune_cfg, epochs: int):
         self.cfg, self.epochs = prune_cfg, epochs
@@ -146,9 +190,22 @@ class NoPruning(PruneSchedule):
     name = "none"
 
 
-class SearchSchedule(PruneSchedule):
+class _EpochSchedule(PruneSchedule):
+    """A schedule that decides after epochs: its window must begin within the run."""
+
+    @classmethod
+    def check_run(cls, prune, epochs, steps_per_epoch, p):
+        if is_int(prune.start_epoch) and prune.start_epoch > epochs:
+            p.add("prune.start_epoch", f"prune.start_epoch={prune.start_epoch} comes after the last epoch "
+                  f"(trainer.epochs={epochs}): prune={cls.name} would never prune. Give an epoch of the run, "
+                  f"or a fraction of it.")
+
+
+class SearchSchedule(_EpochSchedule):
     name = "search"
+    READS = ("patience", "tolerance", "start_epoch", "stop_epoch", "scope")
     MINIMUMS = {"tolerance": 0, "patience": 0}
+    SEARCH = {"prune.tolerance": "interval(0.01, 0.3)"}
     STATE = PruneSchedule.STATE + ("best_val", "stale")
 
     def __init__(self, prune_cfg, epochs: int):
@@ -173,9 +230,11 @@ class SearchSchedule(PruneSchedule):
         return val
 
 
-class FixedSchedule(PruneSchedule):
+class FixedSchedule(_EpochSchedule):
     name = "fixed"
+    READS = ("threshold", "start_epoch", "stop_epoch", "every", "scope")
     MINIMUMS = {"threshold": 0, "every": 1}
+    SEARCH = {"prune.threshold": "tag(log, interval(1e-5, 1e-2))"}
 
     def after_epoch(self, epoch, val, ctx):
         cfg, masks = self.cfg, ctx.masks
@@ -208,7 +267,50 @@ class GradualMagnitude(PruneSchedule):
 
     name = "gmp"
     steps = True
+    READS = ("target", "initial", "every", "scope", "start_epoch", "stop_epoch", "start_step", "end_step")
     MINIMUMS = {"every": 1, "initial": 0}
+    SEARCH = {"prune.target": "interval(0.8, 0.995)"}  # sparsity: 5x to 200x
+
+    @classmethod
+    def check_own(cls, prune, epochs, p):
+        try:
+            target = target_sparsity(prune.target)
+        except (TypeError, ValueError) as err:
+            p.add("prune.target", f"{err}; prune=gmp prunes to it.")
+            return
+        if isinstance(prune.initial, (int, float)) and not 0 <= prune.initial <= target:
+            p.add("prune.initial", f"prune.initial={prune.initial!r} must lie between 0 and the target "
+                  f"sparsity {target:g} (prune.target={prune.target}).")
+        for key in ("start_step", "end_step"):
+            if getattr(prune, key) is not None:
+                p.at_least(f"prune.{key}", getattr(prune, key), 0)
+        start, end = prune.start_step, prune.end_step
+        if isinstance(end, int) and isinstance(start, int) and end <= start:
+            p.add("prune.end_step", f"prune.end_step={end} must come after prune.start_step={start}.")
+        if end is None and isinstance(prune.stop_epoch, int) and isinstance(epochs, int) and prune.stop_epoch > epochs:
+            p.add("prune.stop_epoch", f"prune.stop_epoch={prune.stop_epoch} comes after the last epoch "
+                  f"(trainer.epochs={epochs}): gmp would never reach prune.target={prune.target}. Set "
+                  f"prune.stop_epoch to at most {epochs} (or count back from the end, e.g. -4).")
+
+    @classmethod
+    def check_run(cls, prune, epochs, steps_per_epoch, p):
+        if steps_per_epoch is None:
+            return
+        steps = epochs * steps_per_epoch
+        start, end = prune.start_step, prune.end_step
+        length = f"the run's last step, {steps} ({epochs} epoch{'s' * (epochs > 1)} of {steps_per_epoch} steps)"
+        if start is not None and start >= steps:
+            p.add("prune.start_step", f"prune.start_step={start} comes at or after {length}: gmp would never "
+                  f"prune. Give a step before it.")
+        elif end is not None and end > steps:
+            p.add("prune.end_step", f"prune.end_step={end} comes after {length}: gmp would never reach "
+                  f"prune.target={prune.target}. Set prune.end_step to at most {steps}.")
+        # (Here, once every value is valid, rather than beside the stop_epoch check: a problem
+        # naming prune.start_epoch there hides the checks of the window's end.)
+        if start is None and isinstance(prune.start_epoch, int) and prune.start_epoch > epochs:
+            p.add("prune.start_epoch", f"prune.start_epoch={prune.start_epoch} comes after the last epoch "
+                  f"(trainer.epochs={epochs}): gmp would never prune. Give an epoch of the run, or a "
+                  f"fraction of it.")
 
     def window(self, steps_per_epoch: int) -> tuple[int, int]:
         """The window's first and last step, counted from the start of training."""
@@ -270,6 +372,7 @@ class GradualUnits(GradualMagnitude):
     is not reached."""
 
     name = "gmp_units"
+    READS = ("target", "initial", "every", "start_epoch", "stop_epoch", "start_step", "end_step")
 
     def prune_to(self, masks: Masks, sparsity: float, optimizer) -> tuple[int, float]:
         return keep_largest_units_(masks, masks.total() - round(sparsity * masks.total()), optimizer)
@@ -304,6 +407,27 @@ def keep_largest_units_(masks: Masks, kept: int, optimizer=None) -> tuple[int, f
             remaining -= int(masks.masks[j][u].sum())
         live[i] -= 1
     return masks.drop_(drops, optimizer)
+
+
+def _check_window_end(prune: PruneConfig, epochs: int, p: Problems) -> None:
+    """prune.stop_epoch must fall within the run, at or after the window's start."""
+    stop, start = prune.stop_epoch, prune.start_epoch
+    if is_fraction(stop):
+        p.fraction("prune.stop_epoch", stop)
+        if is_fraction(start) and is_number(stop) and stop < start:
+            p.add("prune.stop_epoch", f"prune.stop_epoch={stop!r} comes before prune.start_epoch={start!r} (both "
+                  f"fractions of the run), so nothing would be pruned; give a later stop.")
+        return
+    first = first_epoch_at(start, epochs) if is_number(start) else 1
+    if is_int(stop) and stop < 0:
+        if epoch_at(stop, epochs) < first:
+            p.add("prune.stop_epoch", f"prune.stop_epoch={stop} counts back from the last epoch: of "
+                  f"trainer.epochs={epochs} it is epoch {epoch_at(stop, epochs)}, before prune.start_epoch={start}, "
+                  f"so nothing would be pruned. Train at least {first - stop} epochs, count back fewer, or give "
+                  f"the window's end as a fraction of the run (prune.stop_epoch=0.8); ~experiment leaves the "
+                  f"main job's schedule out altogether.")
+    else:
+        p.at_least("prune.stop_epoch", stop, first)
 
 
 def is_gradual(name: str) -> bool:

@@ -16,6 +16,7 @@ as the runner does.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,22 @@ def _check_masks(model: nn.Module, masks: Masks) -> None:
                          f"on the model given")
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """How the step computes S and shrinks: the keywords of ``SensitivityStep`` from ``variant``
+    to ``scale_over`` (documented there), as one value. The runner builds it from the config's
+    ``sens`` section and hands it on whole (``SensitivityStep.from_settings``)."""
+
+    variant: str | Variant = "spec"
+    regularize: Sequence[str] | None = None
+    output: str = "logits"
+    classes: int | None = None
+    reduction: str | None = None
+    scale: str = "none"
+    gamma: float = 1.0
+    scale_over: str = "tensor"
+
+
 class SensitivityStep:
     """The method's training step around a model and its optimizer.
 
@@ -63,6 +80,7 @@ class SensitivityStep:
     ``scale``, ``gamma``, ``scale_over``: how S is brought to the bound at 1 (``rescale_``).
     ``forward``: what computes the logits (default: the model; ``torch.compile(model)``, say).
     Frozen parameters (requires_grad False) are neither trained nor regularized.
+    ``self.settings``: the keywords from ``variant`` to ``scale_over`` as given, one ``StepSettings``.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, variant: str | Variant = "spec", *,
@@ -70,6 +88,7 @@ class SensitivityStep:
                  classes: int | None = None, generator: torch.Generator | None = None,
                  reduction: str | None = None, scale: str = "none", gamma: float = 1.0, scale_over: str = "tensor",
                  batched: bool | None = None, forward: Callable[[Tensor], Tensor] | None = None):
+        self.settings = StepSettings(variant, regularize, output, classes, reduction, scale, gamma, scale_over)
         self.model, self.optimizer = model, optimizer
         self.forward_fn = model if forward is None else forward
         self.variant = get_variant(variant) if isinstance(variant, str) else variant
@@ -103,6 +122,16 @@ class SensitivityStep:
         self.reg_kept = [self.masks.factors[self.masks.names.index(n)] if n in self.masks.names else None
                          for n in regularize]
         self.insensitivity: dict[str, float] | None = None  # of the last update with measure=True
+
+    @classmethod
+    def from_settings(cls, model: nn.Module, optimizer: torch.optim.Optimizer, settings: StepSettings, *,
+                      masks: Masks | None = None, generator: torch.Generator | None = None,
+                      batched: bool | None = None, forward: Callable[[Tensor], Tensor] | None = None
+                      ) -> "SensitivityStep":
+        """The step with the given ``settings``; the other keywords as the constructor takes them."""
+        # (vars, not dataclasses.asdict: that would turn a Variant, a dataclass, into a dict)
+        return cls(model, optimizer, masks=masks, generator=generator, batched=batched, forward=forward,
+                   **vars(settings))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """The logits of a batch and, where the sample reduction needs a pass of its own (a network

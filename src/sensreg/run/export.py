@@ -32,7 +32,7 @@ from sensreg.data import batches, load_test_split
 from sensreg.errors import UserError, first_line
 from sensreg.run import speed as timing
 from sensreg.run.checkpoint import load_checkpoint, saved_network
-from sensreg.run.config import DataConfig, data_problems
+from sensreg.data.config import DataConfig, data_problems
 from sensreg.run.environment import versions
 from sensreg.run.folder import MODEL_NAME, RunFolder, writer_gone
 from sensreg.run.structure import EXAMPLE_SAMPLES, compact_network

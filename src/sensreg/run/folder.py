@@ -37,6 +37,7 @@ import yaml
 from sensreg.run import checkpoint
 
 from sensreg.run import train_state
+from sensreg.run.records import METRIC_COLUMNS, MetricsRow, RunSummary
 from sensreg.atomic import TEMPORARY_GLOB, named_os_error, write_atomic, write_json
 from sensreg.errors import RunError, UserError
 
@@ -59,11 +60,6 @@ def relative_below(path: str | Path, base: Path) -> str:
     folder holding them all is moved or checked out elsewhere."""
     rel = os.path.relpath(path, base)
     return str(path) if rel.startswith("..") else Path(rel).as_posix()
-
-# insens_mean, insens_below_half: the mean insensitivity max(0, 1 - S) of the kept regularized
-# weights at the epoch's last step, and the share of them below 0.5 (blank without a regularizer).
-METRIC_COLUMNS = ("epoch", "eta", "lam", "train_loss", "val_loss", "val_error", "remaining_pct",
-                  "threshold", "insens_mean", "insens_below_half", "seconds")
 
 
 class RunFolderError(UserError, RuntimeError):
@@ -328,13 +324,13 @@ class RunFolder:
             for name, text in records.items():
                 write_atomic(self.path / HYDRA_RECORDS / name, lambda f, text=text: f.write(text))
 
-    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+    def write_metrics(self, rows: list[MetricsRow]) -> None:
         with self._writing():
             write_metrics(self.metrics_path, rows)
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    def write_summary(self, summary: RunSummary) -> None:
         with self._writing():
-            write_json(self.summary_path, summary)
+            write_json(self.summary_path, summary.as_dict())
 
     def save_model(self, model, masks, **meta) -> int:
         """model.pt (``checkpoint.save_model``); returns its size in bytes."""
@@ -444,13 +440,13 @@ class RunRecord:
         return value if isinstance(value, dict) else {}
 
 
-def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_metrics(path: Path, rows: list[MetricsRow]) -> None:
     """metrics.csv, one row per epoch; rewritten whole each epoch (it is small)."""
     def write(f) -> None:
         w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, lineterminator="\n")
         w.writeheader()
         for row in rows:
-            w.writerow({k: _csv_value(row.get(k)) for k in METRIC_COLUMNS})
+            w.writerow({k: _csv_value(getattr(row, k)) for k in METRIC_COLUMNS})
     write_atomic(path, write)
 
 

@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 from sensreg.run import evaluate as evaluation
-from sensreg.run.config import NOT_COMPUTATION, ConfigError, TrainConfig, config_differences, resolve_device
+from sensreg.run.config import NOT_COMPUTATION, ConfigError, TrainConfig
+from sensreg.run.config_diff import config_differences
+from sensreg.run.devices import resolve_device
 from sensreg.data import Dataset, load_dataset
 from sensreg.run.distributed import SINGLE, Dist
 from sensreg.run.environment import git_commit, versions
@@ -35,8 +37,10 @@ from sensreg.method.prune_schedules import build_prune_schedule
 from sensreg.run.trackers import NO_TRACKERS, Trackers
 from sensreg.method.pruning import Masks, prunable_names, sparsity_stats
 from sensreg.run.folder import CHECKPOINT_NAME, MODEL_NAME, RunFolder
+from sensreg.run.records import ABSENT, RunSummary
 from sensreg.run.structure import network_structure, structure_lines
 from sensreg.method.sensitivity import get_variant
+from sensreg.method.step import StepSettings
 from sensreg.run.tables import layer_table, render_text
 from sensreg.run.loop import Training, TrainStep, build_optimizer, kept_checkpoint, run_epochs
 from sensreg.run.train_state import load_training_state
@@ -67,53 +71,55 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
         with StopSignals() as stop:
             tr = setup_training(cfg, folder, summary, saved, stop, dist, session_start=started)
             if trackers:
-                trackers.start(folder.path, cfg.to_dict(), summary, tr.loop.epoch if saved else None,
+                if summary.trackers is ABSENT:  # (a resumed run continues those its summary names)
+                    summary.trackers = {}
+                trackers.start(folder.path, cfg.to_dict(), summary.trackers, tr.loop.epoch if saved else None,
                                decisions_done=len(tr.prune.thresholds), stopping=lambda: stop.requested is not None)
                 tr.trackers = trackers
                 write_summary()  # with the tracker runs' ids
             run_epochs(tr)
             finish(tr)
             write_summary()
-            trackers.finish(folder.path, summary)
+            trackers.finish(folder.path, summary.as_dict())
             trackers.close("completed")
     except BaseException as err:
         # SystemExit: a scheduler's signal handler (submitit's requeue) ended the process.
         interrupted = isinstance(err, (Interrupted, KeyboardInterrupt, SystemExit))
-        summary["status"] = "interrupted" if interrupted else "failed"
-        summary["error"] = str(err) if isinstance(err, Interrupted) else f"{type(err).__name__}: {err}"
+        summary.status = "interrupted" if interrupted else "failed"
+        summary.error = str(err) if isinstance(err, Interrupted) else f"{type(err).__name__}: {err}"
         # Where the run got to: the loop's, or the resumed state's if it failed in the set-up.
         done, earlier = (tr.loop.epoch, tr.loop.elapsed) if tr is not None else \
             (saved["loop"]["epoch"], saved["loop"]["elapsed"]) if saved is not None else (0, 0.0)
-        summary["epochs_completed"] = done
-        summary["wall_time_s"] = earlier + time.time() - started
+        summary.epochs_completed = done
+        summary.wall_time_s = earlier + time.time() - started
         if folder.has_checkpoint():
-            summary["checkpoint_to_resume"] = CHECKPOINT_NAME
+            summary.checkpoint_to_resume = CHECKPOINT_NAME
         if folder.gone() is None:  # nothing is written into a folder removed under the run
             write_summary()
-        trackers.close(summary["status"])
+        trackers.close(summary.status)
         raise
-    return summary
+    return summary.as_dict()
 
 
 def started_summary(cfg: TrainConfig, started: float, saved: dict[str, Any] | None,
-                    dist: Dist) -> dict[str, Any]:
+                    dist: Dist) -> RunSummary:
     """summary.json as a run starts (status ``running``); a resumed run keeps its first start
     and adds this one to ``resumed``."""
-    summary: dict[str, Any] = {
-        "status": "running", "config_hash": cfg.hash(), "seed": cfg.trainer.seed,
-        "model": cfg.model.name, "data": cfg.data.name, "sens": cfg.sens.name,
-        "versions": versions(), "git_commit": git_commit(),
-        "started": time.strftime(TIME_FORMAT, time.localtime(started)),
-    }
-    if saved is not None:
-        summary["started"] = saved["summary"].get("started", summary["started"])
+    summary = RunSummary(
+        status="running", config_hash=cfg.hash(), seed=cfg.trainer.seed,
+        model=cfg.model.name, data=cfg.data.name, sens=cfg.sens.name,
+        versions=versions(), git_commit=git_commit(),
+        started=time.strftime(TIME_FORMAT, time.localtime(started)),
+    )
+    if saved is not None:  # (its summary as last.pt holds it: a dict)
+        summary.started = saved["summary"].get("started", summary.started)
         if "trackers" in saved["summary"]:  # the tracker runs it continues
-            summary["trackers"] = saved["summary"]["trackers"]
-        summary["resumed"] = saved["summary"].get("resumed", []) + [
+            summary.trackers = saved["summary"]["trackers"]
+        summary.resumed = saved["summary"].get("resumed", []) + [
             {"at": time.strftime(TIME_FORMAT), "epoch": saved["loop"]["epoch"],
              "batch": saved["loop"]["batch"]}]
     if dist.enabled:
-        summary["processes"] = dist.world
+        summary.processes = dist.world
     return summary
 
 
@@ -208,7 +214,17 @@ def setup(cfg: TrainConfig, dist: Dist = SINGLE) -> tuple[torch.device, Dataset,
     return device, data, model.to(device)
 
 
-def setup_training(cfg: TrainConfig, folder: RunFolder, summary: dict[str, Any], saved: dict[str, Any] | None,
+def step_settings(cfg: TrainConfig, model: nn.Module) -> StepSettings:
+    """The method's step as the config's ``sens`` section sets it; the regularized parameters are
+    picked from ``sens.params`` as the masks' are from ``prune.params``."""
+    sens = cfg.sens
+    return StepSettings(variant=get_variant(sens.name),
+                        regularize=prunable_names(model, sens.params, cfg.prune.batchnorm),
+                        output=sens.output, classes=sens.classes, reduction=sens.reduction,
+                        scale=sens.scale, gamma=sens.gamma, scale_over=sens.scale_over)
+
+
+def setup_training(cfg: TrainConfig, folder: RunFolder, summary: RunSummary, saved: dict[str, Any] | None,
                    stop: StopSignals, dist: Dist = SINGLE, session_start: float | None = None) -> Training:
     """Everything the epoch loop needs, fresh or restored from ``saved``.
 
@@ -216,9 +232,9 @@ def setup_training(cfg: TrainConfig, folder: RunFolder, summary: dict[str, Any],
     the same sequence (data split, model initialization), so a seed gives the same run."""
     session_start = time.time() if session_start is None else session_start
     device, data, model = setup(cfg, dist)
-    summary["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    summary.device = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     log.info("run folder %s | %s on %s, sens=%s, device %s%s | train %d, val %d, test %d",
-             folder.path, cfg.model.name, cfg.data.name, cfg.sens.name, summary["device"],
+             folder.path, cfg.model.name, cfg.data.name, cfg.sens.name, summary.device,
              f" x {dist.world} processes" if dist.enabled else "",
              len(data.train), len(data.val), len(data.test))
     for warning in useless_settings(cfg, len(data.train), data.num_classes):
@@ -231,10 +247,8 @@ def setup_training(cfg: TrainConfig, folder: RunFolder, summary: dict[str, Any],
     optimizer = build_optimizer(cfg, model.parameters())
     masks = Masks(model, prunable_names(model, cfg.prune.params, cfg.prune.batchnorm))
     class_gen = torch.Generator().manual_seed(t.seed + 1)
-    step = TrainStep(model, optimizer, get_variant(cfg.sens.name), masks,
-                     prunable_names(model, cfg.sens.params, cfg.prune.batchnorm),
-                     cfg.sens.output, cfg.sens.classes, class_gen, t.precision, t.compile, dist,
-                     cfg.sens.reduction, cfg.sens.scale, cfg.sens.gamma, cfg.sens.scale_over)
+    step = TrainStep(model, optimizer, masks, step_settings(cfg, model), generator=class_gen,
+                     precision=t.precision, compile=t.compile, dist=dist)
     tr = Training(
         cfg, folder, summary, data, model, optimizer, masks, step,
         prune=build_prune_schedule(cfg.prune, t.epochs),
@@ -257,7 +271,7 @@ def budget(tr: Training, wall_time_s: float) -> dict[str, Any]:
     epochs = tr.loop.epoch
     return {"epochs": epochs, "steps": epochs * tr.prune_ctx.steps_per_epoch,
             "samples": epochs * len(tr.data.train), "wall_time_s": wall_time_s,
-            "device": tr.summary.get("device")}
+            "device": tr.summary.device}
 
 
 def finish(tr: Training) -> None:
@@ -276,21 +290,19 @@ def finish(tr: Training) -> None:
         model_bytes = tr.folder.save_model(
             tr.model, tr.masks.state_dict(), model_name=cfg.model.name, num_classes=data.num_classes,
             input_shape=data.input_shape, config=cfg.to_dict())
-    summary.pop("error", None)
-    summary.pop("checkpoint_to_resume", None)
-    rows, elapsed = tr.loop.rows, tr.elapsed()
-    summary.update({
-        "status": "completed",
-        "epochs_completed": tr.loop.epoch,
-        "test_error": test["error"], "test_top5_error": test.get("top5_error"), "test_loss": test["loss"],
-        "val_error": rows[-1]["val_error"], "val_loss": rows[-1]["val_loss"],
-        "remaining_pct": stats["prunable"]["remaining_pct"], "compression": stats["prunable"]["compression"],
-        "remaining_pct_all": stats["all"]["remaining_pct"], "compression_all": stats["all"]["compression"],
-        "sparsity": stats, "flops": stats["flops"], "structure": structure, "thresholds": tr.prune.thresholds,
-        "wall_time_s": elapsed, "checkpoint": MODEL_NAME, "budget": budget(tr, elapsed),
-    })
+    last, elapsed = tr.loop.rows[-1], tr.elapsed()
+    summary.update(
+        status="completed", error=ABSENT, checkpoint_to_resume=ABSENT,
+        epochs_completed=tr.loop.epoch,
+        test_error=test["error"], test_top5_error=test.get("top5_error"), test_loss=test["loss"],
+        val_error=last.val_error, val_loss=last.val_loss,
+        remaining_pct=stats["prunable"]["remaining_pct"], compression=stats["prunable"]["compression"],
+        remaining_pct_all=stats["all"]["remaining_pct"], compression_all=stats["all"]["compression"],
+        sparsity=stats, flops=stats["flops"], structure=structure, thresholds=tr.prune.thresholds,
+        wall_time_s=elapsed, checkpoint=MODEL_NAME, budget=budget(tr, elapsed),
+    )
     if tr.dist.is_main:
-        summary["checkpoint_bytes"] = model_bytes
+        summary.checkpoint_bytes = model_bytes
     from sensreg.run.report import shows_top5
 
     log.info("test error %.2f%%%s | remaining %.3f%% of prunable parameters (%.1fx), %.3f%% of all (%.1fx) "

@@ -34,8 +34,9 @@ from sensreg.run.trackers import NO_TRACKERS, Trackers
 from sensreg.method.pruning import Masks
 from sensreg.method.regularizer import build_schedule, lambda_schedule
 from sensreg.run.folder import RunFolder
+from sensreg.run.records import MetricsRow, RunSummary
 from sensreg.method.sensitivity import Variant, batched_vjps_are_faster
-from sensreg.method.step import SensitivityStep
+from sensreg.method.step import SensitivityStep, StepSettings
 from sensreg.run.train_state import rng_states, set_rng_states
 
 log = logging.getLogger("sensreg")
@@ -44,7 +45,8 @@ log = logging.getLogger("sensreg")
 class TrainStep:
     """One minibatch: forward, loss gradient and sensitivity, shrink, optimizer step, masks.
 
-    The method's step (``method/step.py``'s ``SensitivityStep``, which a plain loop uses too)
+    The method's step (``method/step.py``'s ``SensitivityStep``, which a plain loop uses too,
+    with its ``settings``: variant, regularized names, output, classes, reduction and scale)
     with what a run adds around it:
     ``precision`` (fp32, bf16, fp16): the forward pass runs under autocast in that precision
     (``precision.py``); the weights, gradients and sensitivities stay float32. fp16 scales the
@@ -52,21 +54,18 @@ class TrainStep:
     ``compile``: the forward pass goes through ``torch.compile(model)``.
     ``dist``: one of several processes, each given its part of every batch (``distributed.py``);
     the gradient, sensitivities and loss are summed over them, so each takes the same step.
+    ``generator``: draws the classes of ``unspec`` and ``neuron`` (``settings.classes``).
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, variant: Variant,
-                 masks: Masks, regularized: list[str], output: str = "logits",
-                 classes: int | None = None, generator: torch.Generator | None = None,
-                 precision: str = "fp32", compile: bool = False, dist: Dist = SINGLE,
-                 reduction: str | None = None, scale: str = "none", gamma: float = 1.0,
-                 scale_over: str = "tensor"):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, masks: Masks,
+                 settings: StepSettings, *, generator: torch.Generator | None = None,
+                 precision: str = "fp32", compile: bool = False, dist: Dist = SINGLE):
         self.optimizer = optimizer
         # Inductor's compiled backward calls out= kernels (aten::mm.out) that have no rule in
         # autograd's batched-gradient mode, which then fails: compiled, the unspecific VJPs go
         # one class after the other.
-        self.method = SensitivityStep(
-            model, optimizer, variant, masks=masks, regularize=regularized, output=output, classes=classes,
-            generator=generator, reduction=reduction, scale=scale, gamma=gamma, scale_over=scale_over,
+        self.method = SensitivityStep.from_settings(
+            model, optimizer, settings, masks=masks, generator=generator,
             batched=batched_vjps_are_faster(model) and not compile,
             forward=compile_model(model) if compile else model)
         self.params = self.method.params
@@ -84,6 +83,10 @@ class TrainStep:
     @property
     def model(self) -> nn.Module:
         return self.method.model
+
+    @property
+    def settings(self) -> StepSettings:
+        return self.method.settings
 
     @property
     def variant(self) -> Variant:
@@ -183,7 +186,7 @@ class LoopState:
     epoch_seconds: float = 0.0  # spent in the current epoch before a stop
     elapsed: float = 0.0  # wall time of earlier sessions of this run
     shuffle_state: Tensor | None = None  # shuffling generator at the start of the current epoch
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[MetricsRow] = field(default_factory=list)  # one per epoch completed
     # the insensitivity figures of the current epoch's last step, once it has run (a stop right
     # after that step resumes with no step left to measure)
     insensitivity: dict[str, float] | None = None
@@ -201,7 +204,7 @@ class Training:
 
     cfg: TrainConfig
     folder: RunFolder
-    summary: dict[str, Any]  # the run's summary.json as it stands (saved in last.pt with the rest)
+    summary: RunSummary  # the run's summary.json as it stands (saved in last.pt with the rest)
     data: Dataset
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -243,14 +246,16 @@ class Training:
             "class_generator": self.class_gen.get_state(), "rng": rng_states(),
             "augment_generator": None if self.augment_gen is None else self.augment_gen.get_state(),
             "scaler": None if self.step.scaler is None else self.step.scaler.state_dict(),
+            # (asdict turns the metrics rows into plain dicts, which load with weights_only=True)
             "loop": {**asdict(self.loop), "elapsed": self.elapsed(), **self.prune.state_dict()},
-            "summary": self.summary,
+            "summary": self.summary.as_dict(),
         })
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Continue from ``saved`` (a last.pt, checked against the config by ``run.resume_state``)."""
         names = {f.name for f in fields(LoopState)}
         self.loop = LoopState(**{k: v for k, v in saved["loop"].items() if k in names})
+        self.loop.rows = [MetricsRow.from_dict(row) for row in self.loop.rows]
         if self.loop.shuffle_state is not None:  # the order of the epoch it stopped in
             self.shuffle_gen.set_state(self.loop.shuffle_state)
         self.prune.load_state_dict(saved["loop"])
@@ -297,10 +302,10 @@ def run_epochs(tr: Training) -> None:
                      epoch + 1, kept_checkpoint(tr))
             raise
 
-        row = {"epoch": epoch + 1, "eta": eta, "lam": lam, "train_loss": train_loss,
-               "val_loss": val["loss"], "val_error": val["error"],
-               "remaining_pct": tr.masks.remaining_pct(), "threshold": tr.prune.threshold,
-               **(loop.insensitivity or {}), "seconds": time.time() - epoch_start}
+        row = MetricsRow(epoch=epoch + 1, eta=eta, lam=lam, train_loss=train_loss,
+                         val_loss=val["loss"], val_error=val["error"],
+                         remaining_pct=tr.masks.remaining_pct(), threshold=tr.prune.threshold,
+                         **(loop.insensitivity or {}), seconds=time.time() - epoch_start)
         loop.rows.append(row)
         loop.epoch, loop.batch, loop.loss_sum, loop.epoch_seconds = epoch + 1, 0, 0.0, 0.0
         loop.insensitivity = None
@@ -421,15 +426,15 @@ def diverged(tr: Training, where: str, eta: float, lam: float) -> Diverged:
         f"(eta {eta:g}, lam {lam:g}); {kept}. Lower sens.lam or optim.lr{bf16} and start again.")
 
 
-def epoch_line(row: dict[str, Any]) -> str:
+def epoch_line(row: MetricsRow) -> str:
     """The one log line per epoch."""
-    return (f"epoch {row['epoch']:>3}  eta {row['eta']:.3g}  lam {row['lam']:.3g}  "
-            f"train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_err {100 * row['val_error']:.2f}%  remaining {row['remaining_pct']:.2f}%  "
-            f"T {row['threshold']:.3g}  "
-            + (f"insens {row['insens_mean']:.3f} (<0.5: {100 * row['insens_below_half']:.1f}%)  "
-               if row.get("insens_mean") is not None else "")
-            + f"{row['seconds']:.1f}s")
+    return (f"epoch {row.epoch:>3}  eta {row.eta:.3g}  lam {row.lam:.3g}  "
+            f"train_loss {row.train_loss:.4f}  val_loss {row.val_loss:.4f}  "
+            f"val_err {100 * row.val_error:.2f}%  remaining {row.remaining_pct:.2f}%  "
+            f"T {row.threshold:.3g}  "
+            + (f"insens {row.insens_mean:.3f} (<0.5: {100 * row.insens_below_half:.1f}%)  "
+               if row.insens_mean is not None else "")
+            + f"{row.seconds:.1f}s")
 
 
 # Where the output is no terminal (a pipe, a log file, a batch job), a line this often during an

@@ -327,7 +327,7 @@ def _sensitivity(model, cfg: dict, num_batches: int, data_root: str | None):
 def _dataset(data_cfg: dict, data_root: str | None):
     """The run's dataset as its config's data section says, from ``data_root`` if given;
     _Skip if it cannot be loaded."""
-    from sensreg.run.config import DataConfig
+    from sensreg.data.config import DataConfig
     from sensreg.data import DatasetMissing, load_dataset
 
     known = {f.name for f in fields(DataConfig)}

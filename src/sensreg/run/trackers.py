@@ -30,11 +30,13 @@ import math
 import os
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sensreg.atomic import check_sqlite_writable
 from sensreg.errors import UserError
+from sensreg.run.records import MetricsRow
 
 log = logging.getLogger("sensreg")
 
@@ -105,9 +107,9 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
+def epoch_metrics(row: MetricsRow) -> dict[str, float]:
     """A metrics.csv row but its epoch, as numbers (empty and non-numeric cells left out)."""
-    return {k: float(v) for k, v in row.items()
+    return {k: float(v) for k, v in asdict(row).items()
             if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
@@ -204,13 +206,12 @@ class Trackers:
                         "every figure; logger.%s.required=true would refuse to start instead).",
                         name, self._where.get(name, "?"), "cannot be used" if starting else "stopped", why, name)
 
-    def start(self, run_dir: Path, config: dict[str, Any], summary: dict[str, Any], resumed_epoch: int | None,
+    def start(self, run_dir: Path, config: dict[str, Any], ids: dict[str, str], resumed_epoch: int | None,
               decisions_done: int = 0, stopping=lambda: False) -> None:
-        """Open the tracker runs, or continue those in ``summary["trackers"]`` (a resumed run,
-        ``resumed_epoch`` epochs and ``decisions_done`` threshold decisions logged already);
-        their ids go into ``summary``. ``stopping``: whether the run has been asked to stop (a
+        """Open the tracker runs, or continue those in ``ids`` (the summary's ``trackers``: a
+        resumed run, ``resumed_epoch`` epochs and ``decisions_done`` threshold decisions logged
+        already); their ids go into ``ids``. ``stopping``: whether the run has been asked to stop (a
         tracker call pending then is given up on within STOP_GRACE_S). Only process 0 calls this."""
-        ids = summary.setdefault("trackers", {})
         self._decisions_logged = decisions_done
         self._params = params = flat(config)
         self._stopping = stopping
@@ -245,9 +246,9 @@ class Trackers:
             self._mlflow_run = started[0]
             ids["mlflow_run_id"], ids["mlflow_tracking_uri"] = started[0].info.run_id, started[1]
 
-    def log_epoch(self, row: dict[str, Any], decisions: list[dict[str, Any]]) -> None:
+    def log_epoch(self, row: MetricsRow, decisions: list[dict[str, Any]]) -> None:
         """One metrics.csv row, and the threshold decisions made since the last call."""
-        step = int(row["epoch"])
+        step = int(row.epoch)
         metrics = epoch_metrics(row)
         new = decisions[self._decisions_logged:]
         self._decisions_logged = len(decisions)

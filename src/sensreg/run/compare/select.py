@@ -16,9 +16,9 @@ from typing import Any
 from sensreg.run.config_keys import NOT_COMPUTATION, NOT_EXPERIMENT
 from sensreg.run.folder import STUDY_JSON
 
-from sensreg.commands.compare.output import _fmt_lam
-from sensreg.commands.compare.runs import (ALIASES, AVERAGED, DEFAULT_SORT, KEYS, NUMERIC, CompareError, Row, _num,
-                                          read_preset)
+from sensreg.run.compare.output import _fmt_lam
+from sensreg.run.compare.runs import (ALIASES, AVERAGED, DEFAULT_SORT, KEYS, NUMERIC, CompareError, Row, _num,
+                                     read_preset)
 
 # --- filter and sort -------------------------------------------------------------------------
 

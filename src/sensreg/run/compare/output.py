@@ -17,8 +17,8 @@ from sensreg.atomic import write_atomic
 from sensreg.run.folder import relative_below
 from sensreg.run.tables import FitTable, markdown_table
 
-from sensreg.commands.compare.references import load_references, references_for
-from sensreg.commands.compare.runs import Row, Skipped
+from sensreg.run.compare.references import load_references, references_for
+from sensreg.run.compare.runs import Row, Skipped
 
 # --- output: rich table, CSV, Markdown, plots --------------------------------------------------
 

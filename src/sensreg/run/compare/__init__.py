@@ -19,15 +19,15 @@ from pathlib import Path
 
 
 
-# The command's parts, one module each: runs.py (finding and reading run folders), select.py
+# Its parts, one module each: runs.py (finding and reading run folders), select.py
 # (filter, sort, group, Pareto), output.py (table, files, plots), references.py (published
 # figures). What other code and the tests use is named here too.
-from sensreg.commands.compare.output import columns, rich_table, write_csv, write_markdown, write_plots
-from sensreg.commands.compare.references import references_for
-from sensreg.commands.compare.runs import (CSV_NAME, DEFAULT_SORT, HYDRA_RECORD, KEYS, MD_NAME, CompareError, Row,
-                                          Skipped, expand_paths, find_run_dirs, read_preset, read_runs)
-from sensreg.commands.compare.select import (NOT_CONFIGURATION, filter_rows, group_rows, mark_pareto,
-                                            mark_study_fronts, name_groups, parse_where, sort_rows)
+from sensreg.run.compare.output import columns, rich_table, write_csv, write_markdown, write_plots
+from sensreg.run.compare.references import references_for
+from sensreg.run.compare.runs import (CSV_NAME, DEFAULT_SORT, HYDRA_RECORD, KEYS, MD_NAME, CompareError, Row,
+                                     Skipped, expand_paths, find_run_dirs, read_preset, read_runs)
+from sensreg.run.compare.select import (NOT_CONFIGURATION, filter_rows, group_rows, mark_pareto,
+                                       mark_study_fronts, name_groups, parse_where, sort_rows)
 
 __all__ = ["compare", "Comparison", "CompareError", "Row", "Skipped", "KEYS", "DEFAULT_SORT", "HYDRA_RECORD",
            "NOT_CONFIGURATION", "columns", "rich_table", "write_plots", "references_for", "find_run_dirs",
