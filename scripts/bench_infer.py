@@ -29,10 +29,10 @@ import torch
 from sensreg import csr_linears
 from sensreg.data import batches, load_test_split
 from sensreg.run import speed as timing
-from sensreg.run.checkpoint import load_checkpoint, saved_network
+from sensreg.records.checkpoint import load_checkpoint, saved_network
 from sensreg.data.config import DataConfig
 from sensreg.run.export import write_onnx
-from sensreg.run.structure import compact_network, example_batch
+from sensreg.records.structure import compact_network, example_batch
 
 
 def bench_run(run: Path, threads: int, onnx: bool) -> dict:

@@ -3,7 +3,7 @@
     python scripts/record_structure.py outputs/reference outputs/study
 
 For every finished run folder below the given folders whose summary.json has no ``structure``,
-the network is rebuilt from its model.pt and compacted (``sensreg.run.structure``, checked on
+the network is rebuilt from its model.pt and compacted (``sensreg.records.structure``, checked on
 the first test images, as a run does at its end), and the result is written into summary.json.
 Nothing is retrained: ``sensreg eval RUN`` recomputes the same figures and says whether they
 match. ``--force`` records it again where it is present.
@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 from sensreg.atomic import write_json
-from sensreg.run.compare import find_run_dirs
+from sensreg.records.compare import find_run_dirs
 from sensreg.data import load_test_split
-from sensreg.run.checkpoint import load_checkpoint, saved_network
+from sensreg.records.checkpoint import load_checkpoint, saved_network
 from sensreg.data.config import DataConfig
-from sensreg.run.folder import RunFolder
-from sensreg.run.structure import network_structure, structure_lines
+from sensreg.records.folder import RunFolder
+from sensreg.records.structure import network_structure, structure_lines
 
 
 def record(run_dir: Path, force: bool) -> str:

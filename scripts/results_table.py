@@ -17,10 +17,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from sensreg.run.compare import references_for
-from sensreg.run.folder import RunFolder
-from sensreg.run.structure import ratio
-from sensreg.run.tables import markdown_table
+from sensreg.records.compare import references_for
+from sensreg.records.folder import RunFolder
+from sensreg.records.structure import ratio
+from sensreg.records.tables import markdown_table
 
 
 def mean_std(values: list[float], digits: int) -> str:

@@ -59,10 +59,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sensreg.method.prune_schedules import target_sparsity
-from sensreg.run.config import upgrade_config
-from sensreg.run.folder import SUMMARY_NAME, RunFolder
-from sensreg.run.structure import ratio
-from sensreg.run.tables import markdown_table
+from sensreg.records.config_keys import upgrade_config
+from sensreg.records.folder import SUMMARY_NAME, RunFolder
+from sensreg.records.structure import ratio
+from sensreg.records.tables import markdown_table
 
 SUBJECTS = ("spec", "neuron")  # the sensitivity methods set against the baselines
 BASELINES = ("l2", "gmp", "gmp_units")

@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 from sensreg.method.prune_schedules import l1_removed_in_all
-from sensreg.run.config import upgrade_config
-from sensreg.run.folder import SUMMARY_NAME, RunFolder
-from sensreg.run.tables import markdown_table
+from sensreg.records.config_keys import upgrade_config
+from sensreg.records.folder import SUMMARY_NAME, RunFolder
+from sensreg.records.tables import markdown_table
 
 
 def runs_below(paths: list[str]) -> list[Path]:

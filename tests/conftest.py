@@ -227,7 +227,7 @@ def metrics_without_time(run: Path) -> list[dict]:
 def assert_same_run(a: Path, b: Path) -> None:
     """Two finished run folders hold the same model, masks, metrics (but the seconds), test
     error and threshold decisions."""
-    from sensreg.run.checkpoint import load_checkpoint
+    from sensreg.records.checkpoint import load_checkpoint
 
     ma, mb = (load_checkpoint(p / "model.pt") for p in (a, b))
     for name, tensor in ma["state_dict"].items():
@@ -281,7 +281,7 @@ def run_dirs(root: Path) -> list[Path]:
 
 def assert_png(path: Path, min_bytes: int = 10_000) -> None:
     """``path`` is a PNG file of more than ``min_bytes`` bytes (a plot with something drawn in it)."""
-    from sensreg.run.plots import PNG_SIGNATURE
+    from sensreg.records.plots import PNG_SIGNATURE
 
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE, path

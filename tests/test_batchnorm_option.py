@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from sensreg.run.checkpoint import CheckpointError, load_checkpoint
+from sensreg.records.checkpoint import CheckpointError, load_checkpoint
 from sensreg.run.config import ConfigError, PruneConfig, TrainConfig
 from sensreg.models import build_model
 from sensreg.method.pruning import Masks, norm_parameter_names, prunable_names, sparsity_stats
-from sensreg.run.tables import layer_table, render_text
+from sensreg.records.tables import layer_table, render_text
 from sensreg.method.sensitivity import get_variant
 from sensreg.method.prune_schedules import PRUNE_SCHEDULES
 from sensreg.run.lifecycle import setup as setup_run, train  # not `setup`: pytest < 9 would call it as a module set-up

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sensreg.run.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_model
+from sensreg.records.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_model
 from sensreg.run.init_weights import load_init_state
 from sensreg.models import build_model
 from sensreg.method.pruning import Masks, prunable_names

@@ -31,8 +31,8 @@ import pytest
 import yaml
 
 from sensreg.run import compare as cmp
-from sensreg.run.compare import output as compare_output
-from sensreg.run.folder import LOCK_NAME
+from sensreg.records.compare import output as compare_output
+from sensreg.records.folder import LOCK_NAME
 
 import conftest
 from conftest import assert_png
@@ -262,7 +262,7 @@ def test_a_key_some_runs_lack_still_tells_the_rest_apart(tmp_path):
 
 
 def test_the_keys_left_out_of_names_are_those_left_out_of_the_config_hash():
-    from sensreg.run.config import NOT_COMPUTATION, NOT_EXPERIMENT
+    from sensreg.records.config_keys import NOT_COMPUTATION, NOT_EXPERIMENT
 
     expected = {"trainer.seed", *(f"{s}." for s in NOT_EXPERIMENT), *(f"{s}.{k}" for s, k in NOT_COMPUTATION)}
     assert set(cmp.NOT_CONFIGURATION) == expected
@@ -355,7 +355,7 @@ def test_each_plot_gets_the_references_of_its_own_network_and_data(tree, tmp_pat
     make_run(tree / "runs" / "2026-01-02" / "synth", sens="spec", lam=1e-4, seed=0, config_hash="hS",
              data="synthetic", error_pct=10.0, remaining=3.0)
     drawn = {}
-    from sensreg.run import plots
+    from sensreg.records import plots
     real = plots.pareto_plot
 
     def recording(series, references, path, title="", **kwargs):
@@ -517,7 +517,7 @@ def test_budgets_are_a_column_a_key_and_a_marker_per_budget(tmp_path, monkeypatc
     assert [r.run for r in cmp.compare([str(root)], where=["samples<1M"], plots=False).rows] == ["short"]
     assert [r.run for r in cmp.compare([str(root)], where=["budget>1M"], plots=False).rows] == ["long"]
 
-    from sensreg.run import plots
+    from sensreg.records import plots
     drawn, real = [], plots.pareto_plot
 
     def recording(series, references, path, title="", **kwargs):
@@ -541,7 +541,7 @@ def test_a_schedule_other_than_the_search_is_its_own_series(tmp_path, monkeypatc
         config = yaml.safe_load((run / "config.yaml").read_text())
         config["prune"] = {"name": prune}
         (run / "config.yaml").write_text(yaml.safe_dump(config))
-    from sensreg.run import plots
+    from sensreg.records import plots
     names, real = [], plots.pareto_plot
     monkeypatch.setattr(plots, "pareto_plot", lambda series, *a, **k: (names.append(sorted(series)), real(series, *a, **k))[1])
     rows = {r.run: r for r in cmp.compare([str(root)], out=tmp_path / "cmp").rows}
@@ -552,7 +552,7 @@ def test_a_schedule_other_than_the_search_is_its_own_series(tmp_path, monkeypatc
 def test_a_group_of_seed_folders_alone_in_their_folder_is_named_by_it(tmp_path):
     # outputs/reference/NAME/seed0..2 (reproduce_mnist.sh's layout) keeps no Hydra record of its
     # preset: the folder names the group. Runs that share a folder with others are named by keys.
-    from sensreg.run.compare import Row, name_groups
+    from sensreg.records.compare import Row, name_groups
 
     def group(h, paths, lam):
         return Row(run="?", path=";".join(str(tmp_path / p) for p in paths), status="completed", model="lenet300",

@@ -10,7 +10,8 @@ from importlib import resources
 import pytest
 import yaml
 
-from sensreg.run.config import LATER_KEYS, NOT_COMPUTATION, ConfigError, TrainConfig, upgrade_config
+from sensreg.records.config_keys import LATER_KEYS, NOT_COMPUTATION, upgrade_config
+from sensreg.run.config import ConfigError, TrainConfig
 from sensreg.run.config_diff import config_differences
 from sensreg.run.config_groups import GROUP_SCHEMAS, option_node
 from sensreg.data import DATASETS

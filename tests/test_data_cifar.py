@@ -18,13 +18,13 @@ import pytest
 import torch
 import torchvision.datasets.cifar as tv_cifar
 
-from sensreg.run.checkpoint import load_checkpoint
+from sensreg.records.checkpoint import load_checkpoint
 from sensreg.run.config import TrainConfig
 from sensreg.data import DatasetMissing, load_dataset, pad_value, random_crop_flip
 from sensreg.run.interrupt import Interrupted
 from sensreg.models import build_model
 from sensreg.run.lifecycle import resume_state, train
-from sensreg.run.train_state import load_training_state
+from sensreg.records.train_state import load_training_state
 
 from conftest import composed, stop_at_step
 

@@ -18,7 +18,7 @@ import torch
 import torch.multiprocessing as mp
 
 from sensreg.run import distributed
-from sensreg.run.checkpoint import load_checkpoint
+from sensreg.records.checkpoint import load_checkpoint
 from sensreg.run.distributed import DistributedError, from_environment
 from sensreg.run.interrupt import Interrupted
 from sensreg.models import build_model
@@ -27,7 +27,7 @@ from sensreg.method.sensitivity import VARIANTS, batched_vjps_are_faster, get_va
 from sensreg.run.lifecycle import resume_state, train
 from sensreg.method.step import StepSettings
 from sensreg.run.loop import TrainStep
-from sensreg.run.train_state import load_training_state
+from sensreg.records.train_state import load_training_state
 
 from conftest import HANG_S, config, parametrized, stop_at_step
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HANG_S, run_in_process, sensreg
-from sensreg.run.folder import LOCK_NAME
+from sensreg.records.folder import LOCK_NAME
 
 # A tiny finished run: LeNet-300-100 on generated 28x28 images, two epochs of magnitude pruning
 # to 20x (which leaves some inputs and fc1 units without a weight: 28 % test error), on the CPU.
@@ -87,9 +87,9 @@ def test_the_files_run_without_sensreg_and_give_the_compacted_networks_logits(fi
     import torch
 
     from sensreg.data import batches, load_test_split
-    from sensreg.run.checkpoint import load_checkpoint, saved_network
+    from sensreg.records.checkpoint import load_checkpoint, saved_network
     from sensreg.data.config import DataConfig
-    from sensreg.run.structure import compact_network
+    from sensreg.records.structure import compact_network
 
     out = tmp_path / "exported"
     assert run_in_process("export", str(finished_run), "--out", str(out), "--no-speed") == 0

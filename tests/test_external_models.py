@@ -124,7 +124,7 @@ def test_a_custom_module_with_gelu_and_layernorm_trains_every_variant(workdir, s
 
 @pytest.mark.parametrize("sens", ["spec", "unspec"])
 def test_frozen_parameters_are_left_as_built_and_the_log_says_so(workdir, sens):
-    from sensreg.run.checkpoint import load_checkpoint
+    from sensreg.records.checkpoint import load_checkpoint
 
     summary = train_and_check(workdir, f"frozen_{sens}", "model=custom", "model.factory=user_nets:frozen_first",
                               f"sens={sens}", "prune=gmp", "prune.target=10x", "prune.every=1")

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from sensreg.run import lifecycle as train_module
-from sensreg.run.checkpoint import CheckpointError
+from sensreg.records.checkpoint import CheckpointError
 from sensreg.run.init_weights import init_model_, load_init_state
 from sensreg.data import Dataset, Split
 from sensreg.models import build_model

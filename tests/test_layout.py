@@ -1,7 +1,7 @@
 """The package's layout is its architecture: the modules import each other without a cycle
 (counting the imports made inside functions too), and one way only: the commands use the run,
-the run uses the method, the data and the models, and the method uses nothing of sensreg but its
-errors and the config checks (``checks.py``). Each module can be read, and imported, after the ones it uses."""
+the run writes through its records, both use the method, the data and the models, and the
+method uses nothing of sensreg but its errors and the config checks (``checks.py``). Each module can be read, and imported, after the ones it uses."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ PLUGINS = PACKAGE.parent / "hydra_plugins"
 LAYERS = {
     "sensreg.errors": 0, "sensreg.atomic": 0, "sensreg.checks": 0,
     "sensreg.method": 1, "sensreg.data": 1, "sensreg.models": 1,
-    "sensreg.run": 2,
-    "sensreg.commands": 3, "hydra_plugins": 3,
+    "sensreg.records": 2,
+    "sensreg.run": 3,
+    "sensreg.commands": 4, "hydra_plugins": 4,
 }
 
 
@@ -108,6 +109,21 @@ def test_imports_go_one_way_down_the_layers():
     assert not wrong, "imports against the layers: " + "; ".join(sorted(wrong))
     # The public API is the method's.
     assert {layer_of(t)[0] for t in graph["sensreg"]} <= {"sensreg.method", "sensreg.errors"}
+
+
+def test_the_records_are_split_from_the_training_run():
+    # The run folder, its files, the report and compare read and write records; the training run
+    # (config, life, loop, processes) writes through them. Neither the records nor the trackers
+    # that log a run import the report's writer or anything that trains.
+    graph = module_imports(PACKAGE, PLUGINS)
+    records = {m for m in graph if m.startswith("sensreg.records.")}
+    assert {"sensreg.records.folder", "sensreg.records.checkpoint", "sensreg.records.report",
+            "sensreg.records.plots", "sensreg.records.tables", "sensreg.records.compare"} <= records
+    assert {"sensreg.run.config", "sensreg.run.lifecycle", "sensreg.run.loop", "sensreg.run.distributed",
+            "sensreg.run.precision", "sensreg.run.compiling"} <= set(graph)
+    assert not {t for m in records for t in graph[m] if t.startswith("sensreg.run")}
+    assert "sensreg.records.report" not in graph["sensreg.run.trackers"]
+    assert "sensreg.records.summary" in graph["sensreg.run.trackers"]  # it logs the rows the records define
 
 
 def test_the_method_runs_without_hydra_rich_or_the_run():

@@ -8,7 +8,7 @@ import gzip
 import pytest
 
 from sensreg.errors import UserError
-from sensreg.run.checkpoint import load_file
+from sensreg.records.checkpoint import load_file
 
 
 def test_a_json_file_is_called_a_text_file_not_a_pickled_object(tmp_path):

@@ -40,7 +40,7 @@ def test_the_own_loop_trains_as_sensreg_train_does(tmp_path, monkeypatch, in_pro
             assert float(want[key]) == pytest.approx(value, rel=1e-15, abs=0), (got["epoch"], key)
     assert float(expected[-1]["remaining_pct"]) == pytest.approx(4.5, abs=0.01)  # gmp reached 22x
 
-    from sensreg.run.checkpoint import load_checkpoint
+    from sensreg.records.checkpoint import load_checkpoint
 
     saved = load_checkpoint(run / "model.pt")["state_dict"]
     state = model.state_dict()

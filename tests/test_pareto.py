@@ -12,7 +12,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from conftest import HANG_S, run_in_process, stop_at_step  # noqa: E402
-from sensreg.run.compare import compare  # noqa: E402
+from sensreg.records.compare import compare  # noqa: E402
 from sensreg.commands.pareto import objectives, search_space, trials_done  # noqa: E402
 
 # Short trials that prune (patience 0: a threshold search after every epoch).

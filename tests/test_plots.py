@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sensreg.run import plots
-from sensreg.run.compare import Row, write_plots
+from sensreg.records import plots
+from sensreg.records.compare import Row, write_plots
 
 
 @pytest.fixture

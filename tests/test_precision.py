@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sensreg.run.checkpoint import load_checkpoint
+from sensreg.records.checkpoint import load_checkpoint
 from sensreg.run.compiling import CompileError
 from sensreg.run.config import ConfigError
 from sensreg.run.config_diff import config_differences

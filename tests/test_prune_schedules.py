@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sensreg.method import prune_schedules
-from sensreg.run.checkpoint import load_checkpoint
+from sensreg.records.checkpoint import load_checkpoint
 from sensreg.run.config import ConfigError, TrainConfig
 from sensreg.run.interrupt import Interrupted
 from sensreg.method.prune_schedules import GradualMagnitude, PruneSchedule, target_sparsity
@@ -239,7 +239,7 @@ def test_the_summary_records_the_training_budget_also_of_a_resumed_run(tmp_path,
 
 
 def test_the_report_of_a_gmp_run_draws_its_pruning_by_steps(tmp_path):
-    from sensreg.run.report import write_report
+    from sensreg.records.report import write_report
 
     train(gmp_config(), tmp_path)
     report = write_report(tmp_path, batches=0)

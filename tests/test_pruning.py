@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensreg.run import lifecycle as run_module
-from sensreg.run.checkpoint import load_checkpoint
+from sensreg.records.checkpoint import load_checkpoint
 from sensreg.run.config import TrainConfig
 from sensreg.run.interrupt import Interrupted
 from sensreg.models import build_model
@@ -22,7 +22,7 @@ from sensreg.run.lifecycle import resume_state, train
 from sensreg.method.sensitivity import get_variant
 from sensreg.method.step import StepSettings
 from sensreg.run.loop import TrainStep
-from sensreg.run.train_state import load_training_state
+from sensreg.records.train_state import load_training_state
 
 from conftest import assert_same_run, composed, config, metrics_without_time, random_batch, stop_at_step
 
@@ -827,7 +827,8 @@ def test_a_fixed_schedule_with_layer_thresholds_prunes_the_same_fraction_everywh
 
 
 def test_the_scope_key():
-    from sensreg.run.config import LATER_KEYS, ConfigError
+    from sensreg.records.config_keys import LATER_KEYS
+    from sensreg.run.config import ConfigError
 
     assert TrainConfig().prune.scope == "global" and LATER_KEYS[("prune", "scope")] == "global"
     folder = resources.files("sensreg.configs") / "prune"

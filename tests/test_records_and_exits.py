@@ -309,8 +309,8 @@ def interrupted_command(tmp_path, module: str, function: str, *args: str) -> sub
 
 
 @pytest.mark.parametrize("command, module, function", [
-    ("report", "sensreg.run.plots", "epochs_plot"),  # the report draws its plots
-    ("compare", "sensreg.run.compare", "write_csv"),  # compare writes its table
+    ("report", "sensreg.records.plots", "epochs_plot"),  # the report draws its plots
+    ("compare", "sensreg.records.compare", "write_csv"),  # compare writes its table
 ])
 def test_ctrl_c_during_report_or_compare_is_one_line_and_exit_130(tmp_path, command, module, function):
     from sensreg.run.lifecycle import train

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from sensreg import atomic
-from sensreg.run.checkpoint import CheckpointError
+from sensreg.records.checkpoint import CheckpointError
 from sensreg.run.config import ConfigError, TrainConfig
 from sensreg.run.interrupt import Interrupted
-from sensreg.run.folder import RunFolderError, RunLock, resolve
+from sensreg.records.folder import RunFolderError, RunLock, resolve
 from sensreg.run.lifecycle import resume_state, train
 from sensreg.run.loop import TrainStep
-from sensreg.run.train_state import load_training_state
+from sensreg.records.train_state import load_training_state
 
 from conftest import HANG_S, assert_same_run, composed, metrics_without_time, stop_at_step, train_config
 
@@ -57,7 +57,7 @@ def test_last_checkpoint_holds_everything_to_continue(tmp_path):
 
 def test_checkpoint_every_n_epochs(tmp_path, monkeypatch):
     saved_epochs = []
-    import sensreg.run.train_state as train_module
+    import sensreg.records.train_state as train_module
     original = train_module.save_training_state
     monkeypatch.setattr(train_module, "save_training_state",
                         lambda path, state: (saved_epochs.append(state["loop"]["epoch"]), original(path, state)))
@@ -223,7 +223,7 @@ def test_a_requeued_slurm_job_takes_over_the_lock_its_earlier_run_left_on_anothe
 
 
 def test_a_full_disk_while_taking_the_lock_leaves_no_lock_and_an_old_empty_lock_is_stale(tmp_path, monkeypatch):
-    from sensreg.run import folder as run_folder
+    from sensreg.records import folder as run_folder
     real_fdopen = os.fdopen
 
     def full(fd, *args, **kwargs):
@@ -381,7 +381,7 @@ def test_full_disk_fails_loudly_and_keeps_the_previous_files(tmp_path):
     # metrics.csv can be written once; the second write (after epoch 2) finds the disk full.
     script = (
         "import errno, sys\n"
-        "from sensreg.run import folder as run_folder\n"
+        "from sensreg.records import folder as run_folder\n"
         "from sensreg.commands.cli import main\n"
         "original, calls = run_folder.write_metrics, []\n"
         "def write_metrics(path, rows):\n"

@@ -14,13 +14,13 @@ import pytest
 import torch
 import yaml
 
-from sensreg.run.checkpoint import load_checkpoint
+from sensreg.records.checkpoint import load_checkpoint
 from sensreg.commands.cli import main
 from sensreg.run.config import TrainConfig
 from sensreg.data import batches, load_dataset
 from sensreg.models import build_model
-from sensreg.run import plots
-from sensreg.run.report import ReportError, _sensitivity, eta_changes, pruning_window, write_report
+from sensreg.records import plots
+from sensreg.records.report import ReportError, _sensitivity, eta_changes, pruning_window, write_report
 from sensreg.method.sensitivity import VARIANTS, Pass
 from sensreg.run.lifecycle import train
 

@@ -46,7 +46,7 @@ def test_a_runs_summary_records_its_compacted_network_as_counted_from_its_weight
     log = " ".join((run / "train.log").read_text().split())
     structure = json.loads((run / "summary.json").read_text())["structure"]
 
-    from sensreg.run.checkpoint import load_checkpoint
+    from sensreg.records.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run / "model.pt")
     weights = [ckpt["state_dict"][f"fc{i}.weight"] * ckpt["masks"][f"fc{i}.weight"] for i in (1, 2, 3)]

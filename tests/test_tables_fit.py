@@ -20,7 +20,7 @@ from sensreg.commands import reevaluate
 from sensreg.run import compare as cmp
 from sensreg.models import build_model
 from sensreg.method.pruning import Masks, norm_parameter_names, prunable_names, sparsity_stats
-from sensreg.run.tables import PIPED_WIDTH, FitTable, layer_table, render_text, stdout_console
+from sensreg.records.tables import PIPED_WIDTH, FitTable, layer_table, render_text, stdout_console
 
 import conftest
 from test_compare import make_run

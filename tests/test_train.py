@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from sensreg.run.checkpoint import CheckpointError, load_checkpoint
+from sensreg.records.checkpoint import CheckpointError, load_checkpoint
 from sensreg.run.config import ConfigError, TrainConfig
 from sensreg.run.reevaluate import evaluate_checkpoint
 from sensreg.run.lifecycle import train
@@ -53,7 +53,7 @@ def test_the_epoch_line_shows_the_insensitivity_where_there_is_one():
     from dataclasses import replace
 
     from sensreg.run.loop import epoch_line
-    from sensreg.run.records import MetricsRow
+    from sensreg.records.summary import MetricsRow
 
     row = MetricsRow(epoch=3, eta=0.05, lam=1e-3, train_loss=0.1, val_loss=0.2, val_error=0.02,
                      remaining_pct=5.0, threshold=0.01, seconds=2.0)

@@ -34,7 +34,7 @@ class RunError(UserError):
 
 class CheckpointError(RunError, ValueError):
     """A checkpoint that cannot be used (a file, or saved masks that do not fit the network); the
-    message names the path or the parameters. Here rather than in ``run/checkpoint.py`` because
+    message names the path or the parameters. Here rather than in ``records/checkpoint.py`` because
     the method's masks raise it too, and the method imports nothing of the run."""
 
 

@@ -5,8 +5,8 @@
 - ``eval CHECKPOINT [data.KEY=VALUE ...]``: re-evaluates a saved model on its test set
   (``reevaluate.py``, ``run/reevaluate.py``).
 - ``compare PATH ...``: a table, compare.csv/.md and plots of every run below PATH
-  (``compare_report.py``, ``run/compare/``).
-- ``report RUN_DIR``: report.md and plots for one run (``compare_report.py``, ``run/report.py``).
+  (``compare_report.py``, ``records/compare/``).
+- ``report RUN_DIR``: report.md and plots for one run (``compare_report.py``, ``records/report.py``).
 - ``export RUN``: the run's network compacted and written as model.pt2 and model.onnx
   (``export.py``, ``run/export.py``).
 

@@ -1,5 +1,5 @@
 """`sensreg compare` and `sensreg report`: their arguments and console output (the work is in
-``run/compare/`` and ``run/report.py``)."""
+``records/compare/`` and ``records/report.py``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _arg_parser(prog: str, description: str, epilog: str = ""):
 
 
 def _compare_parser():
-    from sensreg.run.compare import DEFAULT_SORT, KEYS
+    from sensreg.records.compare import DEFAULT_SORT, KEYS
 
     parser = _arg_parser(
         "sensreg compare",
@@ -61,8 +61,8 @@ def run_compare(args: list[str]) -> None:
     from rich.markup import escape
     from rich.measure import Measurement
 
-    from sensreg.run.compare import compare, rich_table
-    from sensreg.run.tables import stdout_console
+    from sensreg.records.compare import compare, rich_table
+    from sensreg.records.tables import stdout_console
 
     ns = _compare_parser().parse_args(args)
     try:
@@ -91,7 +91,7 @@ def run_compare(args: list[str]) -> None:
 
 
 def run_report(args: list[str]) -> None:
-    from sensreg.run.report import write_report
+    from sensreg.records.report import write_report
 
     parser = _arg_parser(
         "sensreg report",

@@ -63,7 +63,7 @@ def _data_overrides(items: list[str]) -> dict:
 
 
 def _print(exported) -> None:
-    from sensreg.run.tables import FitTable, stdout_console
+    from sensreg.records.tables import FitTable, stdout_console
 
     r = exported.record
     console = stdout_console(highlight=False)

@@ -95,7 +95,7 @@ def _check_output_folders(overrides: list[str]) -> None:
             continue  # the config check looks at the file
         folder = Path(value).expanduser().absolute()
         if key == "hydra.run.dir" and folder.is_dir() and not multirun and resume in ("", "false"):
-            from sensreg.run.folder import occupied  # (torch loads with it: only for a folder that exists)
+            from sensreg.records.folder import occupied  # (torch loads with it: only for a folder that exists)
 
             problem = occupied(folder)
             if problem is not None:

@@ -36,9 +36,9 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.plugins.sweeper import Sweeper
 
 from sensreg.atomic import check_sqlite_writable, write_json
-from sensreg.run.config import NOT_COMPUTATION
+from sensreg.records.config_keys import NOT_COMPUTATION
 from sensreg.run.config_groups import key_readers
-from sensreg.run.folder import CHECKPOINT_NAME, STUDY_DB, STUDY_JSON, StudyLock, relative_below
+from sensreg.records.folder import CHECKPOINT_NAME, STUDY_DB, STUDY_JSON, StudyLock, relative_below
 
 OBJECTIVES = ("val_error", "remaining_pct")  # summary.json keys, both minimized
 SAMPLERS = ("nsgaii", "tpe")

@@ -60,12 +60,12 @@ def _run_eval(args: list[str]) -> None:
 
 
 def _print_eval(result: dict) -> None:
-    from sensreg.run.structure import structure_lines
-    from sensreg.run.tables import layer_table, stdout_console
+    from sensreg.records.structure import structure_lines
+    from sensreg.records.tables import layer_table, stdout_console
 
     console = stdout_console(highlight=False)  # the terminal's width, or 80 columns in a pipe
     s = result["sparsity"]
-    from sensreg.run.report import shows_top5
+    from sensreg.records.report import shows_top5
 
     # (--json keeps the top-5 error whatever the classes: it is a measurement, not a display)
     top5 = f", top-5 error {100 * result['test_top5_error']:.2f}%" if "test_top5_error" in result \

@@ -102,7 +102,7 @@ FIX_VALUES = " Fix the value(s) above on the command line or in the config."
 
 def _train_in_folder(cfg, config, dist, hydra_dir: Path, tracked) -> dict | None:
     """Choose the run folder (process 0 chooses for all), train, and turn failures into messages."""
-    from sensreg.run import folder as run_folder
+    from sensreg.records import folder as run_folder
     from sensreg.run.interrupt import Interrupted
 
     run_dir, resume_from = _choose_folder(hydra_dir, config, dist)
@@ -128,7 +128,7 @@ def _choose_folder(hydra_dir: Path, config, dist) -> tuple[Path, Path | None]:
     """The run folder and the checkpoint to resume from (None: a fresh start), as process 0
     chooses them; a folder that cannot be used ends the command."""
     from sensreg.errors import UserError
-    from sensreg.run import folder as run_folder
+    from sensreg.records import folder as run_folder
 
     chosen: tuple[Path, Path | None] | str
     try:
@@ -150,9 +150,9 @@ def _train_there(cfg, config, dist, folder, resume_from: Path | None, tracked) -
     """The run in its (locked) folder: its records first, then the training."""
     from omegaconf import OmegaConf
 
-    from sensreg.run import folder as run_folder
+    from sensreg.records import folder as run_folder
     from sensreg.run.lifecycle import resume_state, train
-    from sensreg.run.logs import setup_logging
+    from sensreg.records.logs import setup_logging
 
     saved = resume_state(config, resume_from)  # checked before anything is written
     # trainer.resume=true without a last.pt starts over (a requeued job that never

@@ -15,7 +15,6 @@ dicts saved by older versions (run folders, checkpoints) are read through ``upgr
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
@@ -29,7 +28,7 @@ from sensreg.data import DATASETS
 from sensreg.data.config import DataConfig, check_data
 from sensreg.data.registry import validation_size
 from sensreg.models import EXTERNAL, MODELS, OPTIMIZER_LR, default_lr, model_options
-from sensreg.run.config_keys import LATER_KEYS, NOT_COMPUTATION, NOT_EXPERIMENT
+from sensreg.records.config_keys import LATER_KEYS, NOT_COMPUTATION, NOT_EXPERIMENT
 from sensreg.run.devices import check_device, resolve_device
 from sensreg.run.network_check import network_problems
 from sensreg.run.precision import PRECISIONS
@@ -377,17 +376,5 @@ class TrainConfig:
                 d[section].pop(key)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A config as an older version saved it (config.yaml, a checkpoint's config), read as this
-    version's: every key added since (``LATER_KEYS``) that a saved section lacks gets the value
-    that does what the older version did. The one place old run folders are translated; readers
-    index the result directly. Sections the config does not have stay absent."""
-    out = {section: (dict(values) if isinstance(values, dict) else values) for section, values in saved.items()}
-    for (section, key), old in LATER_KEYS.items():
-        if isinstance(out.get(section), dict):
-            out[section].setdefault(key, copy.deepcopy(old))
-    return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sensreg.run.config import upgrade_config
+from sensreg.records.config_keys import upgrade_config
 
 
 def config_differences(saved: dict[str, Any], now: dict[str, Any],

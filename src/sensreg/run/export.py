@@ -31,11 +31,11 @@ from torch import Tensor, nn
 from sensreg.data import batches, load_test_split
 from sensreg.errors import UserError, first_line
 from sensreg.run import speed as timing
-from sensreg.run.checkpoint import load_checkpoint, saved_network
+from sensreg.records.checkpoint import load_checkpoint, saved_network
 from sensreg.data.config import DataConfig, data_problems
 from sensreg.run.environment import versions
-from sensreg.run.folder import MODEL_NAME, RunFolder, writer_gone
-from sensreg.run.structure import EXAMPLE_SAMPLES, compact_network
+from sensreg.records.folder import MODEL_NAME, RunFolder, writer_gone
+from sensreg.records.structure import EXAMPLE_SAMPLES, compact_network
 
 EXPORT_NAME, PT2_NAME, ONNX_NAME = "export.json", "model.pt2", "model.onnx"
 DEFAULT_FOLDER = "export"  # inside the run folder, unless --out says otherwise

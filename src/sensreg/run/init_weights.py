@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sensreg.run.checkpoint import FORMAT, CheckpointError, load_file, unpack
+from sensreg.records.checkpoint import FORMAT, CheckpointError, load_file, unpack
 from sensreg.data import DATASETS
 from sensreg.errors import few_names
 

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from sensreg.run import evaluate as evaluation
-from sensreg.run.config import NOT_COMPUTATION, ConfigError, TrainConfig
+from sensreg.records.config_keys import NOT_COMPUTATION
+from sensreg.run.config import ConfigError, TrainConfig
 from sensreg.run.config_diff import config_differences
 from sensreg.run.devices import resolve_device
 from sensreg.data import Dataset, load_dataset
@@ -36,14 +37,15 @@ from sensreg.method.positions import epoch_at, is_fraction
 from sensreg.method.prune_schedules import build_prune_schedule
 from sensreg.run.trackers import NO_TRACKERS, Trackers
 from sensreg.method.pruning import Masks, prunable_names, sparsity_stats
-from sensreg.run.folder import CHECKPOINT_NAME, MODEL_NAME, RunFolder
-from sensreg.run.records import ABSENT, RunSummary
-from sensreg.run.structure import network_structure, structure_lines
+from sensreg.records.folder import CHECKPOINT_NAME, MODEL_NAME, RunFolder
+from sensreg.records.report import report_for_trackers
+from sensreg.records.summary import ABSENT, RunSummary
+from sensreg.records.structure import network_structure, structure_lines
 from sensreg.method.sensitivity import get_variant
 from sensreg.method.step import StepSettings
-from sensreg.run.tables import layer_table, render_text
+from sensreg.records.tables import layer_table, render_text
 from sensreg.run.loop import Training, TrainStep, build_optimizer, kept_checkpoint, run_epochs
-from sensreg.run.train_state import load_training_state
+from sensreg.records.train_state import load_training_state
 
 log = logging.getLogger("sensreg")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
@@ -80,7 +82,8 @@ def train(cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None = None,
             run_epochs(tr)
             finish(tr)
             write_summary()
-            trackers.finish(folder.path, summary.as_dict())
+            if trackers.names:
+                trackers.finish(folder.path, summary.as_dict(), *report_for_trackers(folder.path))
             trackers.close("completed")
     except BaseException as err:
         # SystemExit: a scheduler's signal handler (submitit's requeue) ended the process.
@@ -303,7 +306,7 @@ def finish(tr: Training) -> None:
     )
     if tr.dist.is_main:
         summary.checkpoint_bytes = model_bytes
-    from sensreg.run.report import shows_top5
+    from sensreg.records.report import shows_top5
 
     log.info("test error %.2f%%%s | remaining %.3f%% of prunable parameters (%.1fx), %.3f%% of all (%.1fx) "
              "| FLOPs left %.2f%%", 100 * test["error"],

@@ -33,11 +33,11 @@ from sensreg.method.prune_schedules import PruneContext, PruneSchedule
 from sensreg.run.trackers import NO_TRACKERS, Trackers
 from sensreg.method.pruning import Masks
 from sensreg.method.regularizer import build_schedule, lambda_schedule
-from sensreg.run.folder import RunFolder
-from sensreg.run.records import MetricsRow, RunSummary
+from sensreg.records.folder import RunFolder
+from sensreg.records.summary import MetricsRow, RunSummary
 from sensreg.method.sensitivity import Variant, batched_vjps_are_faster
 from sensreg.method.step import SensitivityStep, StepSettings
-from sensreg.run.train_state import rng_states, set_rng_states
+from sensreg.records.train_state import rng_states, set_rng_states
 
 log = logging.getLogger("sensreg")
 

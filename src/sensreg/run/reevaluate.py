@@ -13,11 +13,11 @@ from sensreg.data import load_test_split
 from sensreg.data.config import DataConfig, data_problems
 from sensreg.errors import few_names
 from sensreg.method.pruning import sparsity_stats
-from sensreg.run.checkpoint import CheckpointError, load_checkpoint, saved_network
+from sensreg.records.checkpoint import CheckpointError, load_checkpoint, saved_network
 from sensreg.run.config import ConfigError
 from sensreg.run.evaluate import evaluate
-from sensreg.run.folder import MODEL_NAME, RunFolder
-from sensreg.run.structure import network_structure
+from sensreg.records.folder import MODEL_NAME, RunFolder
+from sensreg.records.structure import network_structure
 
 
 def reevaluate(path: str | Path, overrides: dict[str, Any] | None = None,

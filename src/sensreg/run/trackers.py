@@ -36,7 +36,8 @@ from typing import Any
 
 from sensreg.atomic import check_sqlite_writable
 from sensreg.errors import UserError
-from sensreg.run.records import MetricsRow
+from sensreg.records.config_keys import flat
+from sensreg.records.summary import MetricsRow
 
 log = logging.getLogger("sensreg")
 
@@ -79,17 +80,6 @@ def check_logger_config(logger_cfg: dict[str, Any] | None) -> list[str]:
         if not isinstance(settings.get("required", False), bool):
             raise TrackerError(f"logger.{name}.required={settings['required']!r} must be true or false.")
     return sorted(cfg)
-
-
-def flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"sens": {"lam": 1e-4}} -> {"sens.lam": 1e-4}."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
@@ -268,13 +258,13 @@ class Trackers:
         self._call("mlflow", lambda: _mlflow().log_metrics(_mlflow_keys(metrics), step=step,
                                                            run_id=self._mlflow_run.info.run_id))
 
-    def finish(self, run_dir: Path, summary: dict[str, Any]) -> None:
-        """The final summary, and the run's report with its plots."""
+    def finish(self, run_dir: Path, summary: dict[str, Any], images: list[Path], report: Path | None) -> None:
+        """The final summary, and the run's report (``report``, the markdown file) with its plots
+        (``images``), which the run wrote into its folder."""
         if not self.names:
             return
         final = summary_metrics(summary)
         step = int(summary.get("epochs_completed") or 0)
-        images, report = _write_report(run_dir)  # local work: not bounded like the trackers' calls
 
         def tensorboard() -> None:
             for key, value in final.items():
@@ -414,19 +404,6 @@ def _group_name(group: Path) -> str:
         return f"sweep {group.absolute().relative_to(Path.cwd())}"
     except ValueError:
         return f"sweep {group.absolute()}"
-
-
-def _write_report(run_dir: Path) -> tuple[list[Path], Path | None]:
-    """sensreg report of the finished run (its plots are what the trackers show); a report that
-    cannot be drawn is a warning, never the run's failure."""
-    from sensreg.run.report import write_report
-
-    try:
-        report = write_report(run_dir, batches=4)
-    except Exception as err:  # noqa: BLE001 - the run itself is complete and saved
-        log.warning("warning: the report for the trackers could not be written: %s", err)
-        return [], None
-    return list(report.images), report.path
 
 
 def _read_png(path: Path):

@@ -11,19 +11,20 @@ and S is averaged over a few shuffled training batches.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sensreg.run import plots
+from sensreg.records import plots
 from sensreg.atomic import write_atomic
 from sensreg.errors import UserError
-from sensreg.run.config import upgrade_config
-from sensreg.run.folder import CONFIG_NAME, METRICS_NAME, RUN_FILES, SUMMARY_NAME, RunFolder, RunRecord
-from sensreg.run.structure import structure_lines
-from sensreg.run.tables import markdown_table
+from sensreg.records.config_keys import upgrade_config
+from sensreg.records.folder import CONFIG_NAME, METRICS_NAME, RUN_FILES, SUMMARY_NAME, RunFolder, RunRecord
+from sensreg.records.structure import structure_lines
+from sensreg.records.tables import markdown_table
 
 REPORT_NAME = "report.md"
 # Top-5 error says something only with many classes: with 10, nearly every image has its class
@@ -49,6 +50,18 @@ class RunReport:
     path: Path  # report.md
     images: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # plots left out, and why
+
+
+def report_for_trackers(run_dir: Path) -> tuple[list[Path], Path | None]:
+    """The report of a finished run written into its folder for the experiment trackers to show
+    (its plots, and the markdown file); one that cannot be drawn is a warning, never the run's
+    failure."""
+    try:
+        report = write_report(run_dir, batches=4)
+    except Exception as err:  # noqa: BLE001 - the run itself is complete and saved
+        logging.getLogger("sensreg").warning("warning: the report for the trackers could not be written: %s", err)
+        return [], None
+    return list(report.images), report.path
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches: int = 10,
@@ -236,7 +249,7 @@ def _final_state(run_dir: Path, config: dict, batches: int, data_root: str | Non
         return {}
     import torch
 
-    from sensreg.run.checkpoint import CheckpointError, load_checkpoint, saved_network
+    from sensreg.records.checkpoint import CheckpointError, load_checkpoint, saved_network
 
     try:
         ckpt = load_checkpoint(ckpt_path)

@@ -25,7 +25,7 @@ from sensreg.atomic import write_atomic
 from sensreg.errors import CheckpointError  # noqa: F401  (raised here; defined with the other errors)
 from sensreg.models import build_model, model_options
 from sensreg.models.external import factory_root
-from sensreg.run.config import upgrade_config
+from sensreg.records.config_keys import upgrade_config
 
 FORMAT = "sensreg-model"
 FORMAT_VERSION = 3  # 1: dense state dict and bool masks; 2: masked tensors as positions and values;

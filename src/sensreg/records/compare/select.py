@@ -13,11 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sensreg.run.config_keys import NOT_COMPUTATION, NOT_EXPERIMENT
-from sensreg.run.folder import STUDY_JSON
+from sensreg.records.config_keys import NOT_COMPUTATION, NOT_EXPERIMENT
+from sensreg.records.folder import STUDY_JSON
 
-from sensreg.run.compare.output import _fmt_lam
-from sensreg.run.compare.runs import (ALIASES, AVERAGED, DEFAULT_SORT, KEYS, NUMERIC, CompareError, Row, _num,
+from sensreg.records.compare.output import _fmt_lam
+from sensreg.records.compare.runs import (ALIASES, AVERAGED, DEFAULT_SORT, KEYS, NUMERIC, CompareError, Row, _num,
                                      read_preset)
 
 # --- filter and sort -------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 
 from sensreg.errors import UserError
-from sensreg.run.folder import CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, RunFolder
-from sensreg.run.structure import ratio
-from sensreg.run.trackers import flat  # dotted keys, as the trackers log the config
+from sensreg.records.folder import CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, RunFolder
+from sensreg.records.structure import ratio
+from sensreg.records.config_keys import flat  # dotted keys, as the trackers log the config
 
 
 CSV_NAME, MD_NAME = "compare.csv", "compare.md"

@@ -1,8 +1,10 @@
-"""Which config keys count for what, kept apart from ``config.py`` so that readers of run folders
-that do not train (``sensreg compare``) can use them without importing torch."""
+"""Which config keys count for what, and configs saved by older versions read as this version's:
+what readers of run folders need of a config (``sensreg compare``, ``report``, checkpoints),
+apart from ``run/config.py`` so that they can use it without importing torch."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 # Sections of the composed config that are not part of the experiment: the CLI reads them
@@ -30,3 +32,26 @@ LATER_KEYS: dict[tuple[str, str], Any] = {("data", "augment"): False, ("trainer"
                                            ("prune", "initial"): 0.0, ("prune", "start_step"): None,
                                            ("prune", "end_step"): None, ("model", "arch"): None,
                                            ("model", "factory"): None, ("model", "kwargs"): {}}
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config as an older version saved it (config.yaml, a checkpoint's config), read as this
+    version's: every key added since (``LATER_KEYS``) that a saved section lacks gets the value
+    that does what the older version did. The one place old run folders are translated; readers
+    index the result directly. Sections the config does not have stay absent."""
+    out = {section: (dict(values) if isinstance(values, dict) else values) for section, values in saved.items()}
+    for (section, key), old in LATER_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(key, copy.deepcopy(old))
+    return out
+
+
+def flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"sens": {"lam": 1e-4}} -> {"sens.lam": 1e-4}."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -34,10 +34,10 @@ from typing import Any
 
 import yaml
 
-from sensreg.run import checkpoint
+from sensreg.records import checkpoint
 
-from sensreg.run import train_state
-from sensreg.run.records import METRIC_COLUMNS, MetricsRow, RunSummary
+from sensreg.records import train_state
+from sensreg.records.summary import METRIC_COLUMNS, MetricsRow, RunSummary
 from sensreg.atomic import TEMPORARY_GLOB, named_os_error, write_atomic, write_json
 from sensreg.errors import RunError, UserError
 

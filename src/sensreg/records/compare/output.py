@@ -1,5 +1,5 @@
 """What compare writes: the console table, compare.csv, compare.md and one plot per network and
-dataset (matplotlib is imported only when a plot is drawn, ``run/plots.py``)."""
+dataset (matplotlib is imported only when a plot is drawn, ``records/plots.py``)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from rich.cells import cell_len
 from rich.text import Text
 
 from sensreg.atomic import write_atomic
-from sensreg.run.folder import relative_below
-from sensreg.run.tables import FitTable, markdown_table
+from sensreg.records.folder import relative_below
+from sensreg.records.tables import FitTable, markdown_table
 
-from sensreg.run.compare.references import load_references, references_for
-from sensreg.run.compare.runs import Row, Skipped
+from sensreg.records.compare.references import load_references, references_for
+from sensreg.records.compare.runs import Row, Skipped
 
 # --- output: rich table, CSV, Markdown, plots --------------------------------------------------
 
@@ -225,7 +225,7 @@ PLOT_AXES = (("remaining_pct", "", "remaining parameters (% of prunable, log sca
 def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
     """Per (network, dataset) with results: test error against remaining parameters, and
     against the compacted network's multiply-adds where the runs record them (``_macs``)."""
-    from sensreg.run.plots import pareto_plot  # matplotlib only when a plot is drawn
+    from sensreg.records.plots import pareto_plot  # matplotlib only when a plot is drawn
 
     written = []
     for attr, suffix, xlabel, what in PLOT_AXES:

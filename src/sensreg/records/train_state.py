@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from sensreg.atomic import write_atomic
-from sensreg.run.checkpoint import CheckpointError, load_file
+from sensreg.records.checkpoint import CheckpointError, load_file
 
 
 TRAIN_STATE_FORMAT = "sensreg-train-state"

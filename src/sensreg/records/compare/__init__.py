@@ -6,7 +6,7 @@ trusting it (a corrupt or half-written ``summary.json`` is skipped and reported,
 keeps the rows that match ``--where``, optionally folds the seeds of one configuration into one
 row (runs sharing a ``config_hash``), marks the Pareto-optimal rows and writes ``compare.csv``,
 ``compare.md`` and one plot per network and dataset. matplotlib is imported only when a plot is
-drawn (``run/plots.py``).
+drawn (``records/plots.py``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 # Its parts, one module each: runs.py (finding and reading run folders), select.py
 # (filter, sort, group, Pareto), output.py (table, files, plots), references.py (published
 # figures). What other code and the tests use is named here too.
-from sensreg.run.compare.output import columns, rich_table, write_csv, write_markdown, write_plots
-from sensreg.run.compare.references import references_for
-from sensreg.run.compare.runs import (CSV_NAME, DEFAULT_SORT, HYDRA_RECORD, KEYS, MD_NAME, CompareError, Row,
+from sensreg.records.compare.output import columns, rich_table, write_csv, write_markdown, write_plots
+from sensreg.records.compare.references import references_for
+from sensreg.records.compare.runs import (CSV_NAME, DEFAULT_SORT, HYDRA_RECORD, KEYS, MD_NAME, CompareError, Row,
                                      Skipped, expand_paths, find_run_dirs, read_preset, read_runs)
-from sensreg.run.compare.select import (NOT_CONFIGURATION, filter_rows, group_rows, mark_pareto,
+from sensreg.records.compare.select import (NOT_CONFIGURATION, filter_rows, group_rows, mark_pareto,
                                        mark_study_fronts, name_groups, parse_where, sort_rows)
 
 __all__ = ["compare", "Comparison", "CompareError", "Row", "Skipped", "KEYS", "DEFAULT_SORT", "HYDRA_RECORD",
