@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sensreg.run import compare as cmp
+from sensreg.records import compare as cmp
 from sensreg.records.compare import output as compare_output
 from sensreg.records.folder import LOCK_NAME
 

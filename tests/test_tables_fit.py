@@ -17,7 +17,7 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from sensreg.commands import reevaluate
-from sensreg.run import compare as cmp
+from sensreg.records import compare as cmp
 from sensreg.models import build_model
 from sensreg.method.pruning import Masks, norm_parameter_names, prunable_names, sparsity_stats
 from sensreg.records.tables import PIPED_WIDTH, FitTable, layer_table, render_text, stdout_console
