@@ -214,10 +214,9 @@ class Variant:
     description: str
     of_batch: Callable[[Pass], list[Tensor]] | None = None  # the batch reduction
     per_sample: Callable[[Pass], list[Tensor]] | None = None  # the sample reduction
-    # S needs backward passes of the outputs of its own (spec, unspec): the loss gradient keeps
-    # the graph for them. Its cost beyond the loss gradient, for the docs: extra_backward.
+    # S needs backward passes of the outputs of its own (spec: 1; unspec: C, or K, batched VJPs):
+    # the loss gradient keeps the graph for them.
     output_backward: bool = False
-    extra_backward: str = "none"
     # S of whole units (neuron.py): the forward pass records the layers' outputs (a UnitTape),
     # and S is by definition a mean over the samples (the sample reduction only).
     units: bool = False
@@ -234,12 +233,13 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "spec": Variant("spec", True, "specific: |d o_target / d w|", spec_of_batch, spec_per_sample,
-                    output_backward=True, extra_backward="1 backward"),
+                    output_backward=True),
     "unspec": Variant("unspec", True, "unspecific: mean_k |d o_k / d w|", unspec_of_batch, unspec_per_sample,
-                      output_backward=True, extra_backward="C (or K) batched VJPs"),
+                      output_backward=True),
     "loss": Variant("loss", True, "loss-based (LOBSTER): |dL/dw|", loss_of_batch, loss_per_sample),
+    # neuron: C (or K) VJPs to the layer outputs (neuron.py)
     "neuron": Variant("neuron", True, "neuron-level (SeReNe): mean_k mean_n |d o_k / d z_unit|", None,
-                      neuron_of_units, extra_backward="C (or K) VJPs to the layer outputs", units=True),
+                      neuron_of_units, units=True),
     "l2": Variant("l2", True, "plain decoupled weight decay (insensitivity = 1)"),
     "none": Variant("none", False, "no regularization (control)"),
 }
