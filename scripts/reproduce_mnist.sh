@@ -39,6 +39,8 @@ RUNS=(
   "lenet5_loss|experiment=lenet5_loss"
   "lenet5_l2|experiment=lenet5_l2"
   "lenet5_gmp|experiment=lenet5_gmp"
+  "lenet5_neuron|experiment=lenet5_neuron"
+  "lenet5_gmp_units|experiment=lenet5_gmp_units"
   # 200 epochs from the dense start (about 75-130 minutes a run on one thread; seed 0 committed)
   "lenet5_long_gmp|experiment=lenet5_long_gmp"
   "lenet5_long_spec|experiment=lenet5_long_spec"
