@@ -45,6 +45,8 @@ RUNS=(
   "lenet5_long_gmp|experiment=lenet5_long_gmp"
   "lenet5_long_spec|experiment=lenet5_long_spec"
   "lenet5_long_l2|experiment=lenet5_long_l2"
+  "lenet5_long_gmp_units|experiment=lenet5_long_gmp_units"
+  "lenet5_long_neuron|experiment=lenet5_long_neuron"
 )
 
 out=${1:-outputs/reproduce}
