@@ -2,9 +2,9 @@
 names), the checks most values need, what each type annotation of a settings dataclass
 accepts, and which options of its group read a settings field (``only``).
 
-Every section and every registered option (a prune schedule, a dataset, an optimizer) checks its
-own settings with these, so that all problems of a config are collected and reported together
-(``run/config.py``: ``ConfigError``).
+Every section of the config, and every prune schedule for its own settings, checks with these,
+so that all problems of a config are collected and reported together (``run/config.py``:
+``ConfigError``).
 """
 
 from __future__ import annotations
