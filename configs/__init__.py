@@ -12,18 +12,16 @@ from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 
-from sensreg.method.prune_schedules import PRUNE_SCHEDULES
-from sensreg.run.config_groups import GROUP_SCHEMAS, option_node
+from sensreg.run.config_groups import GROUP_SCHEMAS, OWNERS, option_node
 
 
 def register_schema_nodes() -> None:
     """Store ``schema.GROUP.OPTION`` for every option file of every group, so that a user's new
-    option (data/mine.yaml) has its node too, and for every registered prune schedule, whose
-    option file may live on another search path (``hydra.searchpath``)."""
+    option (data/mine.yaml) has its node too, and for every registered dataset, optimizer and prune
+    schedule, whose option file may live on another search path (``hydra.searchpath``)."""
     for group in GROUP_SCHEMAS:
         options = {p.stem for p in (Path(__file__).parent / group).glob("*.yaml")}
-        if group == "prune":
-            options |= set(PRUNE_SCHEDULES)
+        options |= set(OWNERS.get(group, ()))
         for option in sorted(options):
             ConfigStore.instance().store(name=f"schema.{group}.{option}", node=option_node(group, option))
 

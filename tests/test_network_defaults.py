@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from sensreg.run.config import TrainConfig
-from sensreg.models import MODELS, NETWORK_LR, OPTIMIZER_LR, default_lr
+from sensreg.models import MODELS, NETWORK_LR
+from sensreg.run.optimizers import OPTIMIZERS
 from sensreg.method.pruning import Masks
 from sensreg.run.lifecycle import setup as setup_run  # not `setup`: pytest < 9 would call it as a module set-up
 from sensreg.method.sensitivity import get_variant
@@ -57,7 +58,7 @@ def default_config(name: str) -> TrainConfig:
 @pytest.mark.parametrize("name", networks())
 def test_the_defaults_of_each_network_train_it_without_diverging(name):
     cfg = default_config(name)
-    assert cfg.optim.lr == default_lr(name, "sgd")
+    assert cfg.optim.lr == OPTIMIZERS["sgd"].default_lr(name)
     _, data, model = setup_run(cfg)
     optimizer = build_optimizer(cfg, model.parameters())
     step = TrainStep(model, optimizer, Masks(model, []), StepSettings(get_variant("none"), regularize=[]))
@@ -73,7 +74,7 @@ def test_the_defaults_of_each_network_train_it_without_diverging(name):
 
 def test_an_unset_learning_rate_is_the_networks_default_and_a_given_one_wins():
     assert TrainConfig.from_dict(composed("~experiment", "model=lenet5")).optim.lr == NETWORK_LR[("lenet5", "sgd")]
-    assert TrainConfig.from_dict(composed("~experiment")).optim.lr == OPTIMIZER_LR["sgd"]
-    assert TrainConfig.from_dict(composed("~experiment", "model=lenet5", "optim=adam")).optim.lr == OPTIMIZER_LR["adam"]
+    assert TrainConfig.from_dict(composed("~experiment")).optim.lr == OPTIMIZERS["sgd"].DEFAULT_LR
+    assert TrainConfig.from_dict(composed("~experiment", "model=lenet5", "optim=adam")).optim.lr == OPTIMIZERS["adam"].DEFAULT_LR
     assert TrainConfig.from_dict(composed("~experiment", "model=lenet5", "optim.lr=0.05")).optim.lr == 0.05
-    assert TrainConfig(optim=TrainConfig().optim.__class__(lr=None)).optim.lr == OPTIMIZER_LR["sgd"]
+    assert TrainConfig(optim=TrainConfig().optim.__class__(lr=None)).optim.lr == OPTIMIZERS["sgd"].DEFAULT_LR

@@ -61,6 +61,9 @@ def test_the_sweeper_without_optuna_is_one_message_before_any_training(tmp_path,
                                                      "command chooses prune=gmp"),
     ("sens=none sens.lam=interval(1e-5,1e-3)", "sens.lam is searched, but sens=none does not regularize"),
     ("sens=none prune=none", "hydra/sweeper=pareto has nothing to search: sens=none prune=none"),
+    # a key of the search space the chosen optimizer does not read (each optimizer owns its keys)
+    ("optim=adam +hydra.sweeper.params={optim.momentum:'interval(0.5,0.95)'}",
+     "optim.momentum is searched, but optim=adam does not read it (only optim=sgd does)"),
 ])
 def test_a_sweep_set_up_wrongly_is_one_message_before_any_trial(override, message, tmp_path, monkeypatch, capsys,
                                                                 in_process_cli):

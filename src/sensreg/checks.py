@@ -1,16 +1,20 @@
 """How a config's values are checked: the problems found (one sentence each, with the key it
-names), the checks most values need, what each type annotation of a settings dataclass
-accepts, and which options of its group read a settings field (``only``).
+names), the checks most values need, what each type of a settings field accepts, and which
+options of its group read a settings field where the group's options own no registry (``only``).
 
-Every section of the config, and every prune schedule for its own settings, checks with these,
-so that all problems of a config are collected and reported together (``run/config.py``:
-``ConfigError``).
+Every section of the config, and every dataset, sensitivity variant, optimizer and prune
+schedule for its own settings, checks with these, so that all problems of a config are
+collected and reported together (``run/config.py``: ``ConfigError``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import os
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import field, fields
 from typing import Any
@@ -82,33 +86,46 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# What each annotation of the settings dataclasses accepts, and how a problem is worded.
-TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "int": (is_int, "an integer"),
-    "float": (is_number, "a finite number"),
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "str": (lambda v: isinstance(v, str), "text"),
-    "list[int]": (lambda v: isinstance(v, (list, tuple)) and all(is_int(x) for x in v),
-                  "a list of integers, e.g. [30,60]"),
+# What each type of a settings field accepts, and how a problem is worded (a field of another
+# type, or of none, is not checked here: its section's checks say what it takes).
+TYPES: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    int: (is_int, "an integer"),
+    float: (is_number, "a finite number"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    str: (lambda v: isinstance(v, str), "text"),
+    list[int]: (lambda v: isinstance(v, (list, tuple)) and all(is_int(x) for x in v),
+                "a list of integers, e.g. [30,60]"),
     # a position in the run (positions.py): an epoch, or a fraction of the run
-    "int | float": (is_number, "an epoch (an integer) or a fraction of the run (a number between 0 and 1)"),
-    "list[int | float]": (lambda v: isinstance(v, (list, tuple)) and all(is_number(x) for x in v),
-                          "a list of epochs or of fractions of the run, e.g. [30,60] or [0.8]"),
-    "tuple[float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(x) for x in v),
-                            "two numbers, e.g. [0.9,0.999]"),
-    "dict[str, Any]": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
-                       "keyword arguments, e.g. +model.kwargs.image_size=32"),
+    int | float: (is_number, "an epoch (an integer) or a fraction of the run (a number between 0 and 1)"),
+    list[int | float]: (lambda v: isinstance(v, (list, tuple)) and all(is_number(x) for x in v),
+                        "a list of epochs or of fractions of the run, e.g. [30,60] or [0.8]"),
+    tuple[float, float]: (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(x) for x in v),
+                          "two numbers, e.g. [0.9,0.999]"),
+    dict[str, Any]: (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+                     "keyword arguments, e.g. +model.kwargs.image_size=32"),
 }
 
 
+@functools.cache
+def field_types(settings_class: type) -> dict[str, tuple[Any, bool]]:
+    """Each field's type, without None, and whether None is allowed too (``int | None``)."""
+    out = {}
+    for name, hint in typing.get_type_hints(settings_class).items():
+        args = typing.get_args(hint)
+        optional = isinstance(hint, types.UnionType) and type(None) in args
+        if optional:
+            hint = functools.reduce(operator.or_, [a for a in args if a is not type(None)])
+        out[name] = (hint, optional)
+    return out
+
+
 def type_problems(section: str, settings: Any) -> list[tuple[str, str]]:
-    """(key, sentence) for every value of the dataclass ``settings`` whose type its annotation
+    """(key, sentence) for every value of the dataclass ``settings`` whose type its field's type
     does not accept."""
     out = []
     for f in fields(settings):
-        annotation = str(f.type)
-        optional = annotation.endswith(" | None")
-        check = TYPES.get(annotation.removesuffix(" | None"))
+        hint, optional = field_types(type(settings))[f.name]
+        check = TYPES.get(hint)
         value = getattr(settings, f.name)
         if check is None or (optional and value is None) or check[0](value):
             continue

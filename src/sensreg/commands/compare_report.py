@@ -5,25 +5,13 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from sensreg.commands.console import err_console, fail, user_errors
-
-
-def _arg_parser(prog: str, description: str, epilog: str = ""):
-    """An argparse parser whose mistakes end like every other user mistake: fail(), exit 2."""
-    import argparse
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:  # type: ignore[override]
-            fail(f"{prog}: {message}. See `{prog} --help`.")
-
-    return Parser(prog=prog, description=description, epilog=epilog,
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
+from sensreg.commands.console import arg_parser, err_console, fail, user_errors
 
 
 def _compare_parser():
     from sensreg.records.compare import DEFAULT_SORT, KEYS
 
-    parser = _arg_parser(
+    parser = arg_parser(
         "sensreg compare",
         "Finds every run folder below the PATHs (single runs, sweeps, whole outputs/ trees; globs\n"
         "are expanded), prints one table row per run (running, failed and interrupted runs\n"
@@ -93,7 +81,7 @@ def run_compare(args: list[str]) -> None:
 def run_report(args: list[str]) -> None:
     from sensreg.records.report import write_report
 
-    parser = _arg_parser(
+    parser = arg_parser(
         "sensreg report",
         "Writes report.md and PNGs for one run folder: error and remaining parameters per epoch,\n"
         "the threshold decisions, per-layer sparsity, and histograms of |w| and of the run's own\n"

@@ -36,6 +36,18 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+def arg_parser(prog: str, description: str, epilog: str = ""):
+    """An argparse parser whose mistakes end like every other user mistake: fail(), exit 2."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            fail(f"{prog}: {message}. See `{prog} --help`.")
+
+    return Parser(prog=prog, description=description, epilog=epilog,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 @contextmanager
 def user_errors(run=None, main_process: bool = True, unused_folder: Path | None = None, advice: str = ""):
     """The one handler of the errors a user causes (``errors.UserError``): the message on stderr,

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from sensreg.commands.compare_report import _arg_parser
-from sensreg.commands.console import fail, stop_code, stopped_by, user_errors
+from sensreg.commands.console import arg_parser, fail, stop_code, stopped_by, user_errors
 
 DESCRIPTION = (
     "Compacts the pruned network of a finished run (removes every neuron, filter and input that\n"
@@ -20,7 +19,7 @@ DESCRIPTION = (
 def run_export(args: list[str]) -> None:
     """`sensreg export`; Ctrl-C is one line and exit 130 (the folder is written under a
     temporary name and renamed when complete, so nothing half-written is left)."""
-    parser = _arg_parser("sensreg export", DESCRIPTION,
+    parser = arg_parser("sensreg export", DESCRIPTION,
                          "examples:\n  sensreg export outputs/reference/lenet300_long80_spec/seed0 --out /tmp/l300\n"
                          "  sensreg export outputs/runs/<date>/<run> --threads 4 --no-speed")
     parser.add_argument("run", metavar="RUN", help="a finished run folder")

@@ -44,10 +44,11 @@ def _group_options(group: str) -> list[str]:
 
     folder = resources.files("sensreg.configs") / group
     options = {p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")}
-    if group == "prune":  # a registered schedule's option file may lie on a search path of the user's
-        from sensreg.method.prune_schedules import PRUNE_SCHEDULES
+    # a registered option's file (a prune schedule's, an optimizer's) may lie on a search path of
+    # the user's
+    from sensreg.run.config_groups import OWNERS
 
-        options |= set(PRUNE_SCHEDULES)
+    options |= set(OWNERS.get(group, ()))
     return sorted(options)
 
 

@@ -37,17 +37,16 @@ from hydra.plugins.sweeper import Sweeper
 
 from sensreg.atomic import check_sqlite_writable, write_json
 from sensreg.records.config_keys import NOT_COMPUTATION
-from sensreg.run.config_groups import key_readers
+from sensreg.run.config_groups import OWNERS, key_readers
 from sensreg.records.folder import CHECKPOINT_NAME, STUDY_DB, STUDY_JSON, StudyLock, relative_below
 
 OBJECTIVES = ("val_error", "remaining_pct")  # summary.json keys, both minimized
 SAMPLERS = ("nsgaii", "tpe")
 
-# The search space when hydra.sweeper.params is not given: lambda, where the sensitivity variant
-# regularizes, and the key that sets how far the chosen prune schedule prunes (its ``SEARCH``).
-# Each searched prune.* key must be one the schedule reads: a key it ignores would spend the
-# trials on noise.
-LAMBDA_SPACE = {"sens.lam": "tag(log, interval(1e-6, 1e-3))"}
+# The search space when hydra.sweeper.params is not given: each chosen option's own, lambda
+# where the sensitivity variant regularizes (``Variant.search``) and the key that sets how far
+# the prune schedule prunes (``PruneSchedule.SEARCH``). Each searched key must be one its
+# section's option reads: a key it ignores would spend the trials on noise.
 
 
 def default_space(sens_name: str, prune_name: str) -> dict[str, str]:
@@ -57,7 +56,7 @@ def default_space(sens_name: str, prune_name: str) -> dict[str, str]:
     from sensreg.method.sensitivity import VARIANTS
 
     variant, schedule = VARIANTS.get(sens_name), PRUNE_SCHEDULES.get(prune_name)
-    return {**(LAMBDA_SPACE if variant is not None and variant.regularizes else {}),
+    return {**(variant.search if variant is not None else {}),
             **(schedule.SEARCH if schedule is not None else {})}
 
 
@@ -102,13 +101,16 @@ def search_space(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
 def _is_int_key(key: str) -> bool:
     """Whether ``section.key`` of the train config holds an integer."""
     from dataclasses import fields
+    from typing import get_args
 
+    from sensreg.checks import field_types
     from sensreg.run.config import TrainConfig
 
     section, _, name = key.partition(".")
     for f in fields(TrainConfig):
         if f.name == section:
-            return any(g.name == name and str(g.type).startswith("int") for g in fields(f.default_factory()))
+            hint, _ = field_types(type(f.default_factory())).get(name, (None, False))
+            return hint is int or int in get_args(hint)  # int, int | float
     return False
 
 
@@ -241,12 +243,16 @@ class ParetoSearch(Sweeper):
                              f"'sens.lam=tag(log, interval(1e-6, 1e-3))'.")
         prune, sens = self.config.prune.name, self.config.sens.name
         for key in space:
-            readers = key_readers(*key.split(".", 1)) if key.startswith("prune.") else None
-            if readers and prune not in readers:
-                raise SweepError(f"{key} is searched, but prune={prune} does not read it (only "
-                                 f"prune={readers[0]} does). Add prune={readers[0]}, or search the keys "
-                                 f"prune={prune} reads: {', '.join(default_space('none', prune)) or 'none'} "
-                                 f"(the default when hydra.sweeper.params is not given).")
+            section, _, name = key.partition(".")
+            readers = key_readers(section, name) if section in OWNERS else None
+            option = getattr(self.config, section).name if readers else None
+            if readers and option not in readers:
+                only = " and ".join(f"{section}={r}" for r in readers)
+                instead = (f"search the keys prune={prune} reads: {', '.join(default_space('none', prune)) or 'none'} "
+                           f"(the default when hydra.sweeper.params is not given)" if section == "prune"
+                           else "search other keys")
+                raise SweepError(f"{key} is searched, but {section}={option} does not read it (only {only} "
+                                 f"{'do' if len(readers) > 1 else 'does'}). Add {section}={readers[0]}, or {instead}.")
         if "sens.lam" in space and sens == "none":
             raise SweepError("sens.lam is searched, but sens=none does not regularize: every trial would "
                              "train the same. Choose a sensitivity variant (sens=spec) or search other keys.")

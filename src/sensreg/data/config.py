@@ -1,17 +1,21 @@
 """The data section of a run's config: which dataset, where, how it is split, and the settings
-only some datasets read; and its checks, which train, eval and export share."""
+only some datasets read; and its checks (those of the keys every dataset reads here, each
+dataset's own in ``dataset_checks.py``), which train, eval and export share."""
 
 from __future__ import annotations
 
 from typing import Any
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sensreg.checks import Problems, is_int, memory_bytes, only, registered, type_problems
+from sensreg.checks import Problems, is_int, registered, type_problems
 from sensreg.data.registry import DATASETS
 
 
 @dataclass
 class DataConfig:
+    """The data.* settings and their defaults. Every dataset reads the first six; the others
+    only the datasets that name them (``DatasetSpec.own_keys``), whose options hold them."""
+
     name: str = "mnist"
     root: str = "data"  # where the dataset lives: each data/NAME.yaml says its layout
     val_fraction: float = 0.1  # held out from the training set for threshold and model selection
@@ -20,23 +24,23 @@ class DataConfig:
     eval_batch_size: int = 1000
     # random crop of the image zero-padded (black) by 4 pixels and horizontal flip, of training
     # batches only; the CIFAR configs turn it on
-    augment: bool = only("cifar10", "cifar100", "imagenet", default=False)
+    augment: bool = False
     # synthetic only: class prototypes plus noise (data/synthetic.yaml)
-    num_train: int = only("synthetic", default=1024)
-    num_test: int = only("synthetic", default=512)
-    num_classes: int = only("synthetic", default=10)
-    noise: float = only("synthetic", default=1.0)
-    shape: list[int] = only("synthetic", default_factory=lambda: [1, 28, 28])  # of one image: C, H, W
+    num_train: int = 1024
+    num_test: int = 512
+    num_classes: int = 10
+    noise: float = 1.0
+    shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # of one image: C, H, W
     # imagenet only (read from image files): the training crop's and the evaluation crop's
     # side, and the side the shorter edge is resized to before the evaluation crop
-    image_size: int = only("imagenet", default=224)
-    resize: int = only("imagenet", default=256)
+    image_size: int = 224
+    resize: int = 256
     # imagenet only: DataLoader worker processes that decode the images, pinned host memory
     # for the copies to a GPU, workers kept alive between passes, batches loaded ahead per worker
-    num_workers: int = only("imagenet", default=8)
-    pin_memory: bool = only("imagenet", default=True)
-    persistent_workers: bool = only("imagenet", default=True)
-    prefetch_factor: int = only("imagenet", default=2)
+    num_workers: int = 8
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
 
     def loader_options(self) -> dict[str, Any]:
         """Keyword arguments of the dataset loader beyond name and root."""
@@ -65,48 +69,8 @@ def check_data(data: DataConfig, p: Problems) -> None:
         p.add("data.split_seed",
               f"data.split_seed={data.split_seed} is outside the seeds PyTorch takes: use an "
               f"integer from {-(2**63)} to {2**64 - 1}.")
-    if data.name == "synthetic":
-        p.at_least("data.num_train", data.num_train, 2)  # a training and a validation sample
-        p.at_least("data.num_test", data.num_test, 1)
-        p.at_least("data.num_classes", data.num_classes, 2)
-        p.at_least("data.noise", data.noise, 0)
-        if not (isinstance(data.shape, (list, tuple)) and len(data.shape) == 3
-                and all(is_int(v) and v >= 1 for v in data.shape)):
-            p.add("data.shape",
-                  f"data.shape={data.shape!r} must be three positive integers, channels, height "
-                  f"and width of one image, e.g. [1,28,28] (like MNIST) or [3,32,32] (like CIFAR).")
-        elif not p:
-            _check_synthetic_size(data, p)
-    if registered(data.name, DATASETS) and DATASETS[data.name].from_files:
-        if data.on_device:
-            p.add("data.on_device",
-                  f"data.on_device=true cannot hold data.name={data.name}: its images are "
-                  f"decoded from files batch by batch, never held on the device as a whole; "
-                  f"set data.on_device=false.")
-        p.at_least("data.num_workers", data.num_workers, 0)
-        p.at_least("data.prefetch_factor", data.prefetch_factor, 1)
-        p.at_least("data.image_size", data.image_size, 1)
-        if is_int(data.resize) and is_int(data.image_size) \
-                and data.resize < data.image_size:
-            p.add("data.resize",
-                  f"data.resize={data.resize} is smaller than data.image_size={data.image_size}: "
-                  f"the evaluation crop would reach past the resized image. Set data.resize >= "
-                  f"data.image_size (ImageNet's usual pair: 256 and 224).")
-
-
-def _check_synthetic_size(data: DataConfig, p: Problems) -> None:
-    """The generated images are held in memory whole: more than this machine has would end
-    the run in an out-of-memory kill instead of a message."""
-    c, h, w = data.shape
-    # the images, and one prototype image per class (data/tensors.py: load_synthetic), float32
-    need = (data.num_train + data.num_test + data.num_classes) * c * h * w * 4
-    have = memory_bytes()
-    if have and need > have:
-        p.add("data.num_train",
-              f"data.num_train={data.num_train} and data.num_test={data.num_test} images of "
-              f"data.shape={list(data.shape)} in data.num_classes={data.num_classes} classes "
-              f"need {need / 2**30:.3g} GiB of memory, more than this machine's {have / 2**30:.3g} GiB; "
-              f"generate fewer or smaller images, or fewer classes.")
+    if registered(data.name, DATASETS) and DATASETS[data.name].check is not None:
+        DATASETS[data.name].check(data, p)
 
 
 def data_problems(data: DataConfig) -> list[str]:

@@ -2,9 +2,11 @@
 
 To add a dataset: write its loader, ``loader(root, normalization, **options) -> (train, test)``
 (in ``tensors.py`` if it fits on a device as tensors, else in ``folders.py``); add one
-``DatasetSpec`` to ``DATASETS`` below; add ``configs/data/NAME.yaml`` naming its node of the
-schema, ``config.DataConfig`` (options beyond name and root reach the loader through its
-``loader_options``). The config check, training and the reports find the dataset here.
+``DatasetSpec`` to ``DATASETS`` below, with the data.* keys it reads beyond those every dataset
+reads (fields of ``config.DataConfig``) and their check (``dataset_checks.py``); add
+``configs/data/NAME.yaml`` naming its node (``schema.data.NAME``: the keys it reads). Options
+beyond name and root reach the loader through ``DataConfig.loader_options``. The config
+check, training and the reports find the dataset here.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from sensreg.checks import Problems
 from sensreg.errors import lookup
 
 from . import folders, tensors
+from .dataset_checks import check_image_files, check_synthetic
 from .tensors import Dataset, Split, Stats
 
 
@@ -48,6 +53,14 @@ class DatasetSpec:
     # Images in the full training split, before the validation split is held out of it; None
     # where the options or the folder say (synthetic: num_train).
     train_size: int | None = None
+    # The data.* keys it reads beyond those every dataset reads (EVERY_DATASET_READS): its
+    # option's node holds them (run/config_groups.py), and the check of their values.
+    own_keys: tuple[str, ...] = ()
+    check: Callable[[Any, Problems], None] | None = None
+
+    def reads(self, key: str) -> bool:
+        """Whether ``data.KEY`` counts in a run on this dataset."""
+        return key in EVERY_DATASET_READS or key in self.own_keys
 
     def load(self, root: str | Path = "data", **options) -> tuple[Split, Split]:
         return self.loader(root, self.normalization, **options)
@@ -57,16 +70,25 @@ class DatasetSpec:
 # images (some code uses a std of about 0.20 instead, which is the spread of per-image means, not
 # of pixels). LeNet-300-100 and LeNet-5 take CIFAR's inputs too: their first layers size
 # themselves to the input (3,072 inputs for LeNet-300-100, a 1,250-input fc1 for LeNet-5).
+EVERY_DATASET_READS = ("name", "root", "val_fraction", "split_seed", "on_device", "eval_batch_size")
+SYNTHETIC_KEYS = ("num_train", "num_test", "num_classes", "noise", "shape")
+IMAGE_FILE_KEYS = ("augment", "image_size", "resize", "num_workers", "pin_memory", "persistent_workers",
+                   "prefetch_factor")
+
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("mnist", tensors.load_mnist, (1, 28, 28), 10, ((0.1307,), (0.3081,)), train_size=60_000),
     DatasetSpec("fashion_mnist", tensors.load_fashion_mnist, (1, 28, 28), 10, ((0.2860,), (0.3530,)),
                 train_size=60_000),
     DatasetSpec("cifar10", tensors.load_cifar10, (3, 32, 32), 10,
-                ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), train_size=50_000),
+                ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), train_size=50_000,
+                own_keys=("augment",)),
     DatasetSpec("cifar100", tensors.load_cifar100, (3, 32, 32), 100,
-                ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), train_size=50_000),
-    DatasetSpec("synthetic", tensors.load_synthetic, None, None),
-    DatasetSpec("imagenet", folders.load_imagenet, None, None, from_files=True),
+                ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), train_size=50_000,
+                own_keys=("augment",)),
+    DatasetSpec("synthetic", tensors.load_synthetic, None, None, own_keys=SYNTHETIC_KEYS,
+                check=check_synthetic),
+    DatasetSpec("imagenet", folders.load_imagenet, None, None, from_files=True, own_keys=IMAGE_FILE_KEYS,
+                check=check_image_files),
 )}
 
 def input_shape(name: str, image_size: int = 224, synthetic_shape: Sequence[int] = (1, 28, 28)) -> tuple[int, ...]:

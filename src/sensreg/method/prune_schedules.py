@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sensreg.checks import Problems, is_int, is_number
+from sensreg.checks import Problems, field_types, is_int, is_number
 from sensreg.errors import lookup
 from sensreg.method.pruning import Masks, search_threshold
 from sensreg.method.positions import epoch_at, first_epoch_at, is_fraction, step_at
@@ -112,7 +112,7 @@ class PruneSchedule:
         """The settings its option starts from (``configs/prune/NAME.yaml`` adds its presets):
         PruneConfig's defaults, with null for each key it does not read where the key may be
         null, so that a composed config shows which keys count."""
-        unread = {f.name: None for f in fields(PruneConfig) if f.name not in cls.READS and "None" in str(f.type)}
+        unread = {f.name: None for f in fields(PruneConfig) if f.name not in cls.READS and field_types(PruneConfig)[f.name][1]}
         return PruneConfig(name=cls.name, **unread)
 
     @classmethod

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sensreg.checks import Problems
 from sensreg.errors import lookup
 from sensreg.method.neuron import UnitTape
 from sensreg.method.per_sample import LayerTape
@@ -229,6 +230,20 @@ class Variant:
     def reductions(self) -> tuple[str, ...]:
         """The reductions this variant's S is defined for (``REDUCTIONS``)."""
         return ("sample",) if self.units else REDUCTIONS
+
+    @property
+    def search(self) -> dict[str, str]:
+        """What a Pareto sweep (``hydra/sweeper=pareto``) searches by default with it: λ, in the
+        sweeper's syntax, where it shrinks at all."""
+        return {"sens.lam": "tag(log, interval(1e-6, 1e-3))"} if self.regularizes else {}
+
+    def check(self, sens, p: Problems) -> None:
+        """Add to ``p`` the values of the sens.* settings (``sens``) this variant cannot run with."""
+        if sens.reduction in REDUCTIONS and sens.reduction not in self.reductions:
+            p.add("sens.reduction",
+                  f"sens.reduction={sens.reduction} is not defined for sens={self.name}, whose "
+                  f"sensitivity is by definition a mean over the samples of each one's: drop "
+                  f"sens.reduction (its option sets {self.reductions[0]}).")
 
 
 VARIANTS: dict[str, Variant] = {

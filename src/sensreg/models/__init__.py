@@ -31,9 +31,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-# The learning rate an optimizer starts from when optim.lr is left at null: the optimizer's own
-# default, unless the network needs another one (docs/tuning.md "Default learning rates").
-OPTIMIZER_LR: dict[str, float] = {"sgd": 0.05, "adam": 1e-3}
+# The learning rates that differ from an optimizer's own default on a network, where optim.lr is
+# left at null (run/optimizers.py: Optimizer.default_lr; docs/tuning.md "Default learning rates").
 NETWORK_LR: dict[tuple[str, str], float] = {
     # SGD at 0.05 (Nesterov, momentum 0.9, batch 100) took LeNet-5 without a regularizer to
     # inf within 50 steps for some seeds; 0.02 is what its presets train at.
@@ -41,11 +40,6 @@ NETWORK_LR: dict[tuple[str, str], float] = {
     # VGG-16 without batch norm: 0.05 is five times the rate torchvision's recipe trains it at.
     ("vgg16", "sgd"): 0.01,
 }
-
-
-def default_lr(model: str, optimizer: str) -> float:
-    """The learning rate of ``optimizer`` on the network ``model`` when optim.lr is not given."""
-    return NETWORK_LR.get((model, optimizer), OPTIMIZER_LR[optimizer])
 
 
 def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], arch: str | None = None,

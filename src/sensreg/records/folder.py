@@ -382,6 +382,19 @@ class RunFolder:
     def is_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
 
+    @classmethod
+    def given(cls, run_dir: Path, command: str, error: type[Exception]) -> "RunFolder":
+        """The run folder a user gave ``sensreg COMMAND``; ``error`` (the command's own error
+        class) if the path is not a folder or holds no run."""
+        if not run_dir.is_dir():
+            raise error(f"{run_dir} is not a folder; give sensreg {command} a run folder, e.g. "
+                        f"outputs/runs/<date>/<run>.")
+        folder = cls(run_dir)
+        if not folder.is_run():
+            raise error(f"{run_dir} is not a run folder (it has none of {', '.join(RUN_FILES)}); "
+                        f"`sensreg compare {run_dir}` lists the run folders below it.")
+        return folder
+
     def read(self) -> "RunRecord":
         """Whatever the folder holds, never raising: a file that is missing or cannot be read
         is left empty in the record, with the reason in ``RunRecord.errors``."""

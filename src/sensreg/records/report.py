@@ -22,7 +22,7 @@ from sensreg.records import plots
 from sensreg.atomic import write_atomic
 from sensreg.errors import UserError
 from sensreg.records.config_keys import upgrade_config
-from sensreg.records.folder import CONFIG_NAME, METRICS_NAME, RUN_FILES, SUMMARY_NAME, RunFolder, RunRecord
+from sensreg.records.folder import CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, RunFolder, RunRecord
 from sensreg.records.structure import structure_lines
 from sensreg.records.tables import markdown_table
 
@@ -72,7 +72,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
     sensitivity histogram). ``data_root`` replaces the data.root of the run's config.
     """
     run_dir = Path(run_dir)
-    folder = _run_folder(run_dir)
+    folder = RunFolder.given(run_dir, "report", ReportError)
     out = Path(out_dir) if out_dir is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
     result = RunReport(out / REPORT_NAME)
@@ -95,18 +95,6 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, batches
     text = _markdown(run_dir, out, summary, config, rows, decisions, sparsity, images, final, notes)
     write_atomic(result.path, lambda f: f.write(text))
     return result
-
-
-def _run_folder(run_dir: Path) -> RunFolder:
-    """The run folder at ``run_dir``; ReportError if it is not a folder or not a run folder."""
-    if not run_dir.is_dir():
-        raise ReportError(f"{run_dir} is not a folder; give a run folder, e.g. "
-                          f"`sensreg report outputs/runs/<date>/<run>`.")
-    folder = RunFolder(run_dir)
-    if not folder.is_run():
-        raise ReportError(f"{run_dir} is not a run folder (it has none of {', '.join(RUN_FILES)}); "
-                          f"`sensreg compare {run_dir}` lists the run folders below it.")
-    return folder
 
 
 # --- the plots ---------------------------------------------------------------------------------

@@ -27,17 +27,17 @@ from sensreg.errors import UserError
 from sensreg.data import DATASETS
 from sensreg.data.config import DataConfig, check_data
 from sensreg.data.registry import validation_size
-from sensreg.models import EXTERNAL, MODELS, OPTIMIZER_LR, default_lr, model_options
+from sensreg.models import EXTERNAL, MODELS, model_options
 from sensreg.records.config_keys import LATER_KEYS, NOT_COMPUTATION, NOT_EXPERIMENT
 from sensreg.run.devices import check_device, resolve_device
 from sensreg.run.network_check import network_problems
+from sensreg.run.optimizers import OPTIMIZERS, OptimConfig
 from sensreg.run.precision import PRECISIONS
 from sensreg.method.prune_schedules import PruneConfig, PRUNE_SCHEDULES
 from sensreg.method.positions import epoch_at
 from sensreg.method.regularizer import FOLLOW_ETA, SCALE_OVER, SCALES, SCHEDULE_KEYS, SCHEDULES, lambda_schedule
 from sensreg.method.sensitivity import OUTPUTS, REDUCTIONS, VARIANTS
 
-OPTIMIZERS = ("sgd", "adam")
 PRUNE_SCOPES = ("global", "layer")  # one threshold on |w|, or τ·σ_l per tensor (pruning.Masks.scales)
 PARAM_SETS = ("all", "weights")
 # The seeds a run can use: torch.manual_seed takes 64-bit integers, and the run seeds its
@@ -78,19 +78,6 @@ class SensConfig:
     scale: str = "none"
     gamma: float = 1.0  # the factor of scale=gamma
     scale_over: str = "tensor"  # scale=max: the maximum of each tensor | all (of every regularized tensor)
-
-
-@dataclass
-class OptimConfig:
-    name: str = "sgd"
-    # None: the network's default for this optimizer (models.default_lr: SGD 0.05, LeNet-5
-    # 0.02, VGG-16 0.01; Adam 1e-3), filled in when the config is built, so that the saved
-    # config, the hash and the run see the number
-    lr: float | None = None
-    momentum: float = only("sgd", default=0.9)
-    nesterov: bool = only("sgd", default=True)
-    betas: tuple[float, float] = only("adam", default=(0.9, 0.999))
-    eps: float = only("adam", default=1e-8)
 
 
 def _schedules_reading(key: str) -> tuple[str, ...]:
@@ -151,8 +138,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         model, optimizer = self.model.name, self.optim.name
         if self.optim.lr is None and isinstance(model, str) and (model in MODELS or model in EXTERNAL) \
-                and isinstance(optimizer, str) and optimizer in OPTIMIZER_LR:
-            self.optim = replace(self.optim, lr=default_lr(model, optimizer))
+                and registered(optimizer, OPTIMIZERS):
+            self.optim = replace(self.optim, lr=OPTIMIZERS[optimizer].default_lr(model))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
@@ -246,12 +233,8 @@ class TrainConfig:
         p.choice("sens.output", self.sens.output, OUTPUTS)
         p.choice("sens.params", self.sens.params, PARAM_SETS)
         p.choice("sens.reduction", self.sens.reduction, REDUCTIONS)
-        variant = VARIANTS.get(self.sens.name) if isinstance(self.sens.name, str) else None
-        if variant is not None and self.sens.reduction in REDUCTIONS and self.sens.reduction not in variant.reductions:
-            p.add("sens.reduction",
-                  f"sens.reduction={self.sens.reduction} is not defined for sens={variant.name}, whose "
-                  f"sensitivity is by definition a mean over the samples of each one's: drop "
-                  f"sens.reduction (its option sets {variant.reductions[0]}).")
+        if registered(self.sens.name, VARIANTS):
+            VARIANTS[self.sens.name].check(self.sens, p)
         p.choice("sens.scale", self.sens.scale, SCALES)
         p.choice("sens.scale_over", self.sens.scale_over, SCALE_OVER)
         if not (isinstance(self.sens.gamma, (int, float)) and 0 < self.sens.gamma < float("inf")):
@@ -263,7 +246,7 @@ class TrainConfig:
                   "sens.reduction=sample records each layer's input and output with module hooks, "
                   "which trainer.compile=true would compile away; set trainer.compile=false or "
                   "sens.reduction=batch.")
-        p.choice("optim.name", self.optim.name, OPTIMIZERS)
+        p.choice("optim.name", self.optim.name, list(OPTIMIZERS))
         p.choice("eta_schedule.name", self.eta_schedule.name, list(SCHEDULES))
         p.choice("lam_schedule.name", self.lam_schedule.name, [*SCHEDULES, FOLLOW_ETA])
         p.choice("prune.name", self.prune.name, list(PRUNE_SCHEDULES))
@@ -279,16 +262,8 @@ class TrainConfig:
                   f"weight removed per step; typical values 1e-6 to 1e-3).")
         if self.sens.classes is not None:
             p.at_least("sens.classes", self.sens.classes, 1)
-        if self.optim.lr is not None:  # None: the model or optimizer name is unknown, said above
-            p.at_least("optim.lr", self.optim.lr, 0, strict=True)
-        p.at_least("optim.momentum", self.optim.momentum, 0)
-        if is_number(self.optim.momentum) and self.optim.momentum >= 1:
-            p.add("optim.momentum",
-                  f"optim.momentum={self.optim.momentum} must be below 1: the velocity would never "
-                  f"forget a gradient and the run would not settle. 0.9 is usual.")
-        if self.optim.name == "sgd" and self.optim.nesterov is True and is_number(self.optim.momentum) \
-                and self.optim.momentum <= 0:
-            p.add("optim.nesterov", "optim.nesterov=true needs optim.momentum > 0.")
+        if registered(self.optim.name, OPTIMIZERS):
+            OPTIMIZERS[self.optim.name].check(self.optim, p)
         for name in ("eta_schedule", "lam_schedule"):
             s: ScheduleConfig = getattr(self, name)
             p.at_least(f"{name}.gamma", s.gamma, 0)

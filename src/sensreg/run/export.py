@@ -137,13 +137,7 @@ def _speed(dense: nn.Module, runners: dict, example: Tensor, images: Tensor, thr
 
 
 def _finished_run(run_dir: Path) -> RunFolder:
-    if not run_dir.is_dir():
-        raise ExportError(f"{run_dir} is not a folder; give sensreg export a run folder "
-                          f"(outputs/runs/<date>/<run>).")
-    folder = RunFolder(run_dir)
-    if not folder.is_run():
-        raise ExportError(f"{run_dir} is not a run folder (no summary.json, config.yaml or {MODEL_NAME}); "
-                          f"`sensreg compare {run_dir}` lists the run folders below it.")
+    folder = RunFolder.given(run_dir, "export", ExportError)
     if not writer_gone(folder.path):
         raise ExportError(f"the run in {run_dir} is still training (its lock file is held by a live process); "
                           f"export it once it has finished.")

@@ -26,8 +26,9 @@ from sensreg.run.config import TrainConfig
 from sensreg.data import Dataset, batches, crop_flip, crop_flip_draws, num_batches, part_of
 from sensreg.run.distributed import SINGLE, Dist
 from sensreg.run import evaluate as evaluation
-from sensreg.errors import Diverged
+from sensreg.errors import Diverged, lookup
 from sensreg.run.interrupt import Interrupted, StopSignals
+from sensreg.run.optimizers import OPTIMIZERS
 from sensreg.run.precision import autocast, grad_scaler
 from sensreg.method.prune_schedules import PruneContext, PruneSchedule
 from sensreg.run.trackers import NO_TRACKERS, Trackers
@@ -169,10 +170,7 @@ class TrainStep:
 
 
 def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-    return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    return lookup(OPTIMIZERS, cfg.optim.name, "optimizer").build(params, cfg.optim)
 
 
 @dataclass
