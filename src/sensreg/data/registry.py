@@ -66,15 +66,17 @@ class DatasetSpec:
         return self.loader(root, self.normalization, **options)
 
 
-# The usual normalization constants. CIFAR's are the pixel statistics of its 50,000 training
-# images (some code uses a std of about 0.20 instead, which is the spread of per-image means, not
-# of pixels). LeNet-300-100 and LeNet-5 take CIFAR's inputs too: their first layers size
-# themselves to the input (3,072 inputs for LeNet-300-100, a 1,250-input fc1 for LeNet-5).
+# The data.* keys every dataset reads (the first fields of config.DataConfig), and those that
+# only the generated dataset and the datasets decoded from image files read.
 EVERY_DATASET_READS = ("name", "root", "val_fraction", "split_seed", "on_device", "eval_batch_size")
 SYNTHETIC_KEYS = ("num_train", "num_test", "num_classes", "noise", "shape")
 IMAGE_FILE_KEYS = ("augment", "image_size", "resize", "num_workers", "pin_memory", "persistent_workers",
                    "prefetch_factor")
 
+# The usual normalization constants. CIFAR's are the pixel statistics of its 50,000 training
+# images (some code uses a std of about 0.20 instead, which is the spread of per-image means, not
+# of pixels). LeNet-300-100 and LeNet-5 take CIFAR's inputs too: their first layers size
+# themselves to the input (3,072 inputs for LeNet-300-100, a 1,250-input fc1 for LeNet-5).
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("mnist", tensors.load_mnist, (1, 28, 28), 10, ((0.1307,), (0.3081,)), train_size=60_000),
     DatasetSpec("fashion_mnist", tensors.load_fashion_mnist, (1, 28, 28), 10, ((0.2860,), (0.3530,)),
